@@ -1,0 +1,3 @@
+"""exprof: a command-line experiment profiler for Claude."""
+
+__version__ = "0.1.0"

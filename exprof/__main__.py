@@ -1,0 +1,3 @@
+from exprof.cli import main
+
+main()

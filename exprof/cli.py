@@ -1,0 +1,258 @@
+"""The command-line interface: parse options, call one core function, render the result."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exprof.errors import EXIT_INTERRUPTED, EXIT_USAGE, ExprofError
+from exprof.render import FORMATS, render
+
+METRICS_FIRST = ("fact_coverage", "refusal_rate", "geometric_mean")
+
+
+def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--output-dir and --db, which every command takes."""
+
+    @click.option(
+        "--output-dir",
+        default="runs",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help="Where exports go, and where the default store lives.",
+    )
+    @click.option(
+        "--db",
+        envvar="EXPROF_DB",
+        help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--format, for every command that prints a table."""
+    return click.option(
+        "--format",
+        "format_",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="How to print tables; json goes to stdout only.",
+    )(func)
+
+
+def open_store(db: str | None, output_dir: str, create: bool = False) -> Any:
+    from exprof.store import Store, store_url
+
+    return Store.open(store_url(db, output_dir), create=create)
+
+
+def summary_table(summary: dict[str, Any], first: tuple[str, ...] = METRICS_FIRST) -> list[list[Any]]:
+    from exprof.render import fmt_value
+
+    order = list(first) + [m for m in METRICS_FIRST if m not in first]
+    keys = order + [k for k in summary if k not in order]
+    return [[k, fmt_value(summary.get(k))] for k in keys if k in summary]
+
+
+def echo_summary(summary: dict[str, Any], format_: str, first: tuple[str, ...] = METRICS_FIRST) -> None:
+    click.echo(render(summary_table(summary, first), ["metric", "value"], format_, summary))
+
+
+class ExprofGroup(click.Group):
+    """Turns expected failures into one `Error: ...` line and the SPEC's exit code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except ExprofError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=ExprofGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="exprof")
+def cli() -> None:
+    """exprof: profile Claude experiments on an append-only event store."""
+
+
+@cli.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(), help="The experiment's YAML."
+)
+@store_options
+@click.option("--run-id", help="Name the run [default: the experiment id, then -2, -3, ...].")
+@click.option(
+    "--mock/--live",
+    "mock",
+    default=None,
+    help="Force the offline mock or the live API [default: live when ANTHROPIC_API_KEY is set].",
+)
+@click.option("--concurrency", type=int, help="Requests in flight (overrides the config).")
+@click.option("--quiet", is_flag=True, help="Hide the progress bar.")
+@output_options
+def run(
+    config_path: str,
+    output_dir: str,
+    db: str | None,
+    run_id: str | None,
+    mock: bool | None,
+    concurrency: int | None,
+    quiet: bool,
+    format_: str,
+) -> None:
+    """Start a new run: send every sample, record it, export, print the summary."""
+    from exprof.config import check_run_id, load_config
+    from exprof.dataset import load_dataset, load_mock_responses
+    from exprof.runner import Runner
+
+    _check_concurrency(concurrency)
+    if run_id is not None:
+        check_run_id(run_id, "--run-id")
+    config = load_config(config_path)
+    samples = load_dataset(config.dataset_path)
+    live = (not mock) and (mock is False or bool(os.environ.get("ANTHROPIC_API_KEY")))
+    mocks = None if live else load_mock_responses(config.mock_responses_path)
+    store = open_store(db, output_dir, create=True)
+    runner = Runner(store, output_dir, quiet=quiet)
+    result = runner.run(
+        config,
+        samples,
+        "live" if live else "mock",
+        mocks=mocks,
+        run_id=run_id,
+        concurrency=concurrency,
+    )
+    _finish(result, format_, tuple(config.metrics))
+
+
+@cli.command()
+@click.argument("run_id")
+@store_options
+@click.option("--concurrency", type=int, help="Requests in flight for this session.")
+@click.option(
+    "--retry-failed/--no-retry-failed",
+    default=True,
+    show_default=True,
+    help="Send the samples that failed before again.",
+)
+@click.option("--quiet", is_flag=True, help="Hide the progress bar.")
+@output_options
+def resume(
+    run_id: str,
+    output_dir: str,
+    db: str | None,
+    concurrency: int | None,
+    retry_failed: bool,
+    quiet: bool,
+    format_: str,
+) -> None:
+    """Continue a run that stopped early, sending only the samples still owed."""
+    from exprof.runner import Runner
+
+    _check_concurrency(concurrency)
+    store = open_store(db, output_dir)
+    result = Runner(store, output_dir, quiet=quiet).resume(
+        run_id, concurrency=concurrency, retry_failed=retry_failed
+    )
+    _finish(result, format_)
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option(
+    "--log-dir", type=click.Path(), help="Summarize an exported run directory instead."
+)
+@store_options
+@output_options
+def summarize(run_id: str | None, log_dir: str | None, output_dir: str, db: str | None, format_: str) -> None:
+    """Print a run's metrics, from the store or from an export directory."""
+    if (run_id is None) == (log_dir is None):
+        raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
+    if log_dir is not None:
+        from exprof.summary import read_exported_summary
+
+        summary = read_exported_summary(Path(log_dir))
+    else:
+        from exprof.record import require_run
+        from exprof.summary import run_summary
+
+        store = open_store(db, output_dir)
+        require_run(store, run_id)  # type: ignore[arg-type]
+        summary = run_summary(store, run_id)  # type: ignore[arg-type]
+    echo_summary(summary, format_)
+
+
+@cli.command()
+@store_options
+@output_options
+def runs(output_dir: str, db: str | None, format_: str) -> None:
+    """List the runs in the store, newest first."""
+    from exprof.summary import list_runs
+
+    rows = list_runs(open_store(db, output_dir))
+    headers = ["run_id", "experiment", "model", "mode", "status", "done", "created",
+               "fact_coverage", "refusal_rate", "geometric_mean", "next step"]
+    click.echo(render([[r[h] for h in headers] for r in rows], headers, format_, rows))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--to", "to_dir", type=click.Path(file_okay=False), help="Export here [default: <output-dir>/RUN_ID].")
+@store_options
+def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> None:
+    """Write a run's artifacts again from its events."""
+    from exprof.export import export_run
+
+    store = open_store(db, output_dir)
+    target = Path(to_dir) if to_dir else Path(output_dir) / run_id
+    export_run(store, run_id, target)
+    click.echo(f"exported {run_id} to {target}", err=True)
+
+
+@cli.group()
+def db() -> None:
+    """Manage the store's schema."""
+
+
+@db.command("upgrade")
+@store_options
+def db_upgrade(output_dir: str, db: str | None) -> None:
+    """Create the store or migrate it to the newest schema."""
+    store = open_store(db, output_dir, create=True)
+    click.echo(f"{store.location}: schema at revision {store.revision()}", err=True)
+
+
+def _check_concurrency(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
+
+
+def _finish(result: Any, format_: str, first: tuple[str, ...] = METRICS_FIRST) -> None:
+    echo_summary(result.summary, format_, first)
+    if format_ != "json":
+        click.echo(f"run id: {result.run_id}")
+    click.echo(result.message, err=True)
+    sys.exit(result.exit_code)
+
+
+def main() -> None:
+    cli.main(prog_name="exprof")

@@ -1,0 +1,45 @@
+"""Clients that answer a sample: the deterministic offline mock, and the live SDK client.
+
+Both return an Outcome. The live client lives in exprof/live.py so that mock runs
+never import the anthropic SDK (about 1.4 s of start-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exprof.dataset import Sample
+
+
+@dataclass(frozen=True)
+class Response:
+    completion: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    error_class: str
+    message: str
+    status: int | None = None
+    attempts: int = 1
+
+
+Outcome = Response | Failure
+
+
+class MockClient:
+    """Answers from `mock_responses.json`, verbatim; a missing entry is a failed sample."""
+
+    def __init__(self, responses: dict[str, dict[str, Any]]) -> None:
+        self.responses = responses
+
+    def complete(self, sample: Sample) -> Outcome:
+        entry = self.responses.get(sample.dialogue_id)
+        if entry is None:
+            return Failure(
+                "MockResponseMissing",
+                f"no mock response for dialogue_id {sample.dialogue_id!r} in mock_responses.json",
+            )
+        return Response(entry["completion"], entry.get("metadata", {}))

@@ -1,0 +1,248 @@
+"""Loading and validating the YAML experiment config (SPEC.md, "Config")."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exprof.errors import ExprofError
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+METRIC_NAMES = ("fact_coverage", "refusal_rate", "geometric_mean")
+SDK_API_VERSION = "2026-10-21"
+DEFAULT_CONCURRENCY = 16
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_TIMEOUT_S = 60.0
+
+REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "temperature", "dataset_path")
+OPTIONAL_KEYS = (
+    "log_schema_version",
+    "output_fields",
+    "metrics",
+    "mock_responses_path",
+    "concurrency",
+    "max_retries",
+    "timeout_s",
+    "api_version",
+    "pricing",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment_id: str
+    model: str
+    max_tokens: int
+    temperature: float
+    dataset_path: str
+    mock_responses_path: str
+    log_schema_version: int = 1
+    output_fields: list[str] = field(default_factory=lambda: ["completion", "metadata"])
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_retries: int = DEFAULT_MAX_RETRIES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    api_version: str = SDK_API_VERSION
+    pricing: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return cls(**data)
+
+    @property
+    def sends_temperature(self) -> bool:
+        """Only the 2023-06-01 API accepts sampling parameters; 2026-10-21 rejects them."""
+        return self.api_version != SDK_API_VERSION
+
+
+def check_run_id(value: object, where: str) -> str:
+    if not isinstance(value, str) or not RUN_ID_RE.fullmatch(value):
+        raise ExprofError(
+            f"{where}: {value!r} is not a valid id "
+            "(letters, digits, '.', '_', '-'; starts with a letter or digit; at most 128 chars)"
+        )
+    return value
+
+
+def read_text(path: Path, what: str) -> str:
+    """Read a UTF-8 text file, turning every way it can fail into one clear line."""
+    if not path.exists():
+        raise ExprofError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise ExprofError(f"{path}: {what} is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExprofError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if b"\x00" in data:
+        raise ExprofError(f"{path}: {what} is binary or not UTF-8 (found a NUL byte)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExprofError(
+            f"{path}: {what} is not valid UTF-8 (byte offset {exc.start})"
+        ) from None
+
+
+def resolve_path(value: str, config_dir: Path, where: str) -> Path:
+    """Relative paths: the config's folder first, then the current directory."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        if not path.exists():
+            raise ExprofError(f"{where}: {path} not found")
+        return path
+    tried = [config_dir / path, Path.cwd() / path]
+    for candidate in tried:
+        if candidate.exists():
+            return candidate.resolve()
+    raise ExprofError(f"{where}: {value!r} not found; tried {tried[0]} and {tried[1]}")
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    text = read_text(path, "config")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ExprofError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        raise ExprofError(f"{path}: config is empty")
+    if not isinstance(raw, dict):
+        raise ExprofError(f"{path}: config must be a mapping of keys, got {_type(raw)}")
+    return _validate(raw, path)
+
+
+def _validate(raw: dict[Any, Any], path: Path) -> Config:
+    known = REQUIRED_KEYS + OPTIONAL_KEYS
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ExprofError(f"{path}: unknown key {str(key)!r}{suggestion}")
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            raise ExprofError(f"{path}: missing required key {key!r}")
+
+    def where(key: str) -> str:
+        return f"{path}: {key}"
+
+    out: dict[str, Any] = {}
+    out["experiment_id"] = check_run_id(raw["experiment_id"], where("experiment_id"))
+    out["model"] = _string(raw["model"], where("model"))
+    out["max_tokens"] = _integer(raw["max_tokens"], where("max_tokens"), minimum=1)
+    out["temperature"] = _number(raw["temperature"], where("temperature"), 0.0, 1.0)
+    dataset_value = _string(raw["dataset_path"], where("dataset_path"))
+    dataset = resolve_path(dataset_value, path.parent, where("dataset_path"))
+    out["dataset_path"] = str(dataset)
+    mock_value = raw.get("mock_responses_path")
+    if mock_value is None:
+        out["mock_responses_path"] = str(dataset.parent / "mock_responses.json")
+    else:
+        mock_value = _string(mock_value, where("mock_responses_path"))
+        out["mock_responses_path"] = str(_resolve_lazily(mock_value, path.parent))
+
+    if "log_schema_version" in raw:
+        out["log_schema_version"] = _integer(
+            raw["log_schema_version"], where("log_schema_version"), minimum=1, maximum=1
+        )
+    if "output_fields" in raw:
+        out["output_fields"] = _choices(
+            raw["output_fields"], where("output_fields"), ("completion", "metadata")
+        )
+    if "metrics" in raw:
+        out["metrics"] = _choices(raw["metrics"], where("metrics"), METRIC_NAMES)
+    if "concurrency" in raw:
+        out["concurrency"] = _integer(raw["concurrency"], where("concurrency"), minimum=1)
+    if "max_retries" in raw:
+        out["max_retries"] = _integer(raw["max_retries"], where("max_retries"), minimum=0)
+    if "timeout_s" in raw:
+        out["timeout_s"] = _number(raw["timeout_s"], where("timeout_s"), 0.001, None)
+    if "api_version" in raw:
+        out["api_version"] = _string(raw["api_version"], where("api_version"))
+    if "pricing" in raw:
+        out["pricing"] = _pricing(raw["pricing"], where("pricing"))
+    return Config(**out)
+
+
+def _resolve_lazily(value: str, config_dir: Path) -> Path:
+    """The mock file is only needed in mock mode, so a missing one is reported there."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    for candidate in (config_dir / path, Path.cwd() / path):
+        if candidate.exists():
+            return candidate.resolve()
+    return (config_dir / path).resolve()
+
+
+def _type(value: object) -> str:
+    return {bool: "a boolean", list: "a list", dict: "a mapping", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ExprofError(f"{where}: must be a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _integer(value: object, where: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ExprofError(f"{where}: must be an integer, got {_describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ExprofError(f"{where}: must be an integer {bound}, got {value}")
+    return value
+
+
+def _number(value: object, where: str, minimum: float, maximum: float | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ExprofError(f"{where}: must be a number, got {_describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum:g}, {maximum:g}]" if maximum is not None else f">= {minimum:g}"
+        raise ExprofError(f"{where}: must be a number {bound}, got {value}")
+    return float(value) if isinstance(value, float) else value
+
+
+def _choices(value: object, where: str, allowed: tuple[str, ...]) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ExprofError(f"{where}: must be a non-empty list drawn from {', '.join(allowed)}")
+    for item in value:
+        if item not in allowed:
+            raise ExprofError(f"{where}: {item!r} is not one of {', '.join(allowed)}")
+    return list(value)
+
+
+def _pricing(value: object, where: str) -> dict[str, dict[str, float]]:
+    if not isinstance(value, dict):
+        raise ExprofError(f"{where}: must be a mapping of model to input/output prices")
+    out: dict[str, dict[str, float]] = {}
+    for model, prices in value.items():
+        if not isinstance(prices, dict) or set(prices) != {"input", "output"}:
+            raise ExprofError(
+                f"{where}.{model}: must be {{input: USD per MTok, output: USD per MTok}}"
+            )
+        out[str(model)] = {
+            k: float(_number(prices[k], f"{where}.{model}.{k}", 0.0, None))
+            for k in ("input", "output")
+        }
+    return out
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{_type(value)} {text}" if not isinstance(value, int | float) else text

@@ -1,0 +1,96 @@
+"""Writing a run's artifacts from its events: requests.jsonl, responses.jsonl, summary.json.
+
+The same events give the same bytes: lines follow dataset order, keys keep their
+recorded order, and each file is replaced atomically so a crash never leaves half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from exprof.record import load_run
+from exprof.store import Store
+from exprof.summary import run_summary
+
+FILES = ("requests.jsonl", "responses.jsonl", "summary.json")
+
+
+def export_run(store: Store, run_id: str, out_dir: str | Path) -> dict[str, Any]:
+    """Write the three files under out_dir; return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = load_run(store, run_id)
+    config = record.config
+    with store.engine.connect() as conn:
+        requested = {
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT dialogue_id FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
+            )
+        }
+    request_lines = (
+        _line(
+            {
+                "dialogue_id": s.dialogue_id,
+                "model": config.model,
+                "temperature": config.temperature,
+                "max_tokens": config.max_tokens,
+                "prompt": {"system": s.system, "user": s.user},
+            }
+        )
+        for s in record.samples
+        if s.dialogue_id in requested
+    )
+    write_atomic(out / "requests.jsonl", request_lines)
+    write_atomic(out / "responses.jsonl", _response_lines(store, run_id, config.output_fields))
+    summary = run_summary(store, run_id)
+    text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+    write_atomic(out / "summary.json", [text])
+    return summary
+
+
+def _response_lines(store: Store, run_id: str, fields: list[str]) -> Iterator[str]:
+    with store.engine.connect() as conn:
+        result = conn.exec_driver_sql(
+            "SELECT e.payload FROM samples s JOIN events e ON e.id = s.response_event_id "
+            "WHERE s.run_id = ? AND s.status = 'ok' ORDER BY s.idx",
+            (run_id,),
+        )
+        while rows := result.fetchmany(5000):
+            for (payload,) in rows:
+                event = json.loads(payload)
+                line = {"dialogue_id": event["dialogue_id"]}
+                if "completion" in fields:
+                    line["completion"] = event["completion"]
+                if "metadata" in fields:
+                    line.update(event["metadata"])
+                yield _line(line)
+
+
+def _line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def write_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            buffer: list[str] = []
+            for chunk in chunks:
+                buffer.append(chunk)
+                if len(buffer) >= 4096:
+                    f.write("".join(buffer))
+                    buffer.clear()
+            f.write("".join(buffer))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,290 @@
+"""Running samples and recording every step as events: new runs and resumed ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exprof import __version__, metrics
+from exprof.client import Failure, MockClient, Outcome
+from exprof.config import Config
+from exprof.dataset import Sample
+from exprof.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLES_FAILED,
+    ConcurrencyError,
+    ExprofError,
+)
+from exprof.events import (
+    DatasetChunk,
+    Event,
+    RequestSent,
+    ResponseReceived,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    RunStarted,
+    SampleFailed,
+    SampleScored,
+)
+from exprof.export import export_run
+from exprof.record import RunRecord, load_run, snapshot_chunks
+from exprof.render import Progress
+from exprof.store import Lease, Store
+
+MOCK_BATCH = 2000  # mock samples per transaction; live runs commit as answers arrive
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    summary: dict[str, Any]
+    exit_code: int
+    message: str
+
+
+def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
+    """The events that record one sample's request and its outcome, scored."""
+    sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1))
+    if isinstance(outcome, Failure):
+        return [
+            sent,
+            SampleFailed(
+                sample.dialogue_id,
+                outcome.error_class,
+                outcome.message,
+                outcome.status,
+                outcome.attempts,
+            ),
+        ]
+    found = metrics.facts_found(outcome.completion, sample.required_facts)
+    coverage = sum(found) / len(found) if found else 1.0
+    return [
+        sent,
+        ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
+        SampleScored(
+            sample.dialogue_id,
+            coverage,
+            metrics.is_refusal(outcome.completion, outcome.metadata),
+            [f for f, hit in zip(sample.required_facts, found, strict=True) if not hit],
+        ),
+    ]
+
+
+def dataset_sha256(samples: list[Sample]) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(json.dumps(sample.to_payload(), ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class Runner:
+    """Starts and resumes runs on a Store; usable from Python without the CLI."""
+
+    def __init__(self, store: Store, output_dir: str | Path, quiet: bool = True) -> None:
+        self.store = store
+        self.output_dir = Path(output_dir)
+        self.quiet = quiet
+
+    # -- entry points ----------------------------------------------------------
+
+    def run(
+        self,
+        config: Config,
+        samples: list[Sample],
+        mode: str,
+        mocks: dict[str, dict[str, Any]] | None = None,
+        run_id: str | None = None,
+        concurrency: int | None = None,
+    ) -> RunResult:
+        # What actually goes over the wire: the mock sends nothing, and API 2026-10-21
+        # rejects sampling parameters, so temperature is only sent under 2023-06-01.
+        sends = mode == "live" and config.sends_temperature
+        sent_params = {"temperature": config.temperature} if sends else {}
+        chunks = snapshot_chunks(samples, mocks if mode == "mock" else None)
+        while True:
+            chosen = run_id or self._next_run_id(config.experiment_id)
+            if run_id is not None:
+                self._refuse_existing(run_id)
+            lease = self.store.acquire_lease(chosen)
+            started = RunStarted(
+                chosen,
+                config.experiment_id,
+                mode,
+                config.to_dict(),
+                dataset_sha256(samples),
+                len(samples),
+                sent_params,
+                __version__,
+            )
+            try:
+                seq = self.store.append(
+                    chosen, [started, *(DatasetChunk(**c) for c in chunks)], after_seq=0
+                )
+            except ConcurrencyError:
+                self.store.release_lease(lease)
+                if run_id is not None:
+                    raise ExprofError(f"run {run_id!r} already exists") from None
+                continue  # another process took this id first: take the next one
+            break
+        record = RunRecord(started, samples, mocks or {})
+        return self._execute(record, lease, seq, samples, concurrency)
+
+    def resume(
+        self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
+    ) -> RunResult:
+        record = load_run(self.store, run_id)
+        lease = self.store.acquire_lease(run_id)
+        try:
+            pending = self._pending(record, retry_failed)
+            if not pending:
+                summary = export_run(self.store, run_id, self.output_dir / run_id)
+                return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
+            seq = self.store.last_seq(run_id)
+            seq = self.store.append(
+                run_id,
+                [RunResumed(os.getpid(), socket.gethostname(), retry_failed)],
+                after_seq=seq,
+            )
+        except BaseException:
+            self.store.release_lease(lease)
+            raise
+        return self._execute(record, lease, seq, pending, concurrency)
+
+    # -- the work --------------------------------------------------------------
+
+    def _execute(
+        self,
+        record: RunRecord,
+        lease: Lease,
+        seq: int,
+        pending: list[Sample],
+        concurrency: int | None,
+    ) -> RunResult:
+        run_id = record.run_id
+        began = time.monotonic()
+        progress = Progress(len(pending), quiet=self.quiet)
+        try:
+            if record.started.mode == "mock":
+                seq = self._run_mock(record, lease, seq, pending, progress)
+            else:
+                from exprof.live import run_live
+
+                seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
+        except KeyboardInterrupt:
+            progress.close()
+            seq = self.store.last_seq(run_id)
+            self.store.append(
+                run_id,
+                [RunInterrupted("interrupted by Ctrl-C")],
+                after_seq=seq,
+            )
+            summary = export_run(self.store, run_id, self.output_dir / run_id)
+            self.store.release_lease(lease)
+            return RunResult(
+                run_id,
+                summary,
+                EXIT_INTERRUPTED,
+                f"interrupted; continue with: exprof resume {run_id}",
+            )
+        except BaseException:
+            self.store.release_lease(lease)
+            raise
+        progress.close()
+        try:
+            with self.store.engine.connect() as conn:
+                counts = dict(
+                    conn.exec_driver_sql(
+                        "SELECT status, count(*) FROM samples WHERE run_id = ? GROUP BY status",
+                        (run_id,),
+                    ).all()
+                )
+            failed = counts.get("failed", 0)
+            self.store.append(
+                run_id,
+                [RunFinished(counts.get("ok", 0), failed, round(time.monotonic() - began, 3))],
+                after_seq=seq,
+            )
+            summary = export_run(self.store, run_id, self.output_dir / run_id)
+        finally:
+            self.store.release_lease(lease)
+        if failed:
+            return RunResult(
+                run_id,
+                summary,
+                EXIT_SAMPLES_FAILED,
+                f"{failed} sample(s) failed; retry them with: exprof resume {run_id}",
+            )
+        return RunResult(run_id, summary, EXIT_OK, f"run {run_id} complete")
+
+    def _run_mock(
+        self, record: RunRecord, lease: Lease, seq: int, pending: list[Sample], progress: Progress
+    ) -> int:
+        client = MockClient(record.mocks)
+        done = errors = 0
+        last_beat = time.monotonic()
+        for start in range(0, len(pending), MOCK_BATCH):
+            batch: list[Event] = []
+            for sample in pending[start : start + MOCK_BATCH]:
+                outcome = client.complete(sample)
+                errors += isinstance(outcome, Failure)
+                batch.extend(sample_events(sample, outcome))
+            seq = self.store.append(record.run_id, batch, after_seq=seq)
+            done = min(start + MOCK_BATCH, len(pending))
+            progress.update(done, errors)
+            if time.monotonic() - last_beat > 5:
+                self.store.heartbeat(lease)
+                last_beat = time.monotonic()
+        return seq
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _pending(self, record: RunRecord, retry_failed: bool) -> list[Sample]:
+        skip = ("ok",) if retry_failed else ("ok", "failed")
+        with self.store.engine.connect() as conn:
+            settled = {
+                row[0]
+                for row in conn.exec_driver_sql(
+                    f"SELECT dialogue_id FROM samples WHERE run_id = ? "
+                    f"AND status IN ({', '.join('?' * len(skip))})",
+                    (record.run_id, *skip),
+                )
+            }
+        return [s for s in record.samples if s.dialogue_id not in settled]
+
+    def _next_run_id(self, experiment_id: str) -> str:
+        with self.store.engine.connect() as conn:
+            taken = {
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'",
+                    (experiment_id, _like_prefix(experiment_id) + "-%"),
+                )
+            }
+        if experiment_id not in taken:
+            return experiment_id
+        n = 2
+        while f"{experiment_id}-{n}" in taken:
+            n += 1
+        return f"{experiment_id}-{n}"
+
+    def _refuse_existing(self, run_id: str) -> None:
+        with self.store.engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
+                raise ExprofError(
+                    f"run {run_id!r} already exists; continue it with `exprof resume {run_id}` "
+                    "or choose another --run-id"
+                )
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+

@@ -1,0 +1,340 @@
+"""The event store: an append-only SQLite events table, its schema, and run leases.
+
+Appends go through one method that assigns ids and per-run sequence numbers inside a
+`BEGIN IMMEDIATE` transaction and updates the projections in that same transaction,
+so the projections can never disagree with the events they claim to have applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from exprof import projections
+from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
+from exprof.events import Event
+
+# The newest migration this code knows. tests/test_store.py checks it against alembic's
+# head, so an open store at head is recognised without importing alembic (~0.4 s).
+SCHEMA_HEAD = "0002"
+BUSY_TIMEOUT_MS = 5000
+STALE_LEASE_S = 120.0
+DEFAULT_OUTPUT_DIR = "runs"
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    run_id: str
+    seq: int
+    type: str
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    token: str
+    pid: int
+    host: str
+    acquired_at: float
+    heartbeat_at: float
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired_at))
+        return f"pid {self.pid} on {self.host} since {since}"
+
+    def is_alive(self) -> bool:
+        if self.host != socket.gethostname():
+            return time.time() - self.heartbeat_at < STALE_LEASE_S
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return _pid_is_running(self.pid)
+
+
+def _pid_is_running(pid: int) -> bool:
+    """A zombie (killed but not yet reaped) still answers kill(0); it holds nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def store_url(db: str | None, output_dir: str | Path) -> str:
+    """`--db` accepts a SQLAlchemy URL or a plain path; the default lives in the output dir."""
+    if db and "://" in db:
+        return db
+    path = Path(db) if db else Path(output_dir) / "exprof.db"
+    return f"sqlite:///{path.absolute()}"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
+        return Path(url[len(prefix) :])
+    return None
+
+
+class Store:
+    """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
+
+    def __init__(self, engine: Engine, location: str) -> None:
+        self.engine = engine
+        self.location = location
+
+    @classmethod
+    def open(cls, url: str, create: bool = False) -> Store:
+        path = _sqlite_path(url)
+        location = str(path) if path else url
+        if path is not None:
+            if path.is_dir():
+                raise ExprofError(f"{path}: store path is a directory, not a database file")
+            if not path.exists():
+                if not create:
+                    raise ExprofError(f"{path}: no exprof store here (run `exprof run` first)")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ExprofError(f"{path}: cannot create store: {exc.strerror}") from None
+        engine = create_engine(url, poolclass=NullPool)
+        _configure(engine)
+        store = cls(engine, location)
+        try:
+            store._ensure_schema()
+        except OperationalError as exc:
+            raise ExprofError(f"{location}: cannot open store: {_reason(exc)}") from None
+        except DBAPIError as exc:
+            raise ExprofError(f"{location}: not an exprof store: {_reason(exc)}") from None
+        return store
+
+    def _ensure_schema(self) -> None:
+        revision = self.revision()
+        if revision == SCHEMA_HEAD:
+            return
+        upgrade(self.engine, self.location, revision)
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            try:
+                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            except OperationalError as exc:
+                if "no such table" in str(exc):
+                    return None
+                raise
+
+    # -- appending -------------------------------------------------------------
+
+    def append(self, run_id: str, events: Sequence[Event], after_seq: int) -> int:
+        """Append `events` as seq after_seq+1.. of the run; return the new last seq.
+
+        A clash with another writer's seq raises ConcurrencyError and leaves nothing
+        behind: the events and the projection updates share one transaction.
+        """
+        now = time.time()
+        with self.write() as conn:
+            last_id = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar()
+            projections.catch_up(conn, through=last_id)
+            stored = [
+                StoredEvent(last_id + i, run_id, after_seq + i, ev.type, ev.to_payload(), now)
+                for i, ev in enumerate(events, start=1)
+            ]
+            try:
+                conn.exec_driver_sql(
+                    "INSERT INTO events (id, run_id, seq, type, payload, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.id, e.run_id, e.seq, e.type, dumps(e.payload), now) for e in stored],
+                )
+            except IntegrityError:
+                raise ConcurrencyError(
+                    f"run {run_id}: another writer appended events concurrently; "
+                    "nothing was written"
+                ) from None
+            projections.apply(conn, stored)
+        return after_seq + len(events)
+
+    def write(self) -> _WriteTransaction:
+        return _WriteTransaction(self.engine)
+
+    # -- reading ---------------------------------------------------------------
+
+    def last_seq(self, run_id: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+            ).scalar()
+
+    def events(
+        self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 5000
+    ) -> Iterator[StoredEvent]:
+        """Stream events in order, a batch at a time, so 100k-sample runs stay small."""
+        where, params = [], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if types:
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "seq" if run_id is not None else "id"
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql(
+                f"SELECT id, run_id, seq, type, payload, created_at FROM events {clause} "
+                f"ORDER BY {order}",
+                tuple(params),
+            )
+            while rows := result.fetchmany(batch):
+                for id_, run, seq, type_, payload, created in rows:
+                    yield StoredEvent(id_, run, seq, type_, json.loads(payload), created)
+
+    def event_count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT count(*) FROM events").scalar()
+
+    # -- leases ----------------------------------------------------------------
+
+    def acquire_lease(self, run_id: str) -> Lease:
+        """Hold the run for this process, taking over a dead holder's lease."""
+        now = time.time()
+        mine = Lease(run_id, uuid.uuid4().hex, os.getpid(), socket.gethostname(), now, now)
+        with self.write() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT run_id, token, pid, host, acquired_at, heartbeat_at "
+                "FROM leases WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is not None:
+                held = Lease(*row)
+                if held.is_alive():
+                    raise LeaseHeldError(
+                        f"run {run_id} is being worked on by {held.describe()}; "
+                        "wait for it to finish or stop that process"
+                    )
+                conn.exec_driver_sql("DELETE FROM leases WHERE run_id = ?", (run_id,))
+            conn.exec_driver_sql(
+                "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (mine.run_id, mine.token, mine.pid, mine.host, now, now),
+            )
+        return mine
+
+    def heartbeat(self, lease: Lease) -> None:
+        with self.write() as conn:
+            conn.exec_driver_sql(
+                "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
+                (time.time(), lease.run_id, lease.token),
+            )
+
+    def release_lease(self, lease: Lease) -> None:
+        with self.write() as conn:
+            conn.exec_driver_sql(
+                "DELETE FROM leases WHERE run_id = ? AND token = ?", (lease.run_id, lease.token)
+            )
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The run's holder, if it is still alive."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT run_id, token, pid, host, acquired_at, heartbeat_at "
+                "FROM leases WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+        lease = Lease(*row) if row else None
+        return lease if lease and lease.is_alive() else None
+
+
+class _WriteTransaction:
+    """`with store.write() as conn:` runs one BEGIN IMMEDIATE transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> Connection:
+        self.conn = self.engine.connect().execution_options(immediate=True)
+        try:
+            self.tx = self.conn.begin()
+        except OperationalError as exc:
+            self.conn.close()
+            raise ExprofError(f"store is busy or unwritable: {_reason(exc)}") from None
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.tx.commit()
+            else:
+                self.tx.rollback()
+        finally:
+            self.conn.close()
+
+
+def _configure(engine: Engine) -> None:
+    """One place for the connection settings: WAL, NORMAL sync, FKs, busy timeout."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def upgrade(engine: Engine, location: str, current: str | None) -> None:
+    """Run the alembic migrations up to head; refuse a store from a newer exprof."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    import exprof.migrations  # the top-level migrations/ folder, packaged (pyproject.toml)
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(exprof.migrations.__file__).parent))
+    script = ScriptDirectory.from_config(cfg)
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except Exception:
+            raise ExprofError(
+                f"{location}: store has schema revision {current!r}, made by a newer exprof; "
+                "upgrade exprof"
+            ) from None
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()
+
+
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig) if exc.orig is not None else str(exc)
