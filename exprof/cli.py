@@ -57,7 +57,9 @@ def open_store(db: str | None, output_dir: str, create: bool = False) -> Any:
     return Store.open(store_url(db, output_dir), create=create)
 
 
-def summary_table(summary: dict[str, Any], first: tuple[str, ...] = METRICS_FIRST) -> list[list[Any]]:
+def summary_table(
+    summary: dict[str, Any], first: tuple[str, ...] = METRICS_FIRST
+) -> list[list[Any]]:
     from exprof.render import fmt_value
 
     order = list(first) + [m for m in METRICS_FIRST if m not in first]
@@ -65,7 +67,9 @@ def summary_table(summary: dict[str, Any], first: tuple[str, ...] = METRICS_FIRS
     return [[k, fmt_value(summary.get(k))] for k in keys if k in summary]
 
 
-def echo_summary(summary: dict[str, Any], format_: str, first: tuple[str, ...] = METRICS_FIRST) -> None:
+def echo_summary(
+    summary: dict[str, Any], format_: str, first: tuple[str, ...] = METRICS_FIRST
+) -> None:
     click.echo(render(summary_table(summary, first), ["metric", "value"], format_, summary))
 
 
@@ -178,12 +182,12 @@ def resume(
 
 @cli.command()
 @click.argument("run_id", required=False)
-@click.option(
-    "--log-dir", type=click.Path(), help="Summarize an exported run directory instead."
-)
+@click.option("--log-dir", type=click.Path(), help="Summarize an exported run directory instead.")
 @store_options
 @output_options
-def summarize(run_id: str | None, log_dir: str | None, output_dir: str, db: str | None, format_: str) -> None:
+def summarize(
+    run_id: str | None, log_dir: str | None, output_dir: str, db: str | None, format_: str
+) -> None:
     """Print a run's metrics, from the store or from an export directory."""
     if (run_id is None) == (log_dir is None):
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
@@ -209,14 +213,30 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
     from exprof.summary import list_runs
 
     rows = list_runs(open_store(db, output_dir))
-    headers = ["run_id", "experiment", "model", "mode", "status", "done", "created",
-               "fact_coverage", "refusal_rate", "geometric_mean", "next step"]
+    headers = [
+        "run_id",
+        "experiment",
+        "model",
+        "mode",
+        "status",
+        "done",
+        "created",
+        "fact_coverage",
+        "refusal_rate",
+        "geometric_mean",
+        "next step",
+    ]
     click.echo(render([[r[h] for h in headers] for r in rows], headers, format_, rows))
 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--to", "to_dir", type=click.Path(file_okay=False), help="Export here [default: <output-dir>/RUN_ID].")
+@click.option(
+    "--to",
+    "to_dir",
+    type=click.Path(file_okay=False),
+    help="Export here [default: <output-dir>/RUN_ID].",
+)
 @store_options
 def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> None:
     """Write a run's artifacts again from its events."""

@@ -82,14 +82,14 @@ def read_text(path: Path, what: str) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise ExprofError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ExprofError(f"{path}: {what} is not valid UTF-8 (it is UTF-16; save it as UTF-8)")
     if b"\x00" in data:
         raise ExprofError(f"{path}: {what} is binary or not UTF-8 (found a NUL byte)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ExprofError(
-            f"{path}: {what} is not valid UTF-8 (byte offset {exc.start})"
-        ) from None
+        raise ExprofError(f"{path}: {what} is not valid UTF-8 (byte offset {exc.start})") from None
 
 
 def resolve_path(value: str, config_dir: Path, where: str) -> Path:

@@ -117,7 +117,5 @@ def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
             or not isinstance(entry.get("completion"), str)
             or not isinstance(entry.get("metadata", {}), dict)
         ):
-            raise ExprofError(
-                f"{path}: {key!r}: must be {{completion: string, metadata: object}}"
-            )
+            raise ExprofError(f"{path}: {key!r}: must be {{completion: string, metadata: object}}")
     return data

@@ -21,7 +21,9 @@ def render(
 ) -> str:
     """Render rows as a tabulate table, markdown, CSV, or JSON (json_data, or the rows)."""
     if fmt == "json":
-        data = json_data if json_data is not None else [dict(zip(headers, r)) for r in rows]
+        data = json_data
+        if data is None:
+            data = [dict(zip(headers, row, strict=True)) for row in rows]
         return json.dumps(data, ensure_ascii=False, indent=2)
     if fmt == "csv":
         buf = io.StringIO()

@@ -201,7 +201,7 @@ class Runner:
         progress.close()
         try:
             with self.store.engine.connect() as conn:
-                counts = dict(
+                counts: dict[str, int] = dict(
                     conn.exec_driver_sql(
                         "SELECT status, count(*) FROM samples WHERE run_id = ? GROUP BY status",
                         (run_id,),
@@ -287,4 +287,3 @@ class Runner:
 
 def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-

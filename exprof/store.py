@@ -155,7 +155,9 @@ class Store:
         """
         now = time.time()
         with self.write() as conn:
-            last_id = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar()
+            last_id = int(
+                conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one()
+            )
             projections.catch_up(conn, through=last_id)
             stored = [
                 StoredEvent(last_id + i, run_id, after_seq + i, ev.type, ev.to_payload(), now)
@@ -182,9 +184,11 @@ class Store:
 
     def last_seq(self, run_id: str) -> int:
         with self.engine.connect() as conn:
-            return conn.exec_driver_sql(
-                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
-            ).scalar()
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+                ).scalar_one()
+            )
 
     def events(
         self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 5000
@@ -211,7 +215,7 @@ class Store:
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT count(*) FROM events").scalar()
+            return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
 
     # -- leases ----------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
                 (run_id,),
             )
         ]
-        failures = dict(
+        failures: dict[str, int] = dict(
             conn.exec_driver_sql(
                 "SELECT error_class, count(*) FROM samples WHERE run_id = ? AND status = 'failed' "
                 "GROUP BY error_class ORDER BY error_class",

@@ -1,0 +1,87 @@
+"""Shared fixtures: every test works in its own tmp_path, with no API key and no EXPROF_DB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from exprof.cli import cli
+from exprof.store import Store, store_url
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("EXPROF_DB", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def sample_config(tmp_path) -> Path:
+    """A copy of the shipped sample, so a test may edit or delete its files."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    shutil.copytree(REPO / "data", tmp_path / "data")
+    return tmp_path / "configs" / "sample_experiment.yaml"
+
+
+@pytest.fixture
+def invoke():
+    def run(*args: str):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.open(store_url(None, tmp_path / "runs"), create=True)
+
+
+def write_experiment(folder: Path, samples: list[dict], mocks: dict, **config) -> Path:
+    """Write a dataset, its mock answers and a config into folder; return the config path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dialogues.json").write_text(json.dumps(samples), encoding="utf-8")
+    (folder / "mock_responses.json").write_text(json.dumps(mocks), encoding="utf-8")
+    settings = {
+        "experiment_id": "exp",
+        "model": "claude-3-opus",
+        "max_tokens": 100,
+        "temperature": 0.5,
+        "dataset_path": "dialogues.json",
+        **config,
+    }
+    path = folder / "config.yaml"
+    path.write_text(json.dumps(settings), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def make_samples(n: int, facts: int = 2, refuse_every: int = 0, missing_every: int = 0):
+    """n synthetic samples with mocks covering facts in a fixed pattern."""
+    samples, mocks = [], {}
+    for i in range(n):
+        did = f"d{i:05d}"
+        fact_list = [f"fact{i}-{k}" for k in range(facts)]
+        samples.append(
+            {
+                "dialogue_id": did,
+                "system": "sys",
+                "user": f"question {i}",
+                "required_facts": fact_list,
+            }
+        )
+        covered = fact_list[: (i % (facts + 1))]
+        text = "answer " + " ".join(covered)
+        meta = {"model": "claude-3-opus", "token_count": 10 + i % 7}
+        if refuse_every and i % refuse_every == 0:
+            meta["type"] = "refusal"
+        if not (missing_every and i % missing_every == 0):
+            mocks[did] = {"completion": text, "metadata": meta}
+    return samples, mocks

@@ -1,0 +1,191 @@
+"""The event store: ordering, optimistic concurrency, immutability, projections, schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from conftest import REPO, make_samples, write_experiment
+from exprof import projections
+from exprof.errors import ConcurrencyError, ExprofError
+from exprof.events import (
+    EVENT_TYPES,
+    DatasetChunk,
+    RequestSent,
+    ResponseReceived,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    RunStarted,
+    SampleFailed,
+    SampleScored,
+)
+from exprof.store import SCHEMA_HEAD, Store, store_url
+
+EXAMPLES = [
+    RunStarted("r", "e", "mock", {"model": "m"}, "abc", 2, {}, "0.1.0"),
+    DatasetChunk(0, [{"dialogue_id": "a", "system": "", "user": "u", "required_facts": []}]),
+    RunResumed(123, "host", False),
+    RequestSent("a", 2),
+    ResponseReceived("a", "héllo ✓", {"type": "refusal", "nested": {"k": [1, 2]}}),
+    SampleFailed("a", "RateLimitError", "slow down", 429, 3),
+    SampleScored("a", 0.5, True, ["missing fact"]),
+    RunInterrupted("Ctrl-C"),
+    RunFinished(1, 1, 2.5),
+]
+
+
+def test_every_event_type_has_an_example():
+    assert {type(e) for e in EXAMPLES} == set(EVENT_TYPES.values())
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.type)
+def test_payload_round_trip(event):
+    assert type(event).from_payload(event.to_payload()) == event
+
+
+def _started(run_id="r", n=2):
+    chunk = [
+        {"dialogue_id": f"d{i}", "system": "", "user": "u", "required_facts": []} for i in range(n)
+    ]
+    return [
+        RunStarted(run_id, "e", "mock", {"model": "m"}, "abc", n, {}, "0.1.0"),
+        DatasetChunk(0, chunk),
+    ]
+
+
+def test_append_assigns_global_ids_and_per_run_seqs(store):
+    store.append("r1", _started("r1"), after_seq=0)
+    store.append("r2", _started("r2"), after_seq=0)
+    store.append("r1", [RequestSent("d0")], after_seq=2)
+    events = list(store.events())
+    assert [(e.id, e.run_id, e.seq) for e in events] == [
+        (1, "r1", 1),
+        (2, "r1", 2),
+        (3, "r2", 1),
+        (4, "r2", 2),
+        (5, "r1", 3),
+    ]
+    assert [e.seq for e in store.events("r1")] == [1, 2, 3]
+
+
+def test_duplicate_seq_is_refused_and_leaves_nothing(store):
+    store.append("r", _started(), after_seq=0)
+    before = list(store.events())
+    with store.engine.connect() as conn:
+        pos_before = projections.position(conn)
+    with pytest.raises(ConcurrencyError):
+        # A stale writer thinks the run ends at seq 1: its batch's second event clashes.
+        store.append("r", [RequestSent("d0"), RequestSent("d1"), RequestSent("d0")], after_seq=1)
+    assert list(store.events()) == before
+    with store.engine.connect() as conn:
+        assert projections.position(conn) == pos_before
+        assert conn.exec_driver_sql("SELECT sum(requests) FROM samples").scalar() == 0
+
+
+def test_database_refuses_update_and_delete(store):
+    store.append("r", _started(), after_seq=0)
+    raw = sqlite3.connect(store.location)
+    with pytest.raises(sqlite3.IntegrityError, match="events are immutable: UPDATE refused"):
+        raw.execute("UPDATE events SET type = 'x'")
+    with pytest.raises(sqlite3.IntegrityError, match="events are immutable: DELETE refused"):
+        raw.execute("DELETE FROM events")
+    raw.close()
+    with store.write() as conn, pytest.raises(IntegrityError):
+        conn.exec_driver_sql("DELETE FROM events WHERE id = 1")
+    assert store.event_count() == 2
+
+
+def _projection_rows(store: Store):
+    with store.engine.connect() as conn:
+        return {
+            table: conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2").all()
+            for table in (*projections.TABLES, "projection_positions")
+        }
+
+
+def test_rebuild_equals_incremental(tmp_path, invoke, store):
+    samples, mocks = make_samples(300, refuse_every=7, missing_every=11)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    incremental = _projection_rows(store)
+    assert len(incremental["samples"]) == 600
+    with store.write() as conn:
+        projections.rebuild(conn)
+    assert _projection_rows(store) == incremental
+
+
+def test_schema_head_constant_matches_alembic():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(REPO / "migrations"))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
+
+
+def test_migrates_an_empty_database(tmp_path):
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    store = Store.open(store_url(str(path), "."))
+    assert store.revision() == SCHEMA_HEAD
+    raw = sqlite3.connect(path)
+    tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"events", "runs", "samples", "projection_positions", "leases"} <= tables
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _store_at_first_revision(path: Path) -> None:
+    """An older exprof's store: only revision 0001, with events already in it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(REPO / "migrations"))
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    raw = sqlite3.connect(path)
+    for seq, ev in enumerate(_started("old"), start=1):
+        raw.execute(
+            "INSERT INTO events (run_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, 0)",
+            ("old", seq, ev.type, __import__("json").dumps(ev.to_payload())),
+        )
+    raw.commit()
+    raw.close()
+
+
+def test_upgrades_an_older_store_keeping_its_events(tmp_path):
+    path = tmp_path / "old.db"
+    _store_at_first_revision(path)
+    store = Store.open(store_url(str(path), "."))
+    assert store.revision() == SCHEMA_HEAD
+    assert [e.type for e in store.events("old")] == ["run_started", "dataset_chunk"]
+    # The new projections are built from the old events on the next append.
+    store.append("old", [RequestSent("d0")], after_seq=2)
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT dialogue_id, requests FROM samples").all()
+    assert rows == [("d0", 1), ("d1", 0)]
+
+
+def test_store_from_a_newer_exprof_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    Store.open(store_url(str(path), "."), create=True)
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE alembic_version SET version_num = '9999'")
+    raw.commit()
+    raw.close()
+    with pytest.raises(ExprofError, match="made by a newer exprof; upgrade exprof"):
+        Store.open(store_url(str(path), "."))
+
+
+def test_db_upgrade_command(tmp_path, invoke):
+    result = invoke("db", "upgrade", "--db", str(tmp_path / "x.db"))
+    assert result.exit_code == 0
+    assert f"schema at revision {SCHEMA_HEAD}" in result.stderr
