@@ -6,14 +6,15 @@ recorded order, and each file is replaced atomically so a crash never leaves hal
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from exprof.record import load_run
+from exprof.config import Config
+from exprof.jsonio import dumps, dumps_pretty, loads
+from exprof.record import iter_samples, load_started
 from exprof.store import Store
 from exprof.summary import run_summary
 
@@ -24,8 +25,7 @@ def export_run(store: Store, run_id: str, out_dir: str | Path) -> dict[str, Any]
     """Write the three files under out_dir; return the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = load_run(store, run_id)
-    config = record.config
+    config = Config.from_dict(load_started(store, run_id).config)
     with store.engine.connect() as conn:
         requested = {
             row[0]
@@ -43,14 +43,13 @@ def export_run(store: Store, run_id: str, out_dir: str | Path) -> dict[str, Any]
                 "prompt": {"system": s.system, "user": s.user},
             }
         )
-        for s in record.samples
+        for s in iter_samples(store, run_id)
         if s.dialogue_id in requested
     )
     write_atomic(out / "requests.jsonl", request_lines)
     write_atomic(out / "responses.jsonl", _response_lines(store, run_id, config.output_fields))
     summary = run_summary(store, run_id)
-    text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
-    write_atomic(out / "summary.json", [text])
+    write_atomic(out / "summary.json", [dumps_pretty(summary)])
     return summary
 
 
@@ -63,7 +62,7 @@ def _response_lines(store: Store, run_id: str, fields: list[str]) -> Iterator[st
         )
         while rows := result.fetchmany(5000):
             for (payload,) in rows:
-                event = json.loads(payload)
+                event = loads(payload)
                 line = {"dialogue_id": event["dialogue_id"]}
                 if "completion" in fields:
                     line["completion"] = event["completion"]
@@ -73,7 +72,7 @@ def _response_lines(store: Store, run_id: str, fields: list[str]) -> Iterator[st
 
 
 def _line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False) + "\n"
+    return dumps(obj) + "\n"
 
 
 def write_atomic(path: Path, chunks: Iterable[str]) -> None:

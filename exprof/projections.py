@@ -8,11 +8,12 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
+
+from exprof.jsonio import loads
 
 if TYPE_CHECKING:
     from exprof.store import StoredEvent
@@ -48,7 +49,7 @@ def catch_up(conn: Connection, through: int | None = None) -> int:
         ).fetchall()
         if not rows:
             break
-        batch = [StoredEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+        batch = [StoredEvent(r[0], r[1], r[2], r[3], loads(r[4]), r[5]) for r in rows]
         apply(conn, batch)
         pos = batch[-1].id
     return pos

@@ -6,6 +6,7 @@ never need the original YAML, dataset or mock file again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +36,8 @@ class RunRecord:
 
 def snapshot_chunks(
     samples: list[Sample], mocks: dict[str, dict[str, Any]] | None
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """The dataset as DatasetChunk payloads; in mock mode each sample carries its answer."""
-    chunks = []
     for start in range(0, len(samples), SNAPSHOT_CHUNK):
         rows = []
         for sample in samples[start : start + SNAPSHOT_CHUNK]:
@@ -45,8 +45,7 @@ def snapshot_chunks(
             if mocks is not None and sample.dialogue_id in mocks:
                 row["mock"] = mocks[sample.dialogue_id]
             rows.append(row)
-        chunks.append({"start": start, "samples": rows})
-    return chunks
+        yield {"start": start, "samples": rows}
 
 
 def require_run(store: Store, run_id: str) -> None:
@@ -56,12 +55,26 @@ def require_run(store: Store, run_id: str) -> None:
         raise ExprofError(f"{store.location}: no run {run_id!r} (see `exprof runs`)")
 
 
+def load_started(store: Store, run_id: str) -> RunStarted:
+    require_run(store, run_id)
+    for ev in store.events(run_id, types=("run_started",)):
+        return RunStarted.from_payload(ev.payload)
+    raise ExprofError(f"{store.location}: run {run_id!r} has no run_started event")
+
+
+def iter_samples(store: Store, run_id: str) -> Iterator[Sample]:
+    """The dataset snapshot in order, streamed chunk by chunk."""
+    for ev in store.events(run_id, types=("dataset_chunk",), batch=1):  # ~1 MB each
+        for row in ev.payload["samples"]:
+            yield Sample.from_payload(row)
+
+
 def load_run(store: Store, run_id: str) -> RunRecord:
     require_run(store, run_id)
     started: RunStarted | None = None
     samples: list[Sample] = []
     mocks: dict[str, dict[str, Any]] = {}
-    for ev in store.events(run_id, types=("run_started", "dataset_chunk")):
+    for ev in store.events(run_id, types=("run_started", "dataset_chunk"), batch=1):
         if ev.type == "run_started":
             started = RunStarted.from_payload(ev.payload)
             continue

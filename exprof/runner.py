@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import os
 import socket
 import time
@@ -35,6 +35,7 @@ from exprof.events import (
     SampleScored,
 )
 from exprof.export import export_run
+from exprof.jsonio import dumps
 from exprof.record import RunRecord, load_run, snapshot_chunks
 from exprof.render import Progress
 from exprof.store import Lease, Store
@@ -81,7 +82,7 @@ def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
 def dataset_sha256(samples: list[Sample]) -> str:
     digest = hashlib.sha256()
     for sample in samples:
-        digest.update(json.dumps(sample.to_payload(), ensure_ascii=False).encode())
+        digest.update(dumps(sample.to_payload()).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -109,7 +110,6 @@ class Runner:
         # rejects sampling parameters, so temperature is only sent under 2023-06-01.
         sends = mode == "live" and config.sends_temperature
         sent_params = {"temperature": config.temperature} if sends else {}
-        chunks = snapshot_chunks(samples, mocks if mode == "mock" else None)
         while True:
             chosen = run_id or self._next_run_id(config.experiment_id)
             if run_id is not None:
@@ -126,9 +126,9 @@ class Runner:
                 __version__,
             )
             try:
-                seq = self.store.append(
-                    chosen, [started, *(DatasetChunk(**c) for c in chunks)], after_seq=0
-                )
+                snapshot = snapshot_chunks(samples, mocks if mode == "mock" else None)
+                events = itertools.chain([started], (DatasetChunk(**c) for c in snapshot))
+                seq = self.store.append(chosen, events, after_seq=0)
             except ConcurrencyError:
                 self.store.release_lease(lease)
                 if run_id is not None:

@@ -7,13 +7,12 @@ so the projections can never disagree with the events they claim to have applied
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,16 @@ from sqlalchemy.pool import NullPool
 from exprof import projections
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
 from exprof.events import Event
+from exprof.jsonio import dumps, loads
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
 SCHEMA_HEAD = "0002"
 BUSY_TIMEOUT_MS = 5000
 STALE_LEASE_S = 120.0
+APPEND_SLICE = 6000  # events per executemany inside one append
+APPEND_SLICE_BYTES = 4_000_000
 DEFAULT_OUTPUT_DIR = "runs"
-
-
-def dumps(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -147,35 +145,53 @@ class Store:
 
     # -- appending -------------------------------------------------------------
 
-    def append(self, run_id: str, events: Sequence[Event], after_seq: int) -> int:
+    def append(self, run_id: str, events: Iterable[Event], after_seq: int) -> int:
         """Append `events` as seq after_seq+1.. of the run; return the new last seq.
 
         A clash with another writer's seq raises ConcurrencyError and leaves nothing
-        behind: the events and the projection updates share one transaction.
+        behind: the events and the projection updates share one transaction. The events
+        are consumed in slices, so a 100k-sample dataset snapshot is never held whole.
         """
         now = time.time()
+        seq = after_seq
         with self.write() as conn:
             last_id = int(
                 conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one()
             )
             projections.catch_up(conn, through=last_id)
-            stored = [
-                StoredEvent(last_id + i, run_id, after_seq + i, ev.type, ev.to_payload(), now)
-                for i, ev in enumerate(events, start=1)
-            ]
-            try:
-                conn.exec_driver_sql(
-                    "INSERT INTO events (id, run_id, seq, type, payload, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.id, e.run_id, e.seq, e.type, dumps(e.payload), now) for e in stored],
-                )
-            except IntegrityError:
-                raise ConcurrencyError(
-                    f"run {run_id}: another writer appended events concurrently; "
-                    "nothing was written"
-                ) from None
-            projections.apply(conn, stored)
-        return after_seq + len(events)
+            rows: list[tuple[Any, ...]] = []
+            stored: list[StoredEvent] = []
+            size = 0
+            for ev in events:
+                last_id, seq = last_id + 1, seq + 1
+                payload = ev.to_payload()
+                text = dumps(payload)
+                rows.append((last_id, run_id, seq, ev.type, text, now))
+                stored.append(StoredEvent(last_id, run_id, seq, ev.type, payload, now))
+                size += len(text)
+                if len(rows) >= APPEND_SLICE or size >= APPEND_SLICE_BYTES:
+                    self._insert(conn, run_id, rows, stored)
+                    rows, stored, size = [], [], 0
+            self._insert(conn, run_id, rows, stored)
+        return seq
+
+    @staticmethod
+    def _insert(
+        conn: Connection, run_id: str, rows: list[tuple[Any, ...]], stored: list[StoredEvent]
+    ) -> None:
+        if not rows:
+            return
+        try:
+            conn.exec_driver_sql(
+                "INSERT INTO events (id, run_id, seq, type, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        except IntegrityError:
+            raise ConcurrencyError(
+                f"run {run_id}: another writer appended events concurrently; nothing was written"
+            ) from None
+        projections.apply(conn, stored)
 
     def write(self) -> _WriteTransaction:
         return _WriteTransaction(self.engine)
@@ -191,7 +207,7 @@ class Store:
             )
 
     def events(
-        self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 5000
+        self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 1000
     ) -> Iterator[StoredEvent]:
         """Stream events in order, a batch at a time, so 100k-sample runs stay small."""
         where, params = [], []
@@ -211,7 +227,7 @@ class Store:
             )
             while rows := result.fetchmany(batch):
                 for id_, run, seq, type_, payload, created in rows:
-                    yield StoredEvent(id_, run, seq, type_, json.loads(payload), created)
+                    yield StoredEvent(id_, run, seq, type_, loads(payload), created)
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:
