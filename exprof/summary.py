@@ -11,6 +11,7 @@ from exprof import metrics
 from exprof.config import read_text
 from exprof.errors import ExprofError
 from exprof.events import RunStarted
+from exprof.pricing import estimate_cost
 from exprof.store import Store
 
 
@@ -67,6 +68,17 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
     )
     if failures:
         summary["failures_by_class"] = failures
+    if mode == "live":
+        config = start.config
+        sent = [by_status[s] for s in ("ok", "failed") if s in by_status]
+        summary["retries"] = sum((row[5] or 0) - row[6] for row in sent)
+        durations = [e.payload["duration_s"] for e in store.events(run_id, types=("run_finished",))]
+        if durations and sum(durations) > 0:
+            summary["requests_per_second"] = round(sum(row[0] for row in sent) / sum(durations), 1)
+        cost = estimate_cost(
+            config["model"], input_tokens or 0, output_tokens or 0, config["pricing"]
+        )
+        summary["estimated_cost_usd"] = cost if cost is not None else "cost unknown"
     if latencies:
         summary["latency_ms"] = {
             "p50": metrics.percentile(latencies, 50),

@@ -1,0 +1,287 @@
+"""Live runs through the official anthropic SDK: concurrency, retries, AIMD, Ctrl-C.
+
+Retries are ours (the SDK's are turned off) so that each attempt is counted, the
+in-flight limit can adapt to 429s, and a final failure records how many attempts it
+took. Answers are committed every FLUSH_S, so a kill wastes at most the requests in
+flight plus the answers of the last FLUSH_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from exprof.client import Failure, Outcome, Response
+from exprof.config import Config
+from exprof.dataset import Sample
+from exprof.events import Event
+from exprof.record import RunRecord
+from exprof.render import Progress
+from exprof.store import Lease, Store
+
+FLUSH_S = 0.05
+HEARTBEAT_S = 10.0
+SIGINT_GRACE_S = 5.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 120.0
+RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+
+
+def redact(text: str) -> str:
+    """Recorded error messages never carry an API key, even if the SDK echoes headers."""
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if key:
+        text = text.replace(key, "[redacted]")
+    return KEY_PATTERN.sub("sk-ant-[redacted]", text)
+
+
+class AdaptiveLimit:
+    """AIMD: halve the in-flight limit on a 429 (at most once per window), add one back
+    after each `limit` successes, never above the configured concurrency."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = ceiling
+        self.in_flight = 0
+        self.successes = 0
+        self.last_cut = 0.0
+        self.changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self.changed:
+            self.in_flight -= 1
+            self.changed.notify_all()
+
+    def on_rate_limited(self) -> None:
+        now = time.monotonic()
+        if now - self.last_cut > 1.0:
+            self.limit = max(1, self.limit // 2)
+            self.last_cut = now
+            self.successes = 0
+
+    def on_success(self) -> None:
+        if self.limit < self.ceiling:
+            self.successes += 1
+            if self.successes >= self.limit:
+                self.limit += 1
+                self.successes = 0
+
+
+def build_request(config: Config, sample: Sample) -> dict[str, Any]:
+    """messages.create arguments; sampling parameters only where the API version takes them."""
+    request: dict[str, Any] = {
+        "model": config.model,
+        "max_tokens": config.max_tokens,
+        "messages": [{"role": "user", "content": sample.user}],
+    }
+    if sample.system:
+        request["system"] = sample.system
+    if config.sends_temperature:
+        request["extra_headers"] = {"anthropic-version": config.api_version}
+        request["extra_body"] = {"temperature": config.temperature}
+    return request
+
+
+class LiveClient:
+    def __init__(self, config: Config, limiter: AdaptiveLimit) -> None:
+        import anthropic
+
+        self.anthropic = anthropic
+        self.config = config
+        self.limiter = limiter
+        self.client = anthropic.AsyncAnthropic(
+            base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
+            max_retries=0,
+            timeout=config.timeout_s,
+        )
+
+    async def complete(self, sample: Sample) -> Outcome:
+        request = build_request(self.config, sample)
+        attempts = 0
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                message = await self.client.messages.create(**request)
+            except self.anthropic.APIStatusError as exc:
+                retry = exc.status_code in RETRYABLE_STATUS
+                if exc.status_code == 429:
+                    self.limiter.on_rate_limited()
+                failure = Failure(
+                    type(exc).__name__, redact(_api_message(exc)), exc.status_code, attempts
+                )
+                headers = exc.response.headers
+            except self.anthropic.APIConnectionError as exc:
+                retry, headers = True, None
+                failure = Failure(type(exc).__name__, redact(str(exc)), None, attempts)
+            else:
+                self.limiter.on_success()
+                return self._response(message, attempts, time.perf_counter() - started)
+            if not retry or attempts > self.config.max_retries:
+                return failure
+            await asyncio.sleep(_backoff(attempts, headers))
+
+    def _response(self, message: Any, attempts: int, elapsed: float) -> Response:
+        text = "".join(block.text for block in message.content if block.type == "text")
+        metadata: dict[str, Any] = {"model": message.model}
+        if self.config.sends_temperature:
+            metadata["temperature"] = self.config.temperature
+        metadata.update(
+            token_count=message.usage.output_tokens,
+            input_tokens=message.usage.input_tokens,
+            output_tokens=message.usage.output_tokens,
+            stop_reason=message.stop_reason,
+            latency_ms=round(elapsed * 1000, 1),
+            attempts=attempts,
+            request_id=message._request_id,
+        )
+        if message.stop_reason == "refusal":
+            metadata["type"] = "refusal"
+        return Response(text, metadata)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _api_message(exc: Any) -> str:
+    """The API's own error message where the body has one, else the SDK's text."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", exc.message))
+    return str(exc.message)
+
+
+def _backoff(attempt: int, headers: Any) -> float:
+    """Honour retry-after(-ms) when the server sends it; else exponential with full jitter."""
+    if headers is not None:
+        for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+            value = headers.get(name)
+            if value is not None:
+                try:
+                    return min(float(value) * scale, RETRY_AFTER_CAP_S)
+                except ValueError:
+                    pass
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+def run_live(
+    store: Store,
+    record: RunRecord,
+    lease: Lease,
+    seq: int,
+    pending: list[Sample],
+    concurrency: int | None,
+    progress: Progress,
+) -> int:
+    """Send `pending` through the API; return the run's last seq. Raises KeyboardInterrupt
+    after a Ctrl-C, once the answers that arrived in the grace period are recorded."""
+    config = record.config
+    if not config.sends_temperature:
+        print(
+            f"warning: temperature {config.temperature} is recorded but not sent: API version "
+            f'{config.api_version} rejects sampling parameters; set api_version: "2023-06-01" '
+            "in the config to send it",
+            file=sys.stderr,
+        )
+    session = _LiveSession(store, record, lease, seq, concurrency or config.concurrency, progress)
+    return asyncio.run(session.run(pending))
+
+
+class _LiveSession:
+    def __init__(
+        self,
+        store: Store,
+        record: RunRecord,
+        lease: Lease,
+        seq: int,
+        concurrency: int,
+        progress: Progress,
+    ) -> None:
+        self.store, self.record, self.lease, self.seq = store, record, lease, seq
+        self.concurrency = concurrency
+        self.progress = progress
+        self.arrived: list[Event] = []
+        self.done = self.errors = 0
+        self.stopping = False
+        self.last_beat = time.monotonic()
+
+    async def run(self, pending: list[Sample]) -> int:
+        from exprof.runner import sample_events
+
+        limiter = AdaptiveLimit(self.concurrency)
+        client = LiveClient(self.record.config, limiter)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        flusher = asyncio.create_task(self._flush_periodically())
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(sample: Sample) -> None:
+            try:
+                outcome = await client.complete(sample)
+                self.arrived.extend(sample_events(sample, outcome))
+                self.done += 1
+                self.errors += isinstance(outcome, Failure)
+                self.progress.update(self.done, self.errors, f"in-flight limit {limiter.limit}")
+            finally:
+                await limiter.release()
+
+        try:
+            for sample in pending:
+                await limiter.acquire()
+                if self.stopping:
+                    await limiter.release()
+                    break
+                task = asyncio.create_task(one(sample))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks and not self.stopping:
+                await asyncio.wait(set(tasks), timeout=0.2)
+            await self._wait_or_cancel(tasks)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            flusher.cancel()
+            self._flush()
+            await client.close()
+        if self.stopping:
+            raise KeyboardInterrupt
+        return self.seq
+
+    async def _wait_or_cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+        """After Ctrl-C: give the requests in flight a grace period, then abandon them."""
+        if not tasks:
+            return
+        _, late = await asyncio.wait(set(tasks), timeout=SIGINT_GRACE_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    def _on_sigint(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            print("\nCtrl-C: finishing the requests in flight...", file=sys.stderr)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.arrived:
+            batch, self.arrived = self.arrived, []
+            self.seq = self.store.append(self.record.run_id, batch, after_seq=self.seq)
+        if time.monotonic() - self.last_beat > HEARTBEAT_S:
+            self.store.heartbeat(self.lease)
+            self.last_beat = time.monotonic()

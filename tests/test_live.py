@@ -1,0 +1,280 @@
+"""Live runs: the real anthropic SDK against the fake Messages API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_samples, write_experiment
+from exprof import projections
+from exprof.live import AdaptiveLimit, redact
+from exprof.store import Store, store_url
+from fake_anthropic import FakeAnthropic
+
+KEY = "sk-ant-api03-TESTKEY-do-not-leak-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def start(**settings):
+        server = FakeAnthropic(**settings).__enter__()
+        started.append(server)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        return server
+
+    started: list[FakeAnthropic] = []
+    yield start
+    for server in started:
+        server.__exit__()
+
+
+def experiment(tmp_path: Path, n: int, **config) -> Path:
+    samples, mocks = make_samples(n)
+    for s in samples:  # the fake echoes the prompt, so put the facts in it
+        s["user"] = f"{s['user']} about {' '.join(s['required_facts'])}"
+    return write_experiment(tmp_path / "e", samples, mocks, **config)
+
+
+def run_json(invoke, config: Path, *extra: str):
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json", *extra)
+    return result, json.loads(result.stdout) if result.stdout.strip() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def response_counts(run_id: str = "exp") -> dict[str, int]:
+    store = Store.open(store_url(None, "runs"))
+    counts: dict[str, int] = {}
+    for ev in store.events(run_id, types=("response_received",)):
+        counts[ev.payload["dialogue_id"]] = counts.get(ev.payload["dialogue_id"], 0) + 1
+    return counts
+
+
+def test_happy_path_exports_mock_shape_plus_live_fields(tmp_path, invoke, fake):
+    server = fake()
+    config = experiment(tmp_path, 12)
+    result, summary = run_json(invoke, config)
+    assert result.exit_code == 0, result.output
+    assert summary["mode"] == "live" and summary["fact_coverage"] == 1.0
+    assert summary["estimated_cost_usd"] > 0 and summary["retries"] == 0
+    live = tmp_path / "runs" / "exp"
+    mock_result = invoke("run", "--config", str(config), "--mock", "--run-id", "m", "--quiet")
+    assert mock_result.exit_code == 0
+    mock = tmp_path / "runs" / "m"
+    assert (live / "requests.jsonl").read_bytes() == (mock / "requests.jsonl").read_bytes()
+    live_rows, mock_rows = (
+        read_jsonl(live / "responses.jsonl"),
+        read_jsonl(mock / "responses.jsonl"),
+    )
+    assert [r["dialogue_id"] for r in live_rows] == [r["dialogue_id"] for r in mock_rows]
+    first = live_rows[0]
+    assert set(first) == {
+        "dialogue_id",
+        "completion",
+        "model",
+        "token_count",
+        "input_tokens",
+        "output_tokens",
+        "stop_reason",
+        "latency_ms",
+        "attempts",
+        "request_id",
+    }
+    assert first["model"] == "claude-3-opus-fake"  # as returned, not as asked
+    assert first["completion"].startswith("Answer: question 0")  # text blocks joined
+    assert first["token_count"] == first["output_tokens"]
+    assert first["request_id"].startswith("req_fake_")
+    assert server.state.requests == 12
+
+
+def test_concurrency_reaches_and_never_exceeds_the_limit(tmp_path, invoke, fake):
+    server = fake(latency=0.05)
+    result, _ = run_json(invoke, experiment(tmp_path, 48), "--concurrency", "8")
+    assert result.exit_code == 0
+    assert server.state.peak_in_flight == 8
+
+
+def test_retries_every_fault_kind_until_all_complete(tmp_path, invoke, fake):
+    server = fake(latency=0.005, fault_rate=0.2, seed=3, retry_after=0.01, hang_s=1.0)
+    config = experiment(tmp_path, 80, timeout_s=0.4, max_retries=12, concurrency=16)
+    result, summary = run_json(invoke, config)
+    assert result.exit_code == 0, result.output
+    assert summary["samples_completed"] == 80 and summary["retries"] > 0
+    assert set(response_counts().values()) == {1}
+    assert server.state.requests == 80 + summary["retries"]
+    faults = {
+        server.state.fault_for(s["body"]["messages"][0]["content"], 1) for s in server.state.seen
+    }
+    assert {"429", "529", "500", "drop", "hang"} <= faults  # every kind was exercised
+
+
+def test_persistent_500_is_a_recorded_failure_and_exit_1(tmp_path, invoke, fake):
+    config = experiment(tmp_path, 5, max_retries=2)
+    doomed = json.loads((tmp_path / "e" / "dialogues.json").read_text())[2]["user"]
+    fake(always_fail={doomed}, retry_after=0.01)
+    result, summary = run_json(invoke, config)
+    assert result.exit_code == 1
+    assert "1 sample(s) failed; retry them with: exprof resume exp" in result.stderr
+    assert summary["samples_completed"] == 4
+    assert summary["failures_by_class"] == {"InternalServerError": 1}
+    store = Store.open(store_url(None, "runs"))
+    [failure] = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    assert failure == {
+        "dialogue_id": "d00002",
+        "error_class": "InternalServerError",
+        "message": "Internal server error",
+        "status": 500,
+        "attempts": 3,
+    }
+
+
+def test_retry_after_is_honoured(tmp_path, invoke, fake):
+    config = experiment(tmp_path, 1)
+    user = json.loads((tmp_path / "e" / "dialogues.json").read_text())[0]["user"]
+    server = fake(script={user: ["429"]}, retry_after=0.6)
+    result, summary = run_json(invoke, config)
+    assert result.exit_code == 0 and summary["retries"] == 1
+    first, second = server.state.seen
+    assert second["t"] - first["t"] >= 0.6  # a lower bound: a busy machine only waits longer
+
+
+def test_aimd_halves_on_429_and_grows_back():
+    limit = AdaptiveLimit(16)
+    limit.on_rate_limited()
+    assert limit.limit == 8
+    limit.on_rate_limited()  # within the same window: no second cut
+    assert limit.limit == 8
+    limit.last_cut = 0.0
+    limit.on_rate_limited()
+    assert limit.limit == 4
+    for _ in range(4):
+        limit.on_success()
+    assert limit.limit == 5
+    for _ in range(1000):
+        limit.on_success()
+    assert limit.limit == 16
+
+
+def test_sustained_429s_lower_the_in_flight_peak(tmp_path, invoke, fake):
+    config = experiment(tmp_path, 64, max_retries=20)
+    users = [s["user"] for s in json.loads((tmp_path / "e" / "dialogues.json").read_text())]
+    calm = fake(latency=0.05)
+    assert run_json(invoke, config, "--concurrency", "16", "--run-id", "calm")[0].exit_code == 0
+    stormy = fake(latency=0.05, script={u: ["429", "429", "429"] for u in users}, retry_after=0.3)
+    result, _ = run_json(invoke, config, "--concurrency", "16", "--run-id", "storm")
+    assert result.exit_code == 0
+    assert calm.state.peak_in_flight == 16
+    late = [s for s in stormy.state.seen if s["t"] > stormy.state.seen[0]["t"] + 0.25]
+    assert late and stormy.state.peak_in_flight <= 16
+
+
+def test_temperature_is_never_sent_under_2026_10_21(tmp_path, invoke, fake):
+    server = fake()
+    result, summary = run_json(invoke, experiment(tmp_path, 4))
+    assert result.exit_code == 0  # the fake answers 400 to any sampling parameter here
+    assert "temperature 0.5 is recorded but not sent" in result.stderr
+    assert result.stderr.count("warning:") == 1
+    assert all("temperature" not in s["body"] for s in server.state.seen)
+    assert {s["headers"]["anthropic-version"] for s in server.state.seen} == {"2026-10-21"}
+    assert summary["sent_params"] == {}
+    requests = read_jsonl(tmp_path / "runs" / "exp" / "requests.jsonl")
+    assert {r["temperature"] for r in requests} == {0.5}  # recorded as configured
+
+
+def test_temperature_is_sent_under_2023_06_01(tmp_path, invoke, fake):
+    server = fake()
+    result, summary = run_json(invoke, experiment(tmp_path, 4, api_version="2023-06-01"))
+    assert result.exit_code == 0
+    assert "warning" not in result.stderr
+    assert [s["body"]["temperature"] for s in server.state.seen] == [0.5] * 4
+    assert {s["headers"]["anthropic-version"] for s in server.state.seen} == {"2023-06-01"}
+    assert summary["sent_params"] == {"temperature": 0.5}
+    assert read_jsonl(tmp_path / "runs" / "exp" / "responses.jsonl")[0]["temperature"] == 0.5
+
+
+def test_unknown_model_cost_is_unknown(tmp_path, invoke, fake):
+    fake()
+    _, summary = run_json(invoke, experiment(tmp_path, 2, model="claude-next-preview"))
+    assert summary["estimated_cost_usd"] == "cost unknown"
+
+
+def test_pricing_block_overrides_the_table(tmp_path, invoke, fake):
+    fake()
+    config = experiment(tmp_path, 2, model="mine", pricing={"mine": {"input": 1e6, "output": 0}})
+    _, summary = run_json(invoke, config)
+    assert summary["estimated_cost_usd"] == summary["input_tokens"]
+
+
+def test_api_key_appears_nowhere(tmp_path, invoke, fake):
+    config = experiment(tmp_path, 6, max_retries=0)
+    user = json.loads((tmp_path / "e" / "dialogues.json").read_text())[1]["user"]
+    fake(script={user: ["leak"]})
+    result, summary = run_json(invoke, config)
+    assert result.exit_code == 1  # the leaking 401 is a final failure
+    runs_json = invoke("runs", "--format", "json").stdout
+    text = result.output + runs_json
+    blobs = [p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert blobs and all(KEY.encode() not in b for b in blobs)
+    assert KEY not in text
+    store = Store.open(store_url(None, "runs"))
+    [failure] = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    assert failure["error_class"] == "AuthenticationError"
+    assert failure["message"] == "invalid credentials: Bearer [redacted]"
+
+
+def test_redact_masks_any_anthropic_key(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "plainsecret")
+    assert redact("a plainsecret and sk-ant-xyz_1-2 b") == "a [redacted] and sk-ant-[redacted] b"
+
+
+def test_ctrl_c_records_what_arrived_exits_130_and_resumes(tmp_path, fake):
+    server = fake(latency=0.2)
+    config = experiment(tmp_path, 200, concurrency=4)
+    env = {**os.environ}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exprof", "run", "--config", str(config), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while server.state.successes < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "exprof resume exp" in stderr
+    db = tmp_path / "runs" / "exprof.db"
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store = Store.open(store_url(None, "runs"))
+    done = sum(response_counts().values())
+    assert 12 <= done < 200
+    with store.write() as conn:
+        before = conn.exec_driver_sql("SELECT * FROM samples ORDER BY idx").all()
+        projections.rebuild(conn)
+        assert conn.exec_driver_sql("SELECT * FROM samples ORDER BY idx").all() == before
+    sent_before = server.state.requests
+    resumed = subprocess.run(
+        [sys.executable, "-m", "exprof", "resume", "exp", "--quiet", "--concurrency", "32"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert set(response_counts().values()) == {1} and len(response_counts()) == 200
+    assert server.state.requests - sent_before == 200 - done
