@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from exprof import projections
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
@@ -117,7 +116,7 @@ class Store:
                     path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ExprofError(f"{path}: cannot create store: {exc.strerror}") from None
-        engine = create_engine(url, poolclass=NullPool)
+        engine = create_engine(url)
         _configure(engine)
         store = cls(engine, location)
         try:

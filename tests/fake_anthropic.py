@@ -55,6 +55,7 @@ class FakeState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs
     server: _Server
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
