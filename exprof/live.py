@@ -2,8 +2,9 @@
 
 Retries are ours (the SDK's are turned off) so that each attempt is counted, the
 in-flight limit can adapt to 429s, and a final failure records how many attempts it
-took. Answers are committed every FLUSH_S, so a kill wastes at most the requests in
-flight plus the answers of the last FLUSH_S.
+took. Each answer is committed before its slot is given to the next request (answers
+that land in the same event-loop turn share one transaction), so a kill wastes at most
+`concurrency` requests: those in flight, plus answers not yet committed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from exprof.record import RunRecord
 from exprof.render import Progress
 from exprof.store import Lease, Store
 
-FLUSH_S = 0.05
 HEARTBEAT_S = 10.0
 SIGINT_GRACE_S = 5.0
 BACKOFF_BASE_S = 0.5
@@ -214,6 +214,8 @@ class _LiveSession:
         self.concurrency = concurrency
         self.progress = progress
         self.arrived: list[Event] = []
+        self.committed: asyncio.Future[None] | None = None
+        self.crashed: list[BaseException] = []
         self.done = self.errors = 0
         self.stopping = False
         self.last_beat = time.monotonic()
@@ -225,13 +227,12 @@ class _LiveSession:
         client = LiveClient(self.record.config, limiter)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        flusher = asyncio.create_task(self._flush_periodically())
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(sample: Sample) -> None:
             try:
                 outcome = await client.complete(sample)
-                self.arrived.extend(sample_events(sample, outcome))
+                await self._record(sample_events(sample, outcome))
                 self.done += 1
                 self.errors += isinstance(outcome, Failure)
                 self.progress.update(self.done, self.errors, f"in-flight limit {limiter.limit}")
@@ -241,23 +242,34 @@ class _LiveSession:
         try:
             for sample in pending:
                 await limiter.acquire()
-                if self.stopping:
+                if self.stopping or self.crashed:
                     await limiter.release()
                     break
                 task = asyncio.create_task(one(sample))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(self._settle(tasks))
             while tasks and not self.stopping:
                 await asyncio.wait(set(tasks), timeout=0.2)
             await self._wait_or_cancel(tasks)
+            if self.crashed:
+                raise self.crashed[0]
         finally:
             loop.remove_signal_handler(signal.SIGINT)
-            flusher.cancel()
             self._flush()
             await client.close()
         if self.stopping:
             raise KeyboardInterrupt
         return self.seq
+
+    def _settle(self, tasks: set[asyncio.Task[None]]) -> Any:
+        """A done-callback: forget the task, keeping any error (asyncio.wait would not)."""
+
+        def settle(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self.crashed.append(task.exception())  # type: ignore[arg-type]
+
+        return settle
 
     async def _wait_or_cancel(self, tasks: set[asyncio.Task[None]]) -> None:
         """After Ctrl-C: give the requests in flight a grace period, then abandon them."""
@@ -273,10 +285,24 @@ class _LiveSession:
             self.stopping = True
             print("\nCtrl-C: finishing the requests in flight...", file=sys.stderr)
 
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
+    async def _record(self, events: list[Event]) -> None:
+        """Queue a sample's events and wait until they are committed."""
+        self.arrived.extend(events)
+        if self.committed is None:
+            self.committed = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        await asyncio.shield(self.committed)
+
+    def _commit(self) -> None:
+        committed, self.committed = self.committed, None
+        try:
             self._flush()
+        except Exception as exc:  # the waiting tasks raise it; see run()
+            if committed is not None:
+                committed.set_exception(exc)
+            return
+        if committed is not None:
+            committed.set_result(None)
 
     def _flush(self) -> None:
         if self.arrived:

@@ -279,6 +279,9 @@ class Runner:
     def _refuse_existing(self, run_id: str) -> None:
         with self.store.engine.connect() as conn:
             if conn.exec_driver_sql("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
+                holder = self.store.lease(run_id)
+                if holder is not None:
+                    raise ExprofError(f"run {run_id!r} is being worked on by {holder.describe()}")
                 raise ExprofError(
                     f"run {run_id!r} already exists; continue it with `exprof resume {run_id}` "
                     "or choose another --run-id"

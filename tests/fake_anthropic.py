@@ -159,6 +159,9 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     state: FakeState
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client killed mid-request (the crash tests) is expected, not news
+
 
 class FakeAnthropic:
     """`with FakeAnthropic(latency=0.02) as fake: ... fake.url ... fake.state.requests`"""
