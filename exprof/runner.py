@@ -147,6 +147,15 @@ class Runner:
             pending = self._pending(record, retry_failed)
             if not pending:
                 summary = export_run(self.store, run_id, self.output_dir / run_id)
+                self.store.release_lease(lease)
+                failed = summary["samples_failed"]
+                if failed:
+                    return RunResult(
+                        run_id,
+                        summary,
+                        EXIT_SAMPLES_FAILED,
+                        f"nothing sent: {failed} failed sample(s) left alone (--no-retry-failed)",
+                    )
                 return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
             seq = self.store.last_seq(run_id)
             seq = self.store.append(

@@ -1,0 +1,299 @@
+"""Resume: real subprocesses killed with SIGKILL (and SIGINT), then resumed until done."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_samples, write_experiment
+from exprof import projections
+from exprof.store import Store, store_url
+from fake_anthropic import FakeAnthropic
+
+TIMING = {"latency_ms", "request_id", "requests_per_second"}
+
+
+def exprof(*args: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exprof", *args, "--quiet"],
+        cwd=cwd,
+        env=env or os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def done_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT count(*) FROM samples WHERE status = 'ok'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def exports(folder: Path, strip: bool) -> dict:
+    """The three files, whole; with strip, parsed and without the timing fields."""
+    out = {}
+    for name in ("requests.jsonl", "responses.jsonl", "summary.json"):
+        text = (folder / name).read_text(encoding="utf-8")
+        if not strip:
+            out[name] = text
+        elif name == "summary.json":
+            out[name] = {k: v for k, v in json.loads(text).items() if k not in TIMING}
+        else:
+            out[name] = [
+                {k: v for k, v in json.loads(line).items() if k not in TIMING}
+                for line in text.splitlines()
+            ]
+    return out
+
+
+def assert_consistent(db: Path, run_id: str, n: int) -> None:
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    raw.close()
+    store = Store.open(store_url(str(db), "."))
+    responses: dict[str, int] = {}
+    for ev in store.events(run_id, types=("response_received",)):
+        responses[ev.payload["dialogue_id"]] = responses.get(ev.payload["dialogue_id"], 0) + 1
+    assert len(responses) == n and set(responses.values()) == {1}
+    with store.write() as conn:
+        incremental = conn.exec_driver_sql("SELECT * FROM samples ORDER BY run_id, idx").all()
+        projections.rebuild(conn)
+        rebuilt = conn.exec_driver_sql("SELECT * FROM samples ORDER BY run_id, idx").all()
+    assert rebuilt == incremental
+    assert sum(1 for row in incremental if row[3] == "ok") == n
+
+
+def crash_loop(
+    tmp_path: Path, config: Path, n: int, kills: int, seed: int, env: dict, max_wait: float
+) -> int:
+    """Run `crash`, SIGKILL it at random moments, resume, repeat; return the kills made."""
+    rng = random.Random(seed)
+    db = tmp_path / "runs" / "exprof.db"
+    made = 0
+    while True:
+        exists = done_count(db) > 0 or _run_exists(db)
+        args = (
+            ("resume", "crash") if exists else ("run", "--config", str(config), "--run-id", "crash")
+        )
+        proc = exprof(*args, cwd=tmp_path, env=env)
+        if made < kills:
+            before = done_count(db)
+            if rng.random() < 0.4:
+                time.sleep(rng.uniform(0.0, 0.8))  # anywhere, start-up included
+            else:  # mid-work: after fresh progress, a random slice of a batch later
+                deadline = time.monotonic() + max_wait
+                while done_count(db) == before and proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.15))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                made += 1
+                raw = sqlite3.connect(db) if db.exists() else None
+                if raw is not None:
+                    assert raw.execute("PRAGMA quick_check").fetchone() == ("ok",)
+                    raw.close()
+                continue
+        code, err = finish(proc)
+        assert code == 0, err
+        return made
+
+
+def _run_exists(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT 1 FROM runs WHERE run_id = 'crash'").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return False
+
+
+@pytest.mark.slow
+def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path):
+    n = 60_000
+    samples, mocks = make_samples(n, facts=3, refuse_every=9)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    ref = exprof(
+        "run", "--config", str(config), "--run-id", "crash", "--output-dir", "ref", cwd=tmp_path
+    )
+    assert finish(ref)[0] == 0
+    made = crash_loop(tmp_path, config, n, kills=25, seed=11, env=os.environ.copy(), max_wait=20)
+    assert made >= 25
+    assert exports(tmp_path / "runs" / "crash", strip=False) == exports(
+        tmp_path / "ref" / "crash", strip=False
+    )
+    assert_consistent(tmp_path / "runs" / "exprof.db", "crash", n)
+
+
+@pytest.mark.slow
+def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path):
+    n, concurrency = 2000, 8
+    samples, mocks = make_samples(n)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=concurrency)
+    with FakeAnthropic(latency=0.02, jitter=0.005) as server:
+        env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-crash", "ANTHROPIC_BASE_URL": server.url}
+        ref = exprof(
+            "run",
+            "--config",
+            str(config),
+            "--run-id",
+            "crash",
+            "--output-dir",
+            "ref",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert finish(ref)[0] == 0
+        assert server.state.requests == n
+        made = crash_loop(tmp_path, config, n, kills=25, seed=5, env=env, max_wait=20)
+        wasted = server.state.requests - 2 * n
+    assert made >= 25
+    assert 0 <= wasted <= made * concurrency, (wasted, made)
+    assert exports(tmp_path / "runs" / "crash", strip=True) == exports(
+        tmp_path / "ref" / "crash", strip=True
+    )
+    assert_consistent(tmp_path / "runs" / "exprof.db", "crash", n)
+
+
+@pytest.fixture
+def slow_mock_run(tmp_path):
+    """A mock experiment big enough to be caught mid-run, and its reference exports."""
+    samples, mocks = make_samples(60_000, facts=2, refuse_every=5)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    ref = exprof(
+        "run", "--config", str(config), "--run-id", "r", "--output-dir", "ref", cwd=tmp_path
+    )
+    assert finish(ref)[0] == 0
+    return config
+
+
+def start_and_catch(tmp_path: Path, config: Path, sig: int) -> subprocess.Popen:
+    proc = exprof("run", "--config", str(config), "--run-id", "r", cwd=tmp_path)
+    db = tmp_path / "runs" / "exprof.db"
+    deadline = time.monotonic() + 30
+    while done_count(db) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    return proc
+
+
+def test_ctrl_c_then_resume_in_mock_mode(tmp_path, slow_mock_run):
+    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGINT)
+    code, err = finish(proc)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; continue with: exprof resume r"
+    listing = subprocess.run(
+        [sys.executable, "-m", "exprof", "runs", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    [row] = json.loads(listing.stdout)
+    assert (row["status"], row["next step"]) == ("interrupted", "exprof resume r")
+    code, err = finish(exprof("resume", "r", cwd=tmp_path))
+    assert code == 0, err
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+
+
+def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_run):
+    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+    proc.wait()
+    listing = subprocess.run(
+        [sys.executable, "-m", "exprof", "runs", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    [row] = json.loads(listing.stdout)
+    assert row["status"] == "interrupted"  # the lease's holder is dead
+    done, total = map(int, row["done"].split("/"))
+    assert 0 < done < total == 60_000
+    code, err = finish(exprof("resume", "r", cwd=tmp_path))
+    assert code == 0, err
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+
+
+def test_second_resume_is_refused_naming_the_holder(tmp_path, slow_mock_run):
+    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+    proc.wait()
+    first, second = exprof("resume", "r", cwd=tmp_path), exprof("resume", "r", cwd=tmp_path)
+    results = sorted([finish(first), finish(second)])
+    assert results[0][0] == 0, results
+    assert results[1][0] == 2
+    [line] = results[1][1].strip().splitlines()
+    assert line.startswith("Error: run r is being worked on by pid ")
+    assert " since " in line
+    assert_consistent(tmp_path / "runs" / "exprof.db", "r", 60_000)
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+
+
+def test_resume_needs_neither_config_nor_dataset(tmp_path, slow_mock_run):
+    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(tmp_path / "e")
+    code, err = finish(exprof("resume", "r", cwd=tmp_path))
+    assert code == 0, err
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+
+
+def test_resume_retries_failures_unless_told_not_to(tmp_path, invoke):
+    samples, mocks = make_samples(10, missing_every=3)  # 4 samples have no mock answer
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    before = Store.open(store_url(None, "runs")).event_count()
+    kept = invoke("resume", "exp", "--no-retry-failed", "--quiet")
+    assert kept.exit_code == 1
+    assert kept.stderr == "nothing sent: 4 failed sample(s) left alone (--no-retry-failed)\n"
+    assert Store.open(store_url(None, "runs")).event_count() == before  # nothing sent
+    retried = invoke("resume", "exp", "--quiet", "--format", "json")
+    assert retried.exit_code == 1  # the mock still has no answer for them
+    assert json.loads(retried.stdout)["samples_failed"] == 4
+    store = Store.open(store_url(None, "runs"))
+    types = [e.type for e in store.events("exp")]
+    assert types.count("run_resumed") == 1
+    assert types.count("sample_failed") == 8
+
+
+def test_resuming_a_complete_run_sends_nothing_and_re_exports(tmp_path, invoke, monkeypatch):
+    samples, mocks = make_samples(3)
+    config = write_experiment(tmp_path / "e", samples, mocks, api_version="2023-06-01")
+    with FakeAnthropic() as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+        (tmp_path / "runs" / "exp" / "summary.json").unlink()
+        result = invoke("resume", "exp", "--quiet")
+        assert server.state.requests == 3
+    assert result.exit_code == 0
+    assert result.stderr == "run exp is already complete\n"
+    assert json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())["mode"] == "live"
