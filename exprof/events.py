@@ -37,6 +37,7 @@ class RunStarted(Event):
     samples_total: int
     sent_params: dict[str, Any]
     exprof_version: str
+    snapshot_chunk: int = 2000  # samples per DatasetChunk: chunk k holds k*n .. k*n+n-1
 
 
 @dataclass(frozen=True)

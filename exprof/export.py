@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.config import Config
+from exprof.dataset import Sample
 from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.record import iter_samples, load_started
 from exprof.store import Store
@@ -21,8 +22,11 @@ from exprof.summary import run_summary
 FILES = ("requests.jsonl", "responses.jsonl", "summary.json")
 
 
-def export_run(store: Store, run_id: str, out_dir: str | Path) -> dict[str, Any]:
-    """Write the three files under out_dir; return the summary."""
+def export_run(
+    store: Store, run_id: str, out_dir: str | Path, samples: Iterable[Sample] | None = None
+) -> dict[str, Any]:
+    """Write the three files under out_dir; return the summary. `samples`, when given, is
+    the run's whole dataset in order (as recorded), so it need not be read back."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = Config.from_dict(load_started(store, run_id).config)
@@ -43,7 +47,7 @@ def export_run(store: Store, run_id: str, out_dir: str | Path) -> dict[str, Any]
                 "prompt": {"system": s.system, "user": s.user},
             }
         )
-        for s in iter_samples(store, run_id)
+        for s in (iter_samples(store, run_id) if samples is None else samples)
         if s.dialogue_id in requested
     )
     write_atomic(out / "requests.jsonl", request_lines)

@@ -6,7 +6,7 @@ never need the original YAML, dataset or mock file again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.events import RunStarted
+from exprof.jsonio import loads
 from exprof.store import Store
 
 SNAPSHOT_CHUNK = 2000
@@ -24,6 +25,7 @@ class RunRecord:
     started: RunStarted
     samples: list[Sample]
     mocks: dict[str, dict[str, Any]]
+    partial: bool = False  # samples holds only some of the dataset
 
     @property
     def run_id(self) -> str:
@@ -69,19 +71,35 @@ def iter_samples(store: Store, run_id: str) -> Iterator[Sample]:
             yield Sample.from_payload(row)
 
 
-def load_run(store: Store, run_id: str) -> RunRecord:
-    require_run(store, run_id)
-    started: RunStarted | None = None
+def load_run(store: Store, run_id: str, positions: Container[int] | None = None) -> RunRecord:
+    """The run's start and dataset snapshot; with `positions` (dataset indexes), only the
+    chunks holding them are parsed and only those samples kept, so a resume of a large
+    run starts sending at once."""
+    started = load_started(store, run_id)
+    with store.engine.connect() as conn:
+        chunk_ids = [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT id FROM events WHERE run_id = ? AND type = 'dataset_chunk' ORDER BY seq",
+                (run_id,),
+            )
+        ]
+    size = started.snapshot_chunk
+    if positions is not None:
+        wanted = {i // size for i in positions}  # type: ignore[attr-defined]
+        chunk_ids = [cid for k, cid in enumerate(chunk_ids) if k in wanted]
     samples: list[Sample] = []
     mocks: dict[str, dict[str, Any]] = {}
-    for ev in store.events(run_id, types=("run_started", "dataset_chunk"), batch=1):
-        if ev.type == "run_started":
-            started = RunStarted.from_payload(ev.payload)
-            continue
-        for row in ev.payload["samples"]:
+    for chunk_id in chunk_ids:
+        with store.engine.connect() as conn:
+            text = conn.exec_driver_sql(
+                "SELECT payload FROM events WHERE id = ?", (chunk_id,)
+            ).scalar_one()
+        chunk = loads(text)
+        for i, row in enumerate(chunk["samples"], start=chunk["start"]):
+            if positions is not None and i not in positions:
+                continue
             samples.append(Sample.from_payload(row))
             if "mock" in row:
                 mocks[row["dialogue_id"]] = row["mock"]
-    if started is None:
-        raise ExprofError(f"{store.location}: run {run_id!r} has no run_started event")
-    return RunRecord(started, samples, mocks)
+    return RunRecord(started, samples, mocks, partial=positions is not None)

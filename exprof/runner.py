@@ -36,7 +36,7 @@ from exprof.events import (
 )
 from exprof.export import export_run
 from exprof.jsonio import dumps
-from exprof.record import RunRecord, load_run, snapshot_chunks
+from exprof.record import RunRecord, load_run, require_run, snapshot_chunks
 from exprof.render import Progress
 from exprof.store import Lease, Store
 
@@ -141,11 +141,11 @@ class Runner:
     def resume(
         self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
     ) -> RunResult:
-        record = load_run(self.store, run_id)
+        require_run(self.store, run_id)
         lease = self.store.acquire_lease(run_id)
         try:
-            pending = self._pending(record, retry_failed)
-            if not pending:
+            positions = self._pending_positions(run_id, retry_failed)
+            if not positions:
                 summary = export_run(self.store, run_id, self.output_dir / run_id)
                 self.store.release_lease(lease)
                 failed = summary["samples_failed"]
@@ -157,6 +157,7 @@ class Runner:
                         f"nothing sent: {failed} failed sample(s) left alone (--no-retry-failed)",
                     )
                 return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
+            record = load_run(self.store, run_id, positions)
             seq = self.store.last_seq(run_id)
             seq = self.store.append(
                 run_id,
@@ -166,7 +167,7 @@ class Runner:
         except BaseException:
             self.store.release_lease(lease)
             raise
-        return self._execute(record, lease, seq, pending, concurrency)
+        return self._execute(record, lease, seq, record.samples, concurrency)
 
     # -- the work --------------------------------------------------------------
 
@@ -196,7 +197,7 @@ class Runner:
                 [RunInterrupted("interrupted by Ctrl-C")],
                 after_seq=seq,
             )
-            summary = export_run(self.store, run_id, self.output_dir / run_id)
+            summary = self._export(record)
             self.store.release_lease(lease)
             return RunResult(
                 run_id,
@@ -222,7 +223,7 @@ class Runner:
                 [RunFinished(counts.get("ok", 0), failed, round(time.monotonic() - began, 3))],
                 after_seq=seq,
             )
-            summary = export_run(self.store, run_id, self.output_dir / run_id)
+            summary = self._export(record)
         finally:
             self.store.release_lease(lease)
         if failed:
@@ -256,18 +257,23 @@ class Runner:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _pending(self, record: RunRecord, retry_failed: bool) -> list[Sample]:
-        skip = ("ok",) if retry_failed else ("ok", "failed")
+    def _export(self, record: RunRecord) -> dict[str, Any]:
+        """Export, handing over the dataset when we hold all of it (saves re-reading it)."""
+        samples = None if record.partial else record.samples
+        return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
+
+    def _pending_positions(self, run_id: str, retry_failed: bool) -> set[int]:
+        """Dataset indexes of the samples still owed a response."""
+        owed = ("pending", "failed") if retry_failed else ("pending",)
         with self.store.engine.connect() as conn:
-            settled = {
+            return {
                 row[0]
                 for row in conn.exec_driver_sql(
-                    f"SELECT dialogue_id FROM samples WHERE run_id = ? "
-                    f"AND status IN ({', '.join('?' * len(skip))})",
-                    (record.run_id, *skip),
+                    f"SELECT idx FROM samples WHERE run_id = ? "
+                    f"AND status IN ({', '.join('?' * len(owed))})",
+                    (run_id, *owed),
                 )
             }
-        return [s for s in record.samples if s.dialogue_id not in settled]
 
     def _next_run_id(self, experiment_id: str) -> str:
         with self.store.engine.connect() as conn:
