@@ -110,7 +110,7 @@ def crash_loop(
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.15))
+                time.sleep(rng.uniform(0.0, 0.1))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -140,7 +140,7 @@ def _run_exists(db: Path) -> bool:
 
 @pytest.mark.slow
 def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path):
-    n = 60_000
+    n = 80_000  # 40 commits of 2,000: enough for 25 kills to land mid-run
     samples, mocks = make_samples(n, facts=3, refuse_every=9)
     config = write_experiment(tmp_path / "e", samples, mocks)
     ref = exprof(
