@@ -26,23 +26,33 @@ from generate import generate  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+# A small launcher runs exprof and reports its peak RSS: measured from this benchmark's
+# own (large) process, a forked child would inherit our high-water mark.
+LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:], stderr=subprocess.DEVNULL)\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "print(f'\\n{peak} {code}')\n"
+)
+
+
 def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB) of one exprof command, measured by GNU time-like wait4."""
+    """Wall seconds, peak RSS (MB) and stdout of one exprof command."""
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exprof", *argv],
+    result = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "exprof", *argv],
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
+    out, _, last = result.stdout.rstrip("\n").rpartition("\n")
+    peak_kb, code = map(int, last.split())
+    if code not in (0, 1):
         raise SystemExit(f"exprof {' '.join(argv)} failed")
-    return wall, usage.ru_maxrss / 1024, out
+    return wall, peak_kb / 1024, out
 
 
 def machine() -> str:

@@ -248,6 +248,65 @@ def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> 
     click.echo(f"exported {run_id} to {target}", err=True)
 
 
+@cli.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@store_options
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many changed samples and flips to list.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--resamples",
+    type=click.IntRange(min=100),
+    default=10_000,
+    show_default=True,
+    help="Bootstrap resamples.",
+)
+@click.option(
+    "--fail-on-regression",
+    is_flag=True,
+    help="Exit 1 when B's fact_coverage is significantly worse than A's.",
+)
+@click.option(
+    "--max-refusal-increase",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Exit 1 when B's refusal rate exceeds A's by more than this (e.g. 0.02).",
+)
+@output_options
+def compare_cmd(
+    run_a: str,
+    run_b: str,
+    output_dir: str,
+    db: str | None,
+    top: int,
+    seed: int,
+    resamples: int,
+    fail_on_regression: bool,
+    max_refusal_increase: float | None,
+    format_: str,
+) -> None:
+    """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips."""
+    from exprof.compare import compare, gate, load_side
+    from exprof.render import render_compare
+
+    def store() -> Any:
+        return open_store(db, output_dir)
+
+    result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
+    click.echo(render_compare(result, format_, top))
+    gated = fail_on_regression or max_refusal_increase is not None
+    reasons = gate(result, max_refusal_increase) if gated else []
+    for reason in reasons:
+        click.echo(f"regression: {reason}", err=True)
+    sys.exit(1 if reasons else 0)
+
+
 @cli.group()
 def db() -> None:
     """Manage the store's schema."""

@@ -1,4 +1,5 @@
-"""Writing a run's artifacts from its events: requests.jsonl, responses.jsonl, summary.json.
+"""Writing a run's artifacts from its events: requests.jsonl, responses.jsonl,
+summary.json, and scores.jsonl (per-sample metrics, so exports can be compared).
 
 The same events give the same bytes: lines follow dataset order, keys keep their
 recorded order, and each file is replaced atomically so a crash never leaves half.
@@ -15,18 +16,19 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.jsonio import dumps, dumps_pretty, loads
+from exprof.metrics import facts_found, is_refusal
 from exprof.record import iter_samples, load_started
 from exprof.store import Store
 from exprof.summary import run_summary
 
-FILES = ("requests.jsonl", "responses.jsonl", "summary.json")
+FILES = ("requests.jsonl", "responses.jsonl", "scores.jsonl", "summary.json")
 
 
 def export_run(
     store: Store, run_id: str, out_dir: str | Path, samples: Iterable[Sample] | None = None
 ) -> dict[str, Any]:
-    """Write the three files under out_dir; return the summary. `samples`, when given, is
-    the run's whole dataset in order (as recorded), so it need not be read back."""
+    """Write the export files under out_dir; return the summary. `samples`, when given,
+    is the run's whole dataset in order (as recorded), so it need not be read back."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = Config.from_dict(load_started(store, run_id).config)
@@ -37,27 +39,40 @@ def export_run(
                 "SELECT dialogue_id FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
             )
         }
-    request_lines = (
-        _line(
-            {
-                "dialogue_id": s.dialogue_id,
-                "model": config.model,
-                "temperature": config.temperature,
-                "max_tokens": config.max_tokens,
-                "prompt": {"system": s.system, "user": s.user},
-            }
-        )
-        for s in (iter_samples(store, run_id) if samples is None else samples)
-        if s.dialogue_id in requested
-    )
-    write_atomic(out / "requests.jsonl", request_lines)
-    write_atomic(out / "responses.jsonl", _response_lines(store, run_id, config.output_fields))
+    facts: dict[str, tuple[str, ...]] = {}
+
+    def request_lines() -> Iterator[str]:
+        for s in iter_samples(store, run_id) if samples is None else samples:
+            if s.dialogue_id in requested:
+                facts[s.dialogue_id] = s.required_facts
+                yield _line(
+                    {
+                        "dialogue_id": s.dialogue_id,
+                        "model": config.model,
+                        "temperature": config.temperature,
+                        "max_tokens": config.max_tokens,
+                        "prompt": {"system": s.system, "user": s.user},
+                    }
+                )
+
+    write_atomic(out / "requests.jsonl", request_lines())
+    scores: list[str] = []
+    responses = _response_lines(store, run_id, config.output_fields, facts, scores)
+    write_atomic(out / "responses.jsonl", responses)
+    write_atomic(out / "scores.jsonl", scores)
     summary = run_summary(store, run_id)
     write_atomic(out / "summary.json", [dumps_pretty(summary)])
     return summary
 
 
-def _response_lines(store: Store, run_id: str, fields: list[str]) -> Iterator[str]:
+def _response_lines(
+    store: Store,
+    run_id: str,
+    fields: list[str],
+    facts: dict[str, tuple[str, ...]],
+    scores: list[str],
+) -> Iterator[str]:
+    """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`."""
     with store.engine.connect() as conn:
         result = conn.exec_driver_sql(
             "SELECT e.payload FROM samples s JOIN events e ON e.id = s.response_event_id "
@@ -67,12 +82,33 @@ def _response_lines(store: Store, run_id: str, fields: list[str]) -> Iterator[st
         while rows := result.fetchmany(5000):
             for (payload,) in rows:
                 event = loads(payload)
-                line = {"dialogue_id": event["dialogue_id"]}
+                dialogue_id, completion, metadata = (
+                    event["dialogue_id"],
+                    event["completion"],
+                    event["metadata"],
+                )
+                line = {"dialogue_id": dialogue_id}
                 if "completion" in fields:
-                    line["completion"] = event["completion"]
+                    line["completion"] = completion
                 if "metadata" in fields:
-                    line.update(event["metadata"])
+                    line.update(metadata)
                 yield _line(line)
+                scores.append(
+                    _line(score_line(dialogue_id, completion, metadata, facts[dialogue_id]))
+                )
+
+
+def score_line(
+    dialogue_id: str, completion: str, metadata: dict[str, Any], facts: tuple[str, ...]
+) -> dict[str, Any]:
+    """One scores.jsonl line: the sample's metrics, and the facts its answer missed."""
+    found = facts_found(completion, facts)
+    return {
+        "dialogue_id": dialogue_id,
+        "fact_coverage": sum(found) / len(found) if found else 1.0,
+        "refused": is_refusal(completion, metadata),
+        "facts_missing": [f for f, hit in zip(facts, found, strict=True) if not hit],
+    }
 
 
 def _line(obj: dict[str, Any]) -> str:

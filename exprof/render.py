@@ -82,3 +82,113 @@ class Progress:
         if self.enabled:
             self.stream.write("\r" + self.line() + "\n")
             self.stream.flush()
+
+
+def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
+    """`exprof compare` output: sections of tables, or one JSON object, or per-sample CSV."""
+    if fmt == "json":  # the per-sample rows are the CSV's; JSON stays one readable object
+        return json.dumps(
+            {k: v for k, v in result.items() if k != "per_sample"}, ensure_ascii=False, indent=2
+        )
+    if fmt == "csv":
+        rows = [
+            [
+                s["dialogue_id"],
+                s["coverage_a"],
+                s["coverage_b"],
+                round(s["coverage_b"] - s["coverage_a"], 6),
+                s["refused_a"],
+                s["refused_b"],
+            ]
+            for s in result["per_sample"]
+        ]
+        rows += [[d, "", "", "", "", ""] for d in result["a_only"]]
+        rows += [[d, "", "", "", "", ""] for d in result["b_only"]]
+        headers = ["dialogue_id", "coverage_a", "coverage_b", "delta", "refused_a", "refused_b"]
+        return render(rows, headers, "csv")
+    md = fmt == "markdown"
+
+    def heading(text: str) -> str:
+        return f"### {text}" if md else f"{text}:"
+
+    counts = result["samples"]
+    stats = result["statistics"]
+    out = [
+        f"{'**A**' if md else 'A'}: {result['a']}  {'**B**' if md else 'B'}: {result['b']}",
+        f"samples: {counts['common']} common, {counts['a_only']} only in A, "
+        f"{counts['b_only']} only in B; paired bootstrap, {stats['resamples']} resamples, "
+        f"seed {stats['seed']}",
+        "",
+    ]
+    metric_rows = []
+    for name, m in result["metrics"].items():
+        ci = m.get("ci95")
+        metric_rows.append(
+            [
+                name,
+                fmt_value(m["a"]),
+                fmt_value(m["b"]),
+                fmt_value(m["delta"]),
+                "-" if m.get("relative") is None else f"{m['relative']:+.1%}",
+                f"[{ci[0]}, {ci[1]}]" if ci else "-",
+                m.get("verdict") or "-",
+            ]
+        )
+    out.append(
+        render(metric_rows, ["metric", "A", "B", "Δ (B−A)", "relative", "95% CI", "verdict"], fmt)
+    )
+    flips = result["refusal_flips"]
+    p = result["metrics"]["refusal_rate"].get("mcnemar_p")
+    out += [
+        "",
+        heading("refusal flips"),
+        f"{len(flips['refused_in_b_only'])} refused in B only, "
+        f"{len(flips['refused_in_a_only'])} refused in A only"
+        + (f" (exact McNemar p = {p})" if p is not None else ""),
+    ]
+    for key, label in (
+        ("refused_in_b_only", "refused in B only"),
+        ("refused_in_a_only", "refused in A only"),
+    ):
+        if flips[key]:
+            more = len(flips[key]) - top
+            out.append(
+                f"{label}: {', '.join(flips[key][:top])}" + (f" (+{more} more)" if more > 0 else "")
+            )
+    if result["top_changed"]:
+        out += ["", heading(f"top {len(result['top_changed'])} coverage changes")]
+        rows = [
+            [
+                c["dialogue_id"],
+                c["a"],
+                c["b"],
+                c["delta"],
+                ", ".join(c["facts_gained"]) or "-",
+                ", ".join(c["facts_lost"]) or "-",
+            ]
+            for c in result["top_changed"]
+        ]
+        out.append(render(rows, ["dialogue_id", "A", "B", "Δ", "facts gained", "facts lost"], fmt))
+    for key, label in (("a_only", "only in A"), ("b_only", "only in B")):
+        if result[key]:
+            more = len(result[key]) - top
+            out += [
+                "",
+                f"{heading(label)} {', '.join(result[key][:top])}"
+                + (f" (+{more} more)" if more > 0 else ""),
+            ]
+    diff = result["config_diff"]
+    out += ["", heading("config differences")]
+    if diff["fields"]:
+        out.append(
+            render(
+                [[k, fmt_value(v["a"]), fmt_value(v["b"])] for k, v in diff["fields"].items()],
+                ["field", "A", "B"],
+                fmt,
+            )
+        )
+    else:
+        out.append("none")
+    out.append(f"datasets identical: {'yes' if diff['datasets_identical'] else 'no'}")
+    out += [f"note: {note}" for note in diff["notes"]]
+    return "\n".join(out)

@@ -63,6 +63,9 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
         samples_failed=failed,
         input_tokens=input_tokens or 0,
         output_tokens=output_tokens or 0,
+        temperature=start.config["temperature"],
+        max_tokens=start.config["max_tokens"],
+        dataset_sha256=start.dataset_sha256,
         api_version=start.config["api_version"] if mode == "live" else None,
         sent_params=start.sent_params,
     )

@@ -1,0 +1,348 @@
+"""Comparing two runs: paired statistics over the samples they share, flips, config diff.
+
+Either side may be a run id, an experiment id (its latest run), or an export directory.
+The bootstrap resamples the common samples with replacement, as the textbook paired
+bootstrap does, but draws the *counts* of each distinct (coverage A, coverage B,
+refused A, refused B) tuple from a multinomial: the same distribution, at a cost that
+depends on the number of distinct tuples (a few dozen for fact coverage) rather than on
+the number of samples. That keeps 10,000 resamples of 100k samples well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exprof.config import read_text
+from exprof.errors import ExprofError
+from exprof.jsonio import loads
+from exprof.metrics import facts_found, geometric_mean
+
+MIN_SAMPLES = 10
+CONFIG_KEYS = (
+    "model",
+    "temperature",
+    "max_tokens",
+    "dataset_sha256",
+    "mode",
+    "api_version",
+    "sent_params",
+)
+EXTRA_METRICS = (
+    "input_tokens",
+    "output_tokens",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "estimated_cost_usd",
+)
+MULTINOMIAL_MAX_TUPLES = 5000
+
+
+@dataclass
+class Side:
+    """One run's per-sample scores, in dataset order, and its summary."""
+
+    label: str
+    summary: dict[str, Any]
+    ids: list[str]
+    coverage: np.ndarray
+    refused: np.ndarray
+    missing: dict[str, list[str]] = field(default_factory=dict)  # filled for the top samples
+    store: Any = None
+
+    def facts_missing(self, wanted: list[str]) -> dict[str, list[str]]:
+        if self.store is None:
+            return {d: self.missing.get(d, []) for d in wanted}
+        return _store_facts_missing(self.store, self.summary["run_id"], wanted)
+
+
+def load_side(ref: str, store_factory: Any) -> Side:
+    """A run id, an experiment id (latest run) or an export directory."""
+    path = Path(ref)
+    if path.is_dir() and (path / "summary.json").exists():
+        return _side_from_dir(path)
+    store = store_factory()
+    with store.engine.connect() as conn:
+        run_id = conn.exec_driver_sql("SELECT run_id FROM runs WHERE run_id = ?", (ref,)).scalar()
+        if run_id is None:
+            run_id = conn.exec_driver_sql(
+                "SELECT run_id FROM runs WHERE experiment_id = ? "
+                "ORDER BY created_at DESC, run_id DESC LIMIT 1",
+                (ref,),
+            ).scalar()
+        if run_id is None:
+            raise ExprofError(
+                f"{store.location}: no run, experiment or export directory named {ref!r} "
+                "(see `exprof runs`)"
+            )
+        rows = conn.exec_driver_sql(
+            "SELECT dialogue_id, fact_coverage, refused FROM samples "
+            "WHERE run_id = ? AND status = 'ok' ORDER BY idx",
+            (run_id,),
+        ).all()
+    from exprof.summary import run_summary
+
+    return Side(
+        run_id,
+        run_summary(store, run_id),
+        [r[0] for r in rows],
+        np.fromiter((r[1] for r in rows), dtype=float, count=len(rows)),
+        np.fromiter((r[2] for r in rows), dtype=bool, count=len(rows)),
+        store=store,
+    )
+
+
+def _side_from_dir(path: Path) -> Side:
+    from exprof.summary import read_exported_summary
+
+    summary = read_exported_summary(path)
+    scores_path = path / "scores.jsonl"
+    ids, coverage, refused, missing = [], [], [], {}
+    for lineno, line in enumerate(read_text(scores_path, "scores").splitlines(), start=1):
+        try:
+            row = loads(line)
+            ids.append(row["dialogue_id"])
+            coverage.append(float(row["fact_coverage"]))
+            refused.append(bool(row["refused"]))
+            missing[row["dialogue_id"]] = list(row["facts_missing"])
+        except (ValueError, KeyError, TypeError):
+            raise ExprofError(f"{scores_path}: line {lineno}: not an exprof score line") from None
+    return Side(
+        str(path),
+        summary,
+        ids,
+        np.array(coverage, dtype=float),
+        np.array(refused, dtype=bool),
+        missing,
+    )
+
+
+def _store_facts_missing(store: Any, run_id: str, wanted: list[str]) -> dict[str, list[str]]:
+    """Recompute, for a few samples, which facts the answer missed (the scoring rule)."""
+    from exprof.record import load_run
+
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT s.dialogue_id, s.idx, e.payload FROM samples s "
+            f"JOIN events e ON e.id = s.response_event_id "
+            f"WHERE s.run_id = ? AND s.dialogue_id IN ({marks})",
+            (run_id, *wanted),
+        ).all()
+    facts = {
+        s.dialogue_id: s.required_facts
+        for s in load_run(store, run_id, {r[1] for r in rows}).samples
+    }
+    out = {}
+    for dialogue_id, _, payload in rows:
+        completion = loads(payload)["completion"]
+        found = facts_found(completion, facts[dialogue_id])
+        out[dialogue_id] = [f for f, hit in zip(facts[dialogue_id], found, strict=True) if not hit]
+    return out
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of b against b + c at one half."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top + math.log(sum(math.exp(x - top) for x in logs)) - n * math.log(2))
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_means(tuples: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of `resamples` paired bootstrap resamples of the rows of `tuples` (n x m)."""
+    rng = np.random.default_rng(seed)
+    n = len(tuples)
+    distinct, counts = np.unique(tuples, axis=0, return_counts=True)
+    if len(distinct) <= MULTINOMIAL_MAX_TUPLES:
+        draws = rng.multinomial(n, counts / n, size=resamples)
+        return (draws @ distinct) / n
+    out = np.empty((resamples, tuples.shape[1]))
+    step = max(1, 2_000_000 // n)
+    for start in range(0, resamples, step):
+        stop = min(start + step, resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = tuples[idx].mean(axis=1)
+    return out
+
+
+def _verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
+    if lo > 0:
+        return "improved" if higher_is_better else "regressed"
+    if hi < 0:
+        return "regressed" if higher_is_better else "improved"
+    return "no significant change"
+
+
+def _relative(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or a == 0:
+        return None
+    return round((b - a) / abs(a), 4)
+
+
+def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int = 10) -> dict:
+    """The comparison as one JSON-ready object with stable keys (documented in README)."""
+    b_index = {d: i for i, d in enumerate(b.ids)}
+    a_only = [d for d in a.ids if d not in b_index]
+    a_pos = [i for i, d in enumerate(a.ids) if d in b_index]
+    if not a_pos:
+        raise ExprofError(f"no common samples between {a.label} and {b.label}")
+    common = [a.ids[i] for i in a_pos]
+    b_pos = [b_index[d] for d in common]
+    a_set = set(a.ids)
+    b_only = [d for d in b.ids if d not in a_set]
+    cov_a, cov_b = a.coverage[a_pos], b.coverage[b_pos]
+    ref_a, ref_b = a.refused[a_pos], b.refused[b_pos]
+    n = len(common)
+
+    point = {
+        "fact_coverage": (float(cov_a.mean()), float(cov_b.mean())),
+        "refusal_rate": (float(ref_a.mean()), float(ref_b.mean())),
+    }
+    point["geometric_mean"] = (
+        geometric_mean(point["fact_coverage"][0], point["refusal_rate"][0]),
+        geometric_mean(point["fact_coverage"][1], point["refusal_rate"][1]),
+    )
+    flips_b_only = [d for d, x, y in zip(common, ref_a, ref_b, strict=True) if y and not x]
+    flips_a_only = [d for d, x, y in zip(common, ref_a, ref_b, strict=True) if x and not y]
+    p_value = mcnemar_exact(len(flips_a_only), len(flips_b_only))
+
+    metrics: dict[str, dict[str, Any]] = {}
+    meaningful = n >= MIN_SAMPLES
+    if meaningful:
+        means = bootstrap_means(np.column_stack([cov_a, cov_b, ref_a, ref_b]), resamples, seed)
+        gm = np.sqrt(np.clip(means[:, [0, 1]] * (1 - means[:, [2, 3]]), 0, None))
+        deltas = {
+            "fact_coverage": means[:, 1] - means[:, 0],
+            "refusal_rate": means[:, 3] - means[:, 2],
+            "geometric_mean": gm[:, 1] - gm[:, 0],
+        }
+    for name, (va, vb) in point.items():
+        row: dict[str, Any] = {
+            "a": round(va, 4),
+            "b": round(vb, 4),
+            "delta": round(vb - va, 4),
+            "relative": _relative(va, vb),
+            "ci95": None,
+            "verdict": None,
+        }
+        if meaningful:
+            lo, hi = np.percentile(deltas[name], [2.5, 97.5])
+            row["ci95"] = [round(float(lo), 4), round(float(hi), 4)]
+            row["verdict"] = _verdict(float(lo), float(hi), name != "refusal_rate")
+            if name == "refusal_rate":
+                row["mcnemar_p"] = round(p_value, 6)
+                row["verdict"] = (
+                    "no significant change"
+                    if p_value >= 0.05
+                    else "regressed"
+                    if len(flips_b_only) > len(flips_a_only)
+                    else "improved"
+                )
+        else:
+            row["verdict"] = f"not meaningful: {n} common samples (< {MIN_SAMPLES})"
+        metrics[name] = row
+    for name in EXTRA_METRICS:
+        va, vb = _extra(a.summary, name), _extra(b.summary, name)
+        if isinstance(va, int | float) and isinstance(vb, int | float):
+            metrics[name] = {
+                "a": va,
+                "b": vb,
+                "delta": round(vb - va, 6),
+                "relative": _relative(va, vb),
+            }
+
+    delta = cov_b - cov_a
+    order = sorted(
+        (i for i in range(n) if delta[i] != 0), key=lambda i: (-abs(delta[i]), common[i])
+    )
+    changed_ids = [common[i] for i in order[:top]]
+    missing_a, missing_b = a.facts_missing(changed_ids), b.facts_missing(changed_ids)
+    changed = []
+    for i in order[:top]:
+        d = common[i]
+        lost_in_b, lost_in_a = set(missing_b.get(d, [])), set(missing_a.get(d, []))
+        changed.append(
+            {
+                "dialogue_id": d,
+                "a": round(float(cov_a[i]), 4),
+                "b": round(float(cov_b[i]), 4),
+                "delta": round(float(delta[i]), 4),
+                "facts_gained": sorted(lost_in_a - lost_in_b),
+                "facts_lost": sorted(lost_in_b - lost_in_a),
+            }
+        )
+    return {
+        "a": a.label,
+        "b": b.label,
+        "samples": {"common": n, "a_only": len(a_only), "b_only": len(b_only)},
+        "statistics": {"resamples": resamples, "seed": seed, "meaningful": meaningful},
+        "metrics": metrics,
+        "refusal_flips": {"refused_in_a_only": flips_a_only, "refused_in_b_only": flips_b_only},
+        "top_changed": changed,
+        "a_only": a_only,
+        "b_only": b_only,
+        "config_diff": _config_diff(a.summary, b.summary),
+        "per_sample": [
+            {
+                "dialogue_id": d,
+                "coverage_a": float(x),
+                "coverage_b": float(y),
+                "refused_a": bool(ra),
+                "refused_b": bool(rb),
+            }
+            for d, x, y, ra, rb in zip(common, cov_a, cov_b, ref_a, ref_b, strict=True)
+        ],
+    }
+
+
+def _extra(summary: dict[str, Any], name: str) -> Any:
+    if name.startswith("latency_"):
+        return (summary.get("latency_ms") or {}).get(name.split("_")[1])
+    return summary.get(name)
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Fields that differ. Temperature only counts where a run sent it: under API
+    2026-10-21 it is recorded but not sent, so two such runs do not differ in it."""
+    fields = {}
+    for key in CONFIG_KEYS:
+        if a.get(key) != b.get(key):
+            fields[key] = {"a": a.get(key), "b": b.get(key)}
+    notes = []
+    if "temperature" in fields and not (a.get("sent_params") or b.get("sent_params")):
+        del fields["temperature"]
+        notes.append(
+            f"temperature is configured differently ({a.get('temperature')} vs "
+            f"{b.get('temperature')}) but neither run sent it"
+        )
+    same = a.get("dataset_sha256") == b.get("dataset_sha256") and a.get("dataset_sha256")
+    return {"fields": fields, "datasets_identical": bool(same), "notes": notes}
+
+
+def gate(result: dict, max_refusal_increase: float | None) -> list[str]:
+    """Reasons B fails the CI gate: coverage significantly worse, or refusals up too far."""
+    reasons = []
+    cov = result["metrics"]["fact_coverage"]
+    if cov["verdict"] == "regressed":
+        reasons.append(
+            f"fact_coverage regressed: {cov['a']} -> {cov['b']} (delta {cov['delta']}, "
+            f"95% CI {cov['ci95']})"
+        )
+    ref = result["metrics"]["refusal_rate"]
+    if max_refusal_increase is not None and ref["delta"] > max_refusal_increase:
+        reasons.append(
+            f"refusal_rate rose by {ref['delta']} ({ref['a']} -> {ref['b']}), "
+            f"past --max-refusal-increase {max_refusal_increase}"
+        )
+    return reasons
