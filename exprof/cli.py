@@ -307,6 +307,19 @@ def compare_cmd(
     sys.exit(1 if reasons else 0)
 
 
+@cli.command()
+@store_options
+@output_options
+def doctor(output_dir: str, db: str | None, format_: str) -> None:
+    """Check the store: schema, integrity, and projections against the events."""
+    from exprof.doctor import check
+
+    rows, healthy = check(open_store(db, output_dir))
+    headers = ["check", "status", "detail"]
+    click.echo(render([[r[h] for h in headers] for r in rows], headers, format_, rows))
+    sys.exit(0 if healthy else 1)
+
+
 @cli.group()
 def db() -> None:
     """Manage the store's schema."""

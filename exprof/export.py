@@ -15,6 +15,7 @@ from typing import Any
 
 from exprof.config import Config
 from exprof.dataset import Sample
+from exprof.errors import ExprofError
 from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.metrics import facts_found, is_refusal
 from exprof.record import iter_samples, load_started
@@ -30,7 +31,12 @@ def export_run(
     """Write the export files under out_dir; return the summary. `samples`, when given,
     is the run's whole dataset in order (as recorded), so it need not be read back."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExprofError(f"{out}: cannot create the export directory: {exc.strerror}") from None
+    for stale in out.glob(".*.tmp"):  # left by an export that was killed mid-write
+        stale.unlink(missing_ok=True)
     config = Config.from_dict(load_started(store, run_id).config)
     with store.engine.connect() as conn:
         requested = {

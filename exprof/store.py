@@ -193,7 +193,7 @@ class Store:
         projections.apply(conn, stored)
 
     def write(self) -> _WriteTransaction:
-        return _WriteTransaction(self.engine)
+        return _WriteTransaction(self.engine, self.location)
 
     # -- reading ---------------------------------------------------------------
 
@@ -287,8 +287,9 @@ class Store:
 class _WriteTransaction:
     """`with store.write() as conn:` runs one BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, location: str) -> None:
         self.engine = engine
+        self.location = location
 
     def __enter__(self) -> Connection:
         self.conn = self.engine.connect().execution_options(immediate=True)
@@ -296,7 +297,9 @@ class _WriteTransaction:
             self.tx = self.conn.begin()
         except OperationalError as exc:
             self.conn.close()
-            raise ExprofError(f"store is busy or unwritable: {_reason(exc)}") from None
+            raise ExprofError(
+                f"{self.location}: store is busy or unwritable: {_reason(exc)}"
+            ) from None
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
