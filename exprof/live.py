@@ -44,8 +44,9 @@ def redact(text: str) -> str:
 
 
 class AdaptiveLimit:
-    """AIMD: halve the in-flight limit on a 429 (at most once per window), add one back
-    after each `limit` successes, never above the configured concurrency."""
+    """AIMD over requests in flight: halve the limit on a 429 (at most once a second),
+    add one back after each `limit` successes, never above the configured concurrency.
+    A request waiting to retry holds no slot, so a 429 storm really thins the traffic."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = ceiling
@@ -113,6 +114,7 @@ class LiveClient:
         attempts = 0
         while True:
             attempts += 1
+            await self.limiter.acquire()  # every attempt, retries too, waits for a slot
             started = time.perf_counter()
             try:
                 message = await self.client.messages.create(**request)
@@ -130,6 +132,8 @@ class LiveClient:
             else:
                 self.limiter.on_success()
                 return self._response(message, attempts, time.perf_counter() - started)
+            finally:
+                await self.limiter.release()
             if not retry or attempts > self.config.max_retries:
                 return failure
             await asyncio.sleep(_backoff(attempts, headers))
@@ -225,6 +229,9 @@ class _LiveSession:
 
         limiter = AdaptiveLimit(self.concurrency)
         client = LiveClient(self.record.config, limiter)
+        # Samples in progress (sending, or waiting to retry) are bounded by the configured
+        # concurrency; requests actually in flight by the adaptive limit, inside complete().
+        workers = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         tasks: set[asyncio.Task[None]] = set()
@@ -237,13 +244,13 @@ class _LiveSession:
                 self.errors += isinstance(outcome, Failure)
                 self.progress.update(self.done, self.errors, f"in-flight limit {limiter.limit}")
             finally:
-                await limiter.release()
+                workers.release()
 
         try:
             for sample in pending:
-                await limiter.acquire()
+                await workers.acquire()
                 if self.stopping or self.crashed:
-                    await limiter.release()
+                    workers.release()
                     break
                 task = asyncio.create_task(one(sample))
                 tasks.add(task)

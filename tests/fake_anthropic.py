@@ -73,12 +73,28 @@ class _Handler(BaseHTTPRequestHandler):
             state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
             attempt = state.attempts[user] = state.attempts.get(user, 0) + 1
             self.request_id = f"req_fake_{state.requests:06d}"
-            state.seen.append({"headers": dict(self.headers), "body": body, "t": time.monotonic()})
+            state.seen.append(
+                {
+                    "headers": dict(self.headers),
+                    "body": body,
+                    "t": time.monotonic(),
+                    "in_flight": state.in_flight,
+                    "attempt": attempt,
+                }
+            )
+        self.answered = False
         try:
             self._answer(state, body, user, attempt)
         finally:
-            with state.lock:
-                state.in_flight -= 1
+            self._leave_flight()
+
+    def _leave_flight(self) -> None:
+        """Called before the answer's bytes go out, so a client that has its answer never
+        finds this request still counted as in flight."""
+        if not self.answered:
+            self.answered = True
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
 
     def _answer(self, state: FakeState, body: dict, user: str, attempt: int) -> None:
         delay = state.latency + random.uniform(-state.jitter, state.jitter)
@@ -151,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        self._leave_flight()
         self.wfile.write(data)
 
 

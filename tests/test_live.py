@@ -166,17 +166,33 @@ def test_aimd_halves_on_429_and_grows_back():
     assert limit.limit == 16
 
 
-def test_sustained_429s_lower_the_in_flight_peak(tmp_path, invoke, fake):
+def test_sustained_429s_lower_the_in_flight_limit(tmp_path, invoke, fake):
     config = experiment(tmp_path, 64, max_retries=20)
     users = [s["user"] for s in json.loads((tmp_path / "e" / "dialogues.json").read_text())]
     calm = fake(latency=0.05)
     assert run_json(invoke, config, "--concurrency", "16", "--run-id", "calm")[0].exit_code == 0
+    assert calm.state.peak_in_flight == 16
     stormy = fake(latency=0.05, script={u: ["429", "429", "429"] for u in users}, retry_after=0.3)
     result, _ = run_json(invoke, config, "--concurrency", "16", "--run-id", "storm")
     assert result.exit_code == 0
-    assert calm.state.peak_in_flight == 16
-    late = [s for s in stormy.state.seen if s["t"] > stormy.state.seen[0]["t"] + 0.25]
-    assert late and stormy.state.peak_in_flight <= 16
+    first = [s["in_flight"] for s in stormy.state.seen if s["attempt"] == 1]
+    # The first wave's retries all come before any success (which needs a 4th attempt).
+    retries = [s["in_flight"] for s in stormy.state.seen if s["attempt"] == 2][:16]
+    assert max(first) == 16  # the first wave, before any 429, used the full limit
+    assert len(retries) == 16 and max(retries) <= 8  # halved by the 429s
+
+
+def test_refusal_stop_reason_marks_the_response(tmp_path, invoke, fake):
+    fake()
+    config = experiment(tmp_path, 4)
+    data = json.loads((tmp_path / "e" / "dialogues.json").read_text())
+    data[1]["user"] += " REFUSE"
+    (tmp_path / "e" / "dialogues.json").write_text(json.dumps(data))
+    _, summary = run_json(invoke, config)
+    rows = read_jsonl(tmp_path / "runs" / "exp" / "responses.jsonl")
+    assert [r.get("type") for r in rows] == [None, "refusal", None, None]
+    assert rows[1]["stop_reason"] == "refusal"
+    assert summary["refusal_rate"] == 0.25
 
 
 def test_temperature_is_never_sent_under_2026_10_21(tmp_path, invoke, fake):
