@@ -10,6 +10,8 @@ that land in the same event-loop turn share one transaction), so a kill wastes a
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import os
 import random
 import re
@@ -54,17 +56,33 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.successes = 0
         self.last_cut = 0.0
-        self.changed = asyncio.Condition()
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self) -> None:
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
+        if self.in_flight < self.limit and not self.waiters:
+            self.in_flight += 1  # the common case: no lock, no await
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter  # the slot is handed over by release()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot we can no longer use
+            else:
+                self.waiters.remove(waiter)
+            raise
 
-    async def release(self) -> None:
-        async with self.changed:
-            self.in_flight -= 1
-            self.changed.notify_all()
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters and self.in_flight < self.limit:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
     def on_rate_limited(self) -> None:
         now = time.monotonic()
@@ -79,6 +97,7 @@ class AdaptiveLimit:
             if self.successes >= self.limit:
                 self.limit += 1
                 self.successes = 0
+                self._wake()
 
 
 def build_request(config: Config, sample: Sample) -> dict[str, Any]:
@@ -133,7 +152,7 @@ class LiveClient:
                 self.limiter.on_success()
                 return self._response(message, attempts, time.perf_counter() - started)
             finally:
-                await self.limiter.release()
+                self.limiter.release()
             if not retry or attempts > self.config.max_retries:
                 return failure
             await asyncio.sleep(_backoff(attempts, headers))
@@ -201,7 +220,15 @@ def run_live(
             file=sys.stderr,
         )
     session = _LiveSession(store, record, lease, seq, concurrency or config.concurrency, progress)
-    return asyncio.run(session.run(pending))
+    # The SDK allocates heavily per request; without this, each full collection would
+    # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
+    import anthropic  # noqa: F401  (imported before the freeze, so frozen with the rest)
+
+    gc.freeze()
+    try:
+        return asyncio.run(session.run(pending))
+    finally:
+        gc.unfreeze()
 
 
 class _LiveSession:

@@ -8,7 +8,7 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -21,12 +21,6 @@ if TYPE_CHECKING:
 NAME = "runs_and_samples"
 TABLES = ("runs", "samples")
 CATCH_UP_BATCH = 5000
-
-_RUN_STATUS = {
-    "run_started": "running",
-    "run_resumed": "running",
-    "run_interrupted": "interrupted",
-}
 
 
 def position(conn: Connection) -> int:
@@ -63,27 +57,64 @@ def rebuild(conn: Connection) -> None:
 
 
 def apply(conn: Connection, events: Sequence[StoredEvent]) -> None:
-    """Fold a batch of events (in id order) into the projection rows."""
-    # Each statement's rows are gathered into one executemany. That is order-safe:
-    # sample rows are inserted before any update runs, the per-sample updates touch
-    # disjoint columns (a failure never overwrites an 'ok'), and the run-status rows
-    # keep their event order within their own list.
-    updates: dict[str, list[tuple[Any, ...]]] = {}
+    """Fold a batch of events (in id order) into the projection rows.
+
+    A sample's events in one batch (request, response, score) become one UPDATE, and
+    rows of the same shape one executemany. That is order-safe: sample rows are inserted
+    before any update, the merged updates touch disjoint columns, a failure never
+    overwrites an 'ok', and run-status changes keep their event order.
+    """
+    new_samples: list[tuple[Any, ...]] = []
+    changes: dict[tuple[str, str], dict[str, Any]] = {}
+    failures: list[tuple[Any, ...]] = []
+    statuses: list[tuple[str, str]] = []
     for ev in events:
-        handler = _HANDLERS.get(ev.type)
-        if handler is None:
-            continue
-        sql, rows = handler(conn, ev)
-        if sql is not None:
-            updates.setdefault(sql, []).extend(rows)
-    for sql in sorted(updates, key=lambda sql: not sql.startswith("INSERT")):
-        conn.exec_driver_sql(sql, updates[sql])
+        p = ev.payload
+        if ev.type == "run_started":
+            _insert_run(conn, ev)
+        elif ev.type == "dataset_chunk":
+            new_samples.extend(
+                (ev.run_id, s["dialogue_id"], p["start"] + i) for i, s in enumerate(p["samples"])
+            )
+        elif ev.type in _SAMPLE_COLUMNS:
+            cols = changes.setdefault((ev.run_id, p["dialogue_id"]), {})
+            if ev.type == "request_sent":
+                cols["requests"] = cols.get("requests", 0) + 1
+            else:
+                cols.update(_SAMPLE_COLUMNS[ev.type](ev))
+        elif ev.type == "sample_failed":
+            failures.append((p["error_class"], p["attempts"], ev.run_id, p["dialogue_id"]))
+        elif ev.type in _RUN_STATUS:
+            statuses.append((_RUN_STATUS[ev.type](p), ev.run_id))
+    if new_samples:
+        conn.exec_driver_sql(
+            "INSERT INTO samples (run_id, dialogue_id, idx, status, requests) "
+            "VALUES (?, ?, ?, 'pending', 0)",
+            new_samples,
+        )
+    by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for (run_id, dialogue_id), cols in changes.items():
+        by_shape.setdefault(tuple(cols), []).append((*cols.values(), run_id, dialogue_id))
+    for shape, rows in by_shape.items():
+        sets = ", ".join(
+            "requests = requests + ?" if col == "requests" else f"{col} = ?" for col in shape
+        )
+        conn.exec_driver_sql(
+            f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ?", rows
+        )
+    if failures:
+        conn.exec_driver_sql(
+            "UPDATE samples SET status = 'failed', error_class = ?, attempts = ? "
+            "WHERE run_id = ? AND dialogue_id = ? AND status != 'ok'",
+            failures,
+        )
+    if statuses:
+        conn.exec_driver_sql("UPDATE runs SET status = ? WHERE run_id = ?", statuses)
     if events:
-        last = events[-1]
         conn.exec_driver_sql(
             "INSERT INTO projection_positions (name, last_event_id) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET last_event_id = excluded.last_event_id",
-            (NAME, last.id),
+            (NAME, events[-1].id),
         )
         _touch_runs(conn, events)
 
@@ -98,10 +129,7 @@ def _touch_runs(conn: Connection, events: Iterable[StoredEvent]) -> None:
     )
 
 
-Handler = Any
-
-
-def _run_started(conn: Connection, ev: StoredEvent) -> tuple[str | None, list[tuple[Any, ...]]]:
+def _insert_run(conn: Connection, ev: StoredEvent) -> None:
     p = ev.payload
     conn.exec_driver_sql(
         "INSERT INTO runs (run_id, experiment_id, model, mode, status, samples_total, "
@@ -117,95 +145,38 @@ def _run_started(conn: Connection, ev: StoredEvent) -> tuple[str | None, list[tu
             ev.id,
         ),
     )
-    return None, []
 
 
-def _run_status(conn: Connection, ev: StoredEvent) -> tuple[str | None, list[tuple[Any, ...]]]:
-    if ev.type == "run_finished":
-        status = "complete" if ev.payload["failed"] == 0 else "failed"
-    else:
-        status = _RUN_STATUS[ev.type]
-    return "UPDATE runs SET status = ? WHERE run_id = ?", [(status, ev.run_id)]
-
-
-def _dataset_chunk(_conn: Connection, ev: StoredEvent) -> tuple[str, list[tuple[Any, ...]]]:
-    start = ev.payload["start"]
-    return (
-        "INSERT INTO samples (run_id, dialogue_id, idx, status, requests) "
-        "VALUES (?, ?, ?, 'pending', 0)",
-        [(ev.run_id, s["dialogue_id"], start + i) for i, s in enumerate(ev.payload["samples"])],
-    )
-
-
-def _request_sent(_conn: Connection, ev: StoredEvent) -> tuple[str, list[tuple[Any, ...]]]:
-    return (
-        "UPDATE samples SET requests = requests + 1 WHERE run_id = ? AND dialogue_id = ?",
-        [(ev.run_id, ev.payload["dialogue_id"])],
-    )
-
-
-def _response_received(_conn: Connection, ev: StoredEvent) -> tuple[str, list[tuple[Any, ...]]]:
+def _response_columns(ev: StoredEvent) -> dict[str, Any]:
     meta = ev.payload["metadata"]
-    output_tokens = meta.get("output_tokens", meta.get("token_count"))
-    return (
-        "UPDATE samples SET status = 'ok', input_tokens = ?, output_tokens = ?, "
-        "latency_ms = ?, attempts = ?, response_event_id = ?, error_class = NULL "
-        "WHERE run_id = ? AND dialogue_id = ?",
-        [
-            (
-                _int_or_none(meta.get("input_tokens")),
-                _int_or_none(output_tokens),
-                meta.get("latency_ms") if isinstance(meta.get("latency_ms"), int | float) else None,
-                _int_or_none(meta.get("attempts")),
-                ev.id,
-                ev.run_id,
-                ev.payload["dialogue_id"],
-            )
-        ],
-    )
+    latency = meta.get("latency_ms")
+    return {
+        "status": "ok",
+        "input_tokens": _int_or_none(meta.get("input_tokens")),
+        "output_tokens": _int_or_none(meta.get("output_tokens", meta.get("token_count"))),
+        "latency_ms": latency if isinstance(latency, int | float) else None,
+        "attempts": _int_or_none(meta.get("attempts")),
+        "response_event_id": ev.id,
+        "error_class": None,
+    }
 
 
-def _sample_failed(_conn: Connection, ev: StoredEvent) -> tuple[str, list[tuple[Any, ...]]]:
-    return (
-        "UPDATE samples SET status = 'failed', error_class = ?, attempts = ? "
-        "WHERE run_id = ? AND dialogue_id = ? AND status != 'ok'",
-        [
-            (
-                ev.payload["error_class"],
-                ev.payload["attempts"],
-                ev.run_id,
-                ev.payload["dialogue_id"],
-            )
-        ],
-    )
-
-
-def _sample_scored(_conn: Connection, ev: StoredEvent) -> tuple[str, list[tuple[Any, ...]]]:
-    return (
-        "UPDATE samples SET fact_coverage = ?, refused = ? WHERE run_id = ? AND dialogue_id = ?",
-        [
-            (
-                ev.payload["fact_coverage"],
-                int(ev.payload["refused"]),
-                ev.run_id,
-                ev.payload["dialogue_id"],
-            )
-        ],
-    )
+def _score_columns(ev: StoredEvent) -> dict[str, Any]:
+    return {"fact_coverage": ev.payload["fact_coverage"], "refused": int(ev.payload["refused"])}
 
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-_HANDLERS: dict[str, Handler] = {
-    "run_started": _run_started,
-    "run_resumed": _run_status,
-    "run_interrupted": _run_status,
-    "run_finished": _run_status,
-    "dataset_chunk": _dataset_chunk,
-    "request_sent": _request_sent,
-    "response_received": _response_received,
-    "sample_failed": _sample_failed,
-    "sample_scored": _sample_scored,
+# Per-sample events whose effects merge into one UPDATE (request_sent counts requests).
+_SAMPLE_COLUMNS: dict[str, Callable[[StoredEvent], dict[str, Any]]] = {
+    "request_sent": lambda ev: {},
+    "response_received": _response_columns,
+    "sample_scored": _score_columns,
+}
+_RUN_STATUS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "run_resumed": lambda p: "running",
+    "run_interrupted": lambda p: "interrupted",
+    "run_finished": lambda p: "complete" if p["failed"] == 0 else "failed",
 }

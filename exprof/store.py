@@ -154,10 +154,14 @@ class Store:
         now = time.time()
         seq = after_seq
         with self.write() as conn:
-            last_id = int(
-                conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one()
-            )
-            projections.catch_up(conn, through=last_id)
+            last_id, applied = conn.exec_driver_sql(
+                "SELECT (SELECT coalesce(max(id), 0) FROM events), "
+                "(SELECT coalesce(max(last_event_id), 0) FROM projection_positions "
+                "WHERE name = ?)",
+                (projections.NAME,),
+            ).one()
+            if applied < last_id:  # events appended by an exprof without this projection
+                projections.catch_up(conn, through=last_id)
             rows: list[tuple[Any, ...]] = []
             stored: list[StoredEvent] = []
             size = 0
