@@ -100,7 +100,11 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
-    "--config", "config_path", required=True, type=click.Path(), help="The experiment's YAML."
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(readable=False),  # load_config reports every way a file can't be read
+    help="The experiment's YAML.",
 )
 @store_options
 @click.option("--run-id", help="Name the run [default: the experiment id, then -2, -3, ...].")

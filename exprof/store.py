@@ -312,8 +312,16 @@ class _WriteTransaction:
                 self.tx.commit()
             else:
                 self.tx.rollback()
+        except OperationalError as failed:  # e.g. a full disk at commit
+            raise ExprofError(
+                f"{self.location}: cannot write to the store: {_reason(failed)}"
+            ) from None
         finally:
             self.conn.close()
+        if isinstance(exc, OperationalError):  # read-only file, disk I/O error, ...
+            raise ExprofError(
+                f"{self.location}: cannot write to the store: {_reason(exc)}"
+            ) from None
 
 
 def _configure(engine: Engine) -> None:

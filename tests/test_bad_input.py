@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,12 +242,49 @@ def test_config_missing(tmp_path, invoke):
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_config_unreadable(tmp_path, invoke):
+def without_root_powers(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run exprof in a subprocess that cannot bypass file permissions, even as root
+    (CI runs as root): setpriv drops the capabilities that override them."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv")
+        prefix = [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-all",
+            "--",
+        ]
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "exprof", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_config_unreadable(tmp_path):
     path = write_experiment(tmp_path / "e", SAMPLES, MOCKS)
     path.chmod(0)
-    result = invoke("run", "--config", str(path))
-    _assert_clean_failure(result, "cannot read config", None, tmp_path / "runs" / "exprof.db")
+    result = without_root_powers("run", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"Error: {path}: cannot read config: Permission denied\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_read_only_store_directory(tmp_path, invoke):
+    path = write_experiment(tmp_path / "e", SAMPLES, MOCKS)
+    assert invoke("run", "--config", str(path), "--quiet").exit_code == 0
+    db = tmp_path / "runs" / "exprof.db"
+    before = store_state(db)
+    (tmp_path / "runs").chmod(0o555)
+    db.chmod(0o444)
+    try:
+        result = without_root_powers("run", "--config", str(path), cwd=tmp_path)
+    finally:
+        (tmp_path / "runs").chmod(0o755)
+        db.chmod(0o644)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {db}: ") and "readonly" in line.replace("-", "")
+    assert store_state(db) == before
 
 
 @pytest.fixture

@@ -216,3 +216,27 @@ def test_grader_fails_a_tampered_export(sample_config, invoke, tmp_path):
     report = json.loads(result.stdout)
     assert report["status"] == "fail"
     assert [c["check"] for c in report["checks"] if not c["ok"]] == ["summary equals recomputation"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_done_total_errors_and_rate_on_a_terminal():
+    from exprof.render import Progress
+
+    stream = _Terminal()
+    progress = Progress(10, stream=stream)
+    progress.update(5, 1, "in-flight limit 8")
+    progress.close()
+    lines = stream.getvalue().split("\r")[1:]
+    assert lines[0].startswith("[###############...............] 5/10 errors 1 ")
+    assert lines[0].endswith("/s in-flight limit 8")
+    assert lines[-1].endswith("\n")
+    quiet, piped = _Terminal(), io.StringIO()
+    for stream_, kwargs in ((quiet, {"quiet": True}), (piped, {})):
+        bar = Progress(10, stream=stream_, **kwargs)
+        bar.update(5, 0)
+        bar.close()
+    assert quiet.getvalue() == piped.getvalue() == ""  # --quiet, or not a terminal

@@ -21,7 +21,7 @@ from exprof.config import load_config
 from exprof.dataset import load_dataset
 from exprof.errors import ExprofError
 
-FUZZ_EXAMPLES = 300
+FUZZ_EXAMPLES = int(os.environ.get("EXPROF_FUZZ_EXAMPLES", "300"))  # CI: 300 each
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -144,19 +144,6 @@ def test_store_path_that_cannot_be_created(tmp_path, invoke, one_run):
     (tmp_path / "afile").write_text("x")
     result = invoke("run", "--config", str(one_run[0]), "--db", str(tmp_path / "afile" / "s.db"))
     _assert_clean_failure(result, "cannot create store", None, tmp_path / "afile" / "s.db")
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
-def test_read_only_store_directory(tmp_path, invoke, one_run):
-    config, db = one_run
-    before = store_state(db)
-    db.parent.chmod(0o500)
-    try:
-        result = invoke("run", "--config", str(config))
-        assert result.exit_code == 2 and result.stderr.startswith("Error: ")
-    finally:
-        db.parent.chmod(0o700)
-    assert store_state(db) == before
 
 
 def test_locked_store_waits_then_fails_clearly(one_run, invoke):
