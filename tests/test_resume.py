@@ -40,17 +40,33 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def done_count(db: Path) -> int:
+def peek(db: Path, sql: str) -> object:
+    """One value read from a store another process may be writing (None before it exists)."""
     if not db.exists():
-        return 0
+        return None
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            return conn.execute("SELECT count(*) FROM samples WHERE status = 'ok'").fetchone()[0]
+            row = conn.execute(sql).fetchone()
+            return row[0] if row else None
         finally:
             conn.close()
     except sqlite3.OperationalError:
-        return 0
+        return None
+
+
+def done_count(db: Path) -> int:
+    return peek(db, "SELECT count(*) FROM samples WHERE status = 'ok'") or 0  # type: ignore[return-value]
+
+
+def listed_runs(cwd: Path) -> list[dict]:
+    listing = subprocess.run(
+        [sys.executable, "-m", "exprof", "runs", "--format", "json"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(listing.stdout)
 
 
 def exports(folder: Path, strip: bool) -> dict:
@@ -95,7 +111,7 @@ def crash_loop(
     db = tmp_path / "runs" / "exprof.db"
     made = 0
     while True:
-        exists = done_count(db) > 0 or _run_exists(db)
+        exists = peek(db, "SELECT 1 FROM runs WHERE run_id = 'crash'") is not None
         args = (
             ("resume", "crash") if exists else ("run", "--config", str(config), "--run-id", "crash")
         )
@@ -123,19 +139,6 @@ def crash_loop(
         code, err = finish(proc)
         assert code == 0, err
         return made
-
-
-def _run_exists(db: Path) -> bool:
-    if not db.exists():
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT 1 FROM runs WHERE run_id = 'crash'").fetchone() is not None
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return False
 
 
 @pytest.mark.slow
@@ -212,13 +215,7 @@ def test_ctrl_c_then_resume_in_mock_mode(tmp_path, slow_mock_run):
     code, err = finish(proc)
     assert code == 130, err
     assert err.strip().splitlines()[-1] == "interrupted; continue with: exprof resume r"
-    listing = subprocess.run(
-        [sys.executable, "-m", "exprof", "runs", "--format", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    [row] = json.loads(listing.stdout)
+    [row] = listed_runs(tmp_path)
     assert (row["status"], row["next step"]) == ("interrupted", "exprof resume r")
     code, err = finish(exprof("resume", "r", cwd=tmp_path))
     assert code == 0, err
@@ -228,13 +225,7 @@ def test_ctrl_c_then_resume_in_mock_mode(tmp_path, slow_mock_run):
 def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_run):
     proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
     proc.wait()
-    listing = subprocess.run(
-        [sys.executable, "-m", "exprof", "runs", "--format", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    [row] = json.loads(listing.stdout)
+    [row] = listed_runs(tmp_path)
     assert row["status"] == "interrupted"  # the lease's holder is dead
     done, total = map(int, row["done"].split("/"))
     assert 0 < done < total == 60_000
