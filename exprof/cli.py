@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Callable
@@ -19,24 +18,18 @@ METRICS_FIRST = ("fact_coverage", "refusal_rate", "geometric_mean")
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--output-dir and --db, which every command takes."""
-
-    @click.option(
+    func = click.option(
+        "--db",
+        envvar="EXPROF_DB",
+        help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
+    )(func)
+    return click.option(
         "--output-dir",
         default="runs",
         show_default=True,
         type=click.Path(file_okay=False),
         help="Where exports go, and where the default store lives.",
-    )
-    @click.option(
-        "--db",
-        envvar="EXPROF_DB",
-        help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    return wrapper
+    )(func)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,17 +188,12 @@ def summarize(
     """Print a run's metrics, from the store or from an export directory."""
     if (run_id is None) == (log_dir is None):
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
+    from exprof.summary import read_exported_summary, run_summary
+
     if log_dir is not None:
-        from exprof.summary import read_exported_summary
-
         summary = read_exported_summary(Path(log_dir))
-    else:
-        from exprof.record import require_run
-        from exprof.summary import run_summary
-
-        store = open_store(db, output_dir)
-        require_run(store, run_id)  # type: ignore[arg-type]
-        summary = run_summary(store, run_id)  # type: ignore[arg-type]
+    elif run_id is not None:
+        summary = run_summary(open_store(db, output_dir), run_id)
     echo_summary(summary, format_)
 
 

@@ -59,9 +59,15 @@ def require_run(store: Store, run_id: str) -> None:
 
 def load_started(store: Store, run_id: str) -> RunStarted:
     require_run(store, run_id)
-    for ev in store.events(run_id, types=("run_started",)):
-        return RunStarted.from_payload(ev.payload)
-    raise ExprofError(f"{store.location}: run {run_id!r} has no run_started event")
+    with store.engine.connect() as conn:
+        payload = conn.exec_driver_sql(
+            "SELECT payload FROM events WHERE run_id = ? AND type = 'run_started' "
+            "ORDER BY seq LIMIT 1",  # the run's first event: the scan stops there
+            (run_id,),
+        ).scalar()
+    if payload is None:
+        raise ExprofError(f"{store.location}: run {run_id!r} has no run_started event")
+    return RunStarted.from_payload(loads(payload))
 
 
 def iter_samples(store: Store, run_id: str) -> Iterator[Sample]:

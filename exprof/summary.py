@@ -10,12 +10,13 @@ from typing import Any
 from exprof import metrics
 from exprof.config import read_text
 from exprof.errors import ExprofError
-from exprof.events import RunStarted
 from exprof.pricing import estimate_cost
+from exprof.record import load_started
 from exprof.store import Store
 
 
 def run_summary(store: Store, run_id: str) -> dict[str, Any]:
+    start = load_started(store, run_id)
     with store.engine.connect() as conn:
         run = conn.exec_driver_sql(
             "SELECT experiment_id, model, mode, samples_total FROM runs WHERE run_id = ?",
@@ -45,8 +46,6 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
                 (run_id,),
             ).all()
         )
-    started = next(iter(store.events(run_id, types=("run_started",))))
-    start = RunStarted.from_payload(started.payload)
     experiment_id, model, mode, total = run
     ok = by_status.get("ok", (0, 0.0, 0, None, None, None, 0))
     completed, coverage_sum, refused, input_tokens, output_tokens = ok[:5]
