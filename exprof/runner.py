@@ -110,6 +110,7 @@ class Runner:
         # rejects sampling parameters, so temperature is only sent under 2023-06-01.
         sends = mode == "live" and config.sends_temperature
         sent_params = {"temperature": config.temperature} if sends else {}
+        digest = dataset_sha256(samples)
         while True:
             chosen = run_id or self._next_run_id(config.experiment_id)
             if run_id is not None:
@@ -120,7 +121,7 @@ class Runner:
                 config.experiment_id,
                 mode,
                 config.to_dict(),
-                dataset_sha256(samples),
+                digest,
                 len(samples),
                 sent_params,
                 __version__,
