@@ -20,7 +20,7 @@ import numpy as np
 from exprof.config import read_text
 from exprof.errors import ExprofError
 from exprof.jsonio import loads
-from exprof.metrics import facts_found, geometric_mean
+from exprof.metrics import geometric_mean, score
 
 MIN_SAMPLES = 10
 CONFIG_KEYS = (
@@ -141,9 +141,7 @@ def _store_facts_missing(store: Any, run_id: str, wanted: list[str]) -> dict[str
     }
     out = {}
     for dialogue_id, _, payload in rows:
-        completion = loads(payload)["completion"]
-        found = facts_found(completion, facts[dialogue_id])
-        out[dialogue_id] = [f for f, hit in zip(facts[dialogue_id], found, strict=True) if not hit]
+        out[dialogue_id] = score(loads(payload)["completion"], facts[dialogue_id])[1]
     return out
 
 

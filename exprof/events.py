@@ -26,7 +26,8 @@ class Event:
 
 @dataclass(frozen=True)
 class RunStarted(Event):
-    """The run's identity and full config; the dataset follows in DatasetChunk events."""
+    """The run's identity and full config; the dataset follows in DatasetChunk events
+    (and, in mock mode, each chunk's answers in a MockChunk)."""
 
     type: ClassVar[str] = "run_started"
     run_id: str
@@ -47,6 +48,16 @@ class DatasetChunk(Event):
     type: ClassVar[str] = "dataset_chunk"
     start: int
     samples: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MockChunk(Event):
+    """The mock's answers for one DatasetChunk, keyed by dialogue_id. Kept apart from the
+    prompts so that exporting a run never has to parse them."""
+
+    type: ClassVar[str] = "mock_chunk"
+    start: int
+    answers: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         RunStarted,
         DatasetChunk,
+        MockChunk,
         RunResumed,
         RequestSent,
         ResponseReceived,

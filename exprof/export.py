@@ -17,7 +17,7 @@ from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.jsonio import dumps, dumps_pretty, loads
-from exprof.metrics import facts_found, is_refusal
+from exprof.metrics import score
 from exprof.record import iter_samples, load_started
 from exprof.store import Store
 from exprof.summary import run_summary
@@ -78,43 +78,36 @@ def _response_lines(
     facts: dict[str, tuple[str, ...]],
     scores: list[str],
 ) -> Iterator[str]:
-    """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`."""
+    """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
+    with the metrics recorded for it and the names of the facts its answer missed."""
     with store.engine.connect() as conn:
         result = conn.exec_driver_sql(
-            "SELECT e.payload FROM samples s JOIN events e ON e.id = s.response_event_id "
+            "SELECT e.payload, s.fact_coverage, s.refused FROM samples s "
+            "JOIN events e ON e.id = s.response_event_id "
             "WHERE s.run_id = ? AND s.status = 'ok' ORDER BY s.idx",
             (run_id,),
         )
         while rows := result.fetchmany(5000):
-            for (payload,) in rows:
+            for payload, coverage, refused in rows:
                 event = loads(payload)
-                dialogue_id, completion, metadata = (
-                    event["dialogue_id"],
-                    event["completion"],
-                    event["metadata"],
-                )
+                dialogue_id, completion = event["dialogue_id"], event["completion"]
                 line = {"dialogue_id": dialogue_id}
                 if "completion" in fields:
                     line["completion"] = completion
                 if "metadata" in fields:
-                    line.update(metadata)
+                    line.update(event["metadata"])
                 yield _line(line)
+                missing = score(completion, facts[dialogue_id])[1] if coverage < 1 else []
                 scores.append(
-                    _line(score_line(dialogue_id, completion, metadata, facts[dialogue_id]))
+                    _line(
+                        {
+                            "dialogue_id": dialogue_id,
+                            "fact_coverage": coverage,
+                            "refused": bool(refused),
+                            "facts_missing": missing,
+                        }
+                    )
                 )
-
-
-def score_line(
-    dialogue_id: str, completion: str, metadata: dict[str, Any], facts: tuple[str, ...]
-) -> dict[str, Any]:
-    """One scores.jsonl line: the sample's metrics, and the facts its answer missed."""
-    found = facts_found(completion, facts)
-    return {
-        "dialogue_id": dialogue_id,
-        "fact_coverage": sum(found) / len(found) if found else 1.0,
-        "refused": is_refusal(completion, metadata),
-        "facts_missing": [f for f, hit in zip(facts, found, strict=True) if not hit],
-    }
 
 
 def _line(obj: dict[str, Any]) -> str:

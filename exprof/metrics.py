@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 REFUSAL_MARKERS = ("i'm sorry", "cannot comply")
@@ -16,8 +16,13 @@ def facts_found(completion: str, facts: Iterable[str]) -> list[bool]:
 
 
 def fact_coverage(completion: str, facts: Iterable[str]) -> float:
-    found = facts_found(completion, facts)
-    return sum(found) / len(found) if found else 1.0
+    return score(completion, list(facts))[0]
+
+
+def score(completion: str, facts: Sequence[str]) -> tuple[float, list[str]]:
+    """A sample's fact coverage, and the facts its completion missed, by name."""
+    missing = [f for f, hit in zip(facts, facts_found(completion, facts), strict=True) if not hit]
+    return ((len(facts) - len(missing)) / len(facts) if facts else 1.0), missing
 
 
 def is_refusal(completion: str, metadata: Mapping[str, Any]) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
-from exprof.events import RunStarted
+from exprof.events import DatasetChunk, MockChunk, RunStarted
 from exprof.jsonio import loads
 from exprof.store import Store
 
@@ -36,18 +36,16 @@ class RunRecord:
         return Config.from_dict(self.started.config)
 
 
-def snapshot_chunks(
+def snapshot(
     samples: list[Sample], mocks: dict[str, dict[str, Any]] | None
-) -> Iterator[dict[str, Any]]:
-    """The dataset as DatasetChunk payloads; in mock mode each sample carries its answer."""
+) -> Iterator[DatasetChunk | MockChunk]:
+    """The dataset as DatasetChunk events; in mock mode each is followed by its answers."""
     for start in range(0, len(samples), SNAPSHOT_CHUNK):
-        rows = []
-        for sample in samples[start : start + SNAPSHOT_CHUNK]:
-            row = sample.to_payload()
-            if mocks is not None and sample.dialogue_id in mocks:
-                row["mock"] = mocks[sample.dialogue_id]
-            rows.append(row)
-        yield {"start": start, "samples": rows}
+        chunk = samples[start : start + SNAPSHOT_CHUNK]
+        yield DatasetChunk(start, [sample.to_payload() for sample in chunk])
+        if mocks is not None:
+            answers = {s.dialogue_id: mocks[s.dialogue_id] for s in chunk if s.dialogue_id in mocks}
+            yield MockChunk(start, answers)
 
 
 def require_run(store: Store, run_id: str) -> None:
@@ -83,29 +81,32 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
     run starts sending at once."""
     started = load_started(store, run_id)
     with store.engine.connect() as conn:
-        chunk_ids = [
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT id FROM events WHERE run_id = ? AND type = 'dataset_chunk' ORDER BY seq",
-                (run_id,),
-            )
-        ]
+        chunk_ids: dict[str, list[int]] = {"dataset_chunk": [], "mock_chunk": []}
+        for id_, type_ in conn.exec_driver_sql(
+            "SELECT id, type FROM events WHERE run_id = ? "
+            "AND type IN ('dataset_chunk', 'mock_chunk') ORDER BY seq",
+            (run_id,),
+        ):
+            chunk_ids[type_].append(id_)
     size = started.snapshot_chunk
+    wanted = range(len(chunk_ids["dataset_chunk"]))
     if positions is not None:
-        wanted = {i // size for i in positions}  # type: ignore[attr-defined]
-        chunk_ids = [cid for k, cid in enumerate(chunk_ids) if k in wanted]
+        wanted = sorted({i // size for i in positions})  # type: ignore[attr-defined,assignment]
     samples: list[Sample] = []
     mocks: dict[str, dict[str, Any]] = {}
-    for chunk_id in chunk_ids:
-        with store.engine.connect() as conn:
-            text = conn.exec_driver_sql(
-                "SELECT payload FROM events WHERE id = ?", (chunk_id,)
-            ).scalar_one()
-        chunk = loads(text)
+    for k in wanted:
+        chunk = _payload(store, chunk_ids["dataset_chunk"][k])
         for i, row in enumerate(chunk["samples"], start=chunk["start"]):
-            if positions is not None and i not in positions:
-                continue
-            samples.append(Sample.from_payload(row))
-            if "mock" in row:
-                mocks[row["dialogue_id"]] = row["mock"]
+            if positions is None or i in positions:
+                samples.append(Sample.from_payload(row))
+        if chunk_ids["mock_chunk"]:
+            mocks.update(_payload(store, chunk_ids["mock_chunk"][k])["answers"])
     return RunRecord(started, samples, mocks, partial=positions is not None)
+
+
+def _payload(store: Store, event_id: int) -> dict[str, Any]:
+    with store.engine.connect() as conn:
+        text = conn.exec_driver_sql(
+            "SELECT payload FROM events WHERE id = ?", (event_id,)
+        ).scalar_one()
+    return loads(text)  # type: ignore[no-any-return]

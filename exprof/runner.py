@@ -23,7 +23,6 @@ from exprof.errors import (
     ExprofError,
 )
 from exprof.events import (
-    DatasetChunk,
     Event,
     RequestSent,
     ResponseReceived,
@@ -36,7 +35,7 @@ from exprof.events import (
 )
 from exprof.export import export_run
 from exprof.jsonio import dumps
-from exprof.record import RunRecord, load_run, require_run, snapshot_chunks
+from exprof.record import SNAPSHOT_CHUNK, RunRecord, load_run, require_run, snapshot
 from exprof.render import Progress
 from exprof.store import Lease, Store
 
@@ -65,17 +64,12 @@ def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
                 outcome.attempts,
             ),
         ]
-    found = metrics.facts_found(outcome.completion, sample.required_facts)
-    coverage = sum(found) / len(found) if found else 1.0
+    coverage, missing = metrics.score(outcome.completion, sample.required_facts)
+    refused = metrics.is_refusal(outcome.completion, outcome.metadata)
     return [
         sent,
         ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
-        SampleScored(
-            sample.dialogue_id,
-            coverage,
-            metrics.is_refusal(outcome.completion, outcome.metadata),
-            [f for f, hit in zip(sample.required_facts, found, strict=True) if not hit],
-        ),
+        SampleScored(sample.dialogue_id, coverage, refused, missing),
     ]
 
 
@@ -125,11 +119,11 @@ class Runner:
                 len(samples),
                 sent_params,
                 __version__,
+                snapshot_chunk=SNAPSHOT_CHUNK,
             )
             try:
-                snapshot = snapshot_chunks(samples, mocks if mode == "mock" else None)
-                events = itertools.chain([started], (DatasetChunk(**c) for c in snapshot))
-                seq = self.store.append(chosen, events, after_seq=0)
+                chunks = snapshot(samples, mocks if mode == "mock" else None)
+                seq = self.store.append(chosen, itertools.chain([started], chunks), after_seq=0)
             except ConcurrencyError:
                 self.store.release_lease(lease)
                 if run_id is not None:

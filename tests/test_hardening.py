@@ -113,7 +113,7 @@ def test_doctor_passes_a_sound_store_and_fails_a_tampered_one(one_run, invoke):
     assert healthy.exit_code == 0
     rows = {r["check"]: r for r in json.loads(healthy.stdout)}
     assert rows["schema revision"]["detail"] == "0002"
-    assert rows["events"]["detail"] == 2 + 20 * 3 + 1
+    assert rows["events"]["detail"] == 3 + 20 * 3 + 1  # start, dataset, answers; 3 per sample; end
     assert rows["integrity_check"]["status"] == "ok"
     raw = sqlite3.connect(one_run[1])
     raw.execute("UPDATE samples SET fact_coverage = 0.5 WHERE idx = 3")  # projections aren't events
@@ -169,14 +169,14 @@ def test_kill_during_export_leaves_the_previous_files_whole(tmp_path, invoke):
     assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
     folder = tmp_path / "runs" / "exp"
     original = {p.name: p.read_bytes() for p in folder.iterdir()}
+    command = [sys.executable, "-m", "exprof", "export", "exp"]
+    started = time.monotonic()
+    subprocess.run(command, cwd=tmp_path, check=True, stderr=subprocess.DEVNULL)
+    whole = time.monotonic() - started  # only to place the kills inside an export
     killed = 0
-    for delay in (0.35, 0.5, 0.65, 0.8, 0.95, 1.1):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exprof", "export", "exp"],
-            cwd=tmp_path,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(delay)
+    for fraction in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        time.sleep(whole * fraction)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1

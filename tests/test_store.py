@@ -14,6 +14,7 @@ from exprof.errors import ConcurrencyError, ExprofError
 from exprof.events import (
     EVENT_TYPES,
     DatasetChunk,
+    MockChunk,
     RequestSent,
     ResponseReceived,
     RunFinished,
@@ -28,6 +29,7 @@ from exprof.store import SCHEMA_HEAD, Store, store_url
 EXAMPLES = [
     RunStarted("r", "e", "mock", {"model": "m"}, "abc", 2, {}, "0.1.0"),
     DatasetChunk(0, [{"dialogue_id": "a", "system": "", "user": "u", "required_facts": []}]),
+    MockChunk(0, {"a": {"completion": "x", "metadata": {"type": "refusal"}}}),
     RunResumed(123, "host", False),
     RequestSent("a", 2),
     ResponseReceived("a", "héllo ✓", {"type": "refusal", "nested": {"k": [1, 2]}}),
