@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from exprof.client import Failure, Outcome, Response
@@ -220,10 +221,10 @@ def run_live(
             file=sys.stderr,
         )
     session = _LiveSession(store, record, lease, seq, concurrency or config.concurrency, progress)
-    # The SDK allocates heavily per request; without this, each full collection would
-    # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
     import anthropic  # noqa: F401  (imported before the freeze, so frozen with the rest)
 
+    # The SDK allocates heavily per request; without this, each full collection would
+    # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
     gc.freeze()
     try:
         return asyncio.run(session.run(pending))
@@ -295,7 +296,7 @@ class _LiveSession:
             raise KeyboardInterrupt
         return self.seq
 
-    def _settle(self, tasks: set[asyncio.Task[None]]) -> Any:
+    def _settle(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         """A done-callback: forget the task, keeping any error (asyncio.wait would not)."""
 
         def settle(task: asyncio.Task[None]) -> None:
