@@ -200,6 +200,12 @@ def slow_mock_run(tmp_path):
     return config
 
 
+def assert_resume_gives_the_reference(tmp_path: Path) -> None:
+    code, err = finish(exprof("resume", "r", cwd=tmp_path))
+    assert code == 0, err
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+
+
 def start_and_catch(tmp_path: Path, config: Path, sig: int) -> subprocess.Popen:
     proc = exprof("run", "--config", str(config), "--run-id", "r", cwd=tmp_path)
     db = tmp_path / "runs" / "exprof.db"
@@ -217,9 +223,7 @@ def test_ctrl_c_then_resume_in_mock_mode(tmp_path, slow_mock_run):
     assert err.strip().splitlines()[-1] == "interrupted; continue with: exprof resume r"
     [row] = listed_runs(tmp_path)
     assert (row["status"], row["next step"]) == ("interrupted", "exprof resume r")
-    code, err = finish(exprof("resume", "r", cwd=tmp_path))
-    assert code == 0, err
-    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+    assert_resume_gives_the_reference(tmp_path)
 
 
 def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_run):
@@ -229,9 +233,7 @@ def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_
     assert row["status"] == "interrupted"  # the lease's holder is dead
     done, total = map(int, row["done"].split("/"))
     assert 0 < done < total == 60_000
-    code, err = finish(exprof("resume", "r", cwd=tmp_path))
-    assert code == 0, err
-    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+    assert_resume_gives_the_reference(tmp_path)
 
 
 def test_second_resume_is_refused_naming_the_holder(tmp_path, slow_mock_run):
@@ -252,9 +254,7 @@ def test_resume_needs_neither_config_nor_dataset(tmp_path, slow_mock_run):
     proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
     proc.wait()
     shutil.rmtree(tmp_path / "e")
-    code, err = finish(exprof("resume", "r", cwd=tmp_path))
-    assert code == 0, err
-    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
+    assert_resume_gives_the_reference(tmp_path)
 
 
 def test_resume_retries_failures_unless_told_not_to(tmp_path, invoke):
