@@ -130,7 +130,11 @@ def run(
         check_run_id(run_id, "--run-id")
     config = load_config(config_path)
     samples = load_dataset(config.dataset_path)
-    live = (not mock) and (mock is False or bool(os.environ.get("ANTHROPIC_API_KEY")))
+    live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
+    if live:
+        from exprof.live import require_credentials
+
+        require_credentials("--live")
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
     runner = Runner(store, output_dir, quiet=quiet)

@@ -24,6 +24,7 @@ from typing import Any
 from exprof.client import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
+from exprof.errors import ExprofError
 from exprof.events import Event
 from exprof.record import RunRecord
 from exprof.render import Progress
@@ -36,6 +37,12 @@ BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+
+
+def require_credentials(what: str) -> None:
+    """Live mode needs a key; say so before anything is written, not deep in the SDK."""
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        raise ExprofError(f"{what}: live mode needs ANTHROPIC_API_KEY set in the environment")
 
 
 def redact(text: str) -> str:

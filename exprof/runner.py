@@ -35,7 +35,7 @@ from exprof.events import (
 )
 from exprof.export import export_run
 from exprof.jsonio import dumps
-from exprof.record import SNAPSHOT_CHUNK, RunRecord, load_run, require_run, snapshot
+from exprof.record import SNAPSHOT_CHUNK, RunRecord, load_run, load_started, snapshot
 from exprof.render import Progress
 from exprof.store import Lease, Store
 
@@ -136,7 +136,10 @@ class Runner:
     def resume(
         self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
     ) -> RunResult:
-        require_run(self.store, run_id)
+        if load_started(self.store, run_id).mode == "live":
+            from exprof.live import require_credentials
+
+            require_credentials(f"resume {run_id}")
         lease = self.store.acquire_lease(run_id)
         try:
             positions = self._pending_positions(run_id, retry_failed)

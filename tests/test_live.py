@@ -294,3 +294,27 @@ def test_ctrl_c_records_what_arrived_exits_130_and_resumes(tmp_path, fake):
     assert resumed.returncode == 0, resumed.stderr
     assert set(response_counts().values()) == {1} and len(response_counts()) == 200
     assert server.state.requests - sent_before == 200 - done
+
+
+def test_live_without_a_key_is_a_clean_error(tmp_path, invoke, monkeypatch):
+    config = experiment(tmp_path, 2)
+    result = invoke("run", "--config", str(config), "--live")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: --live: live mode needs ANTHROPIC_API_KEY set in the environment\n"
+    )
+    assert not (tmp_path / "runs" / "exprof.db").exists()
+
+
+def test_resuming_a_live_run_without_a_key_is_a_clean_error(tmp_path, invoke, fake, monkeypatch):
+    fake(always_fail={"nothing"})
+    config = experiment(tmp_path, 2)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (tmp_path / "runs" / "exp" / "summary.json").unlink()
+    result = invoke("resume", "exp")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: resume exp: live mode needs ANTHROPIC_API_KEY set in the environment\n"
+    )
+    assert not (tmp_path / "runs" / "exp" / "summary.json").exists()  # nothing was done
