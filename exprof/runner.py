@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,22 @@ def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
         ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
         SampleScored(sample.dialogue_id, coverage, refused, missing),
     ]
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Turn Ctrl-C into a flag the caller checks at safe points, so that it can never
+    interrupt a transaction half-way (and leave its connection holding the write lock).
+    Outside the main thread, where handlers cannot be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dataset_sha256(samples: list[Sample]) -> str:
@@ -239,18 +259,21 @@ class Runner:
         client = MockClient(record.mocks)
         done = errors = 0
         last_beat = time.monotonic()
-        for start in range(0, len(pending), MOCK_BATCH):
-            batch: list[Event] = []
-            for sample in pending[start : start + MOCK_BATCH]:
-                outcome = client.complete(sample)
-                errors += isinstance(outcome, Failure)
-                batch.extend(sample_events(sample, outcome))
-            seq = self.store.append(record.run_id, batch, after_seq=seq)
-            done = min(start + MOCK_BATCH, len(pending))
-            progress.update(done, errors)
-            if time.monotonic() - last_beat > 5:
-                self.store.heartbeat(lease)
-                last_beat = time.monotonic()
+        with deferred_sigint() as interrupted:
+            for start in range(0, len(pending), MOCK_BATCH):
+                if interrupted():  # Ctrl-C lands here, between commits, never inside one
+                    raise KeyboardInterrupt
+                batch: list[Event] = []
+                for sample in pending[start : start + MOCK_BATCH]:
+                    outcome = client.complete(sample)
+                    errors += isinstance(outcome, Failure)
+                    batch.extend(sample_events(sample, outcome))
+                seq = self.store.append(record.run_id, batch, after_seq=seq)
+                done = min(start + MOCK_BATCH, len(pending))
+                progress.update(done, errors)
+                if time.monotonic() - last_beat > 5:
+                    self.store.heartbeat(lease)
+                    last_beat = time.monotonic()
         return seq
 
     # -- helpers ---------------------------------------------------------------

@@ -304,6 +304,9 @@ class _WriteTransaction:
             raise ExprofError(
                 f"{self.location}: store is busy or unwritable: {_reason(exc)}"
             ) from None
+        except BaseException:  # never leave a connection holding the write lock
+            self.conn.close()
+            raise
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

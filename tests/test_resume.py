@@ -288,3 +288,15 @@ def test_resuming_a_complete_run_sends_nothing_and_re_exports(tmp_path, invoke, 
     assert result.exit_code == 0
     assert result.stderr == "run exp is already complete\n"
     assert json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())["mode"] == "live"
+
+
+def test_ctrl_c_in_mock_mode_waits_for_a_safe_point():
+    from exprof.runner import deferred_sigint
+
+    before = signal.getsignal(signal.SIGINT)
+    with deferred_sigint() as interrupted:
+        assert not interrupted()
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt here: only a flag
+        time.sleep(0.05)
+        assert interrupted()
+    assert signal.getsignal(signal.SIGINT) is before
