@@ -172,7 +172,9 @@ def test_sustained_429s_lower_the_in_flight_limit(tmp_path, invoke, fake):
     calm = fake(latency=0.05)
     assert run_json(invoke, config, "--concurrency", "16", "--run-id", "calm")[0].exit_code == 0
     assert calm.state.peak_in_flight == 16
-    stormy = fake(latency=0.05, script={u: ["429", "429", "429"] for u in users}, retry_after=0.3)
+    # 200 ms per answer leaves the first 16 requests ample time to be in flight together.
+    storm = {u: ["429", "429", "429"] for u in users[:16]}  # the first wave only
+    stormy = fake(latency=0.2, script=storm, retry_after=0.3)
     result, _ = run_json(invoke, config, "--concurrency", "16", "--run-id", "storm")
     assert result.exit_code == 0
     first = [s["in_flight"] for s in stormy.state.seen if s["attempt"] == 1]
