@@ -87,9 +87,7 @@ class Progress:
 def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     """`exprof compare` output: sections of tables, or one JSON object, or per-sample CSV."""
     if fmt == "json":  # the per-sample rows are the CSV's; JSON stays one readable object
-        return json.dumps(
-            {k: v for k, v in result.items() if k != "per_sample"}, ensure_ascii=False, indent=2
-        )
+        return render([], [], "json", {k: v for k, v in result.items() if k != "per_sample"})
     if fmt == "csv":
         rows = [
             [

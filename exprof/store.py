@@ -33,7 +33,6 @@ BUSY_TIMEOUT_MS = 5000
 STALE_LEASE_S = 120.0
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
-DEFAULT_OUTPUT_DIR = "runs"
 
 
 @dataclass(frozen=True)
@@ -243,19 +242,13 @@ class Store:
         now = time.time()
         mine = Lease(run_id, uuid.uuid4().hex, os.getpid(), socket.gethostname(), now, now)
         with self.write() as conn:
-            row = conn.exec_driver_sql(
-                "SELECT run_id, token, pid, host, acquired_at, heartbeat_at "
-                "FROM leases WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-            if row is not None:
-                held = Lease(*row)
-                if held.is_alive():
-                    raise LeaseHeldError(
-                        f"run {run_id} is being worked on by {held.describe()}; "
-                        "wait for it to finish or stop that process"
-                    )
-                conn.exec_driver_sql("DELETE FROM leases WHERE run_id = ?", (run_id,))
+            held = _live_holder(conn, run_id)
+            if held is not None:
+                raise LeaseHeldError(
+                    f"run {run_id} is being worked on by {held.describe()}; "
+                    "wait for it to finish or stop that process"
+                )
+            conn.exec_driver_sql("DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead one
             conn.exec_driver_sql(
                 "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -279,13 +272,16 @@ class Store:
     def lease(self, run_id: str) -> Lease | None:
         """The run's holder, if it is still alive."""
         with self.engine.connect() as conn:
-            row = conn.exec_driver_sql(
-                "SELECT run_id, token, pid, host, acquired_at, heartbeat_at "
-                "FROM leases WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-        lease = Lease(*row) if row else None
-        return lease if lease and lease.is_alive() else None
+            return _live_holder(conn, run_id)
+
+
+def _live_holder(conn: Connection, run_id: str) -> Lease | None:
+    row = conn.exec_driver_sql(
+        "SELECT run_id, token, pid, host, acquired_at, heartbeat_at FROM leases WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    lease = Lease(*row) if row else None
+    return lease if lease and lease.is_alive() else None
 
 
 class _WriteTransaction:
