@@ -45,7 +45,7 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_store(db: str | None, output_dir: str, create: bool = False) -> Any:
-    from exprof.store import Store, store_url
+    from exprof.store.engine import Store, store_url
 
     return Store.open(store_url(db, output_dir), create=create)
 
@@ -132,7 +132,7 @@ def run(
     samples = load_dataset(config.dataset_path)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
     if live:
-        from exprof.live import require_credentials
+        from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
     mocks = None if live else load_mock_responses(config.mock_responses_path)

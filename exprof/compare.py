@@ -10,17 +10,17 @@ the number of samples. That keeps 10,000 resamples of 100k samples well under a 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exprof.config import read_text
 from exprof.errors import ExprofError
+from exprof.files import read_text
 from exprof.jsonio import loads
-from exprof.metrics import geometric_mean, score
+from exprof.scoring.builtin import geometric_mean, score
+from exprof.stats import bootstrap_means, mcnemar_exact
 
 MIN_SAMPLES = 10
 CONFIG_KEYS = (
@@ -39,7 +39,6 @@ EXTRA_METRICS = (
     "latency_p90_ms",
     "estimated_cost_usd",
 )
-MULTINOMIAL_MAX_TUPLES = 5000
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _side_from_dir(path: Path) -> Side:
 
 def _store_facts_missing(store: Any, run_id: str, wanted: list[str]) -> dict[str, list[str]]:
     """Recompute, for a few samples, which facts the answer missed (the scoring rule)."""
-    from exprof.record import load_run
+    from exprof.store.record import load_run
 
     if not wanted:
         return {}
@@ -142,35 +141,6 @@ def _store_facts_missing(store: Any, run_id: str, wanted: list[str]) -> dict[str
     out = {}
     for dialogue_id, _, payload in rows:
         out[dialogue_id] = score(loads(payload)["completion"], facts[dialogue_id])[1]
-    return out
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of b against b + c at one half."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
-    top = max(logs)
-    tail = math.exp(top + math.log(sum(math.exp(x - top) for x in logs)) - n * math.log(2))
-    return min(1.0, 2 * tail)
-
-
-def bootstrap_means(tuples: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """Means of `resamples` paired bootstrap resamples of the rows of `tuples` (n x m)."""
-    rng = np.random.default_rng(seed)
-    n = len(tuples)
-    distinct, counts = np.unique(tuples, axis=0, return_counts=True)
-    if len(distinct) <= MULTINOMIAL_MAX_TUPLES:
-        draws = rng.multinomial(n, counts / n, size=resamples)
-        return (draws @ distinct) / n
-    out = np.empty((resamples, tuples.shape[1]))
-    step = max(1, 2_000_000 // n)
-    for start in range(0, resamples, step):
-        stop = min(start + step, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = tuples[idx].mean(axis=1)
     return out
 
 

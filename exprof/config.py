@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from exprof.errors import ExprofError
+from exprof.files import read_text
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 METRIC_NAMES = ("fact_coverage", "refusal_rate", "geometric_mean")
@@ -70,26 +71,6 @@ def check_run_id(value: object, where: str) -> str:
             "(letters, digits, '.', '_', '-'; starts with a letter or digit; at most 128 chars)"
         )
     return value
-
-
-def read_text(path: Path, what: str) -> str:
-    """Read a UTF-8 text file, turning every way it can fail into one clear line."""
-    if not path.exists():
-        raise ExprofError(f"{path}: {what} not found")
-    if path.is_dir():
-        raise ExprofError(f"{path}: {what} is a directory, not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExprofError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise ExprofError(f"{path}: {what} is not valid UTF-8 (it is UTF-16; save it as UTF-8)")
-    if b"\x00" in data:
-        raise ExprofError(f"{path}: {what} is binary or not UTF-8 (found a NUL byte)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ExprofError(f"{path}: {what} is not valid UTF-8 (byte offset {exc.start})") from None
 
 
 def resolve_path(value: str, config_dir: Path, where: str) -> Path:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exprof.config import read_text
 from exprof.errors import ExprofError
+from exprof.files import read_text
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exprof import projections
-from exprof.store import Store
+from exprof.store import projections
+from exprof.store.engine import Store
 
 
 def check(store: Store) -> tuple[list[dict[str, Any]], bool]:

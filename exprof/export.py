@@ -7,8 +7,6 @@ recorded order, and each file is replaced atomically so a crash never leaves hal
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,11 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
+from exprof.files import write_atomic
 from exprof.jsonio import dumps, dumps_pretty, loads
-from exprof.metrics import score
-from exprof.record import iter_samples, load_started
-from exprof.store import Store
+from exprof.scoring.builtin import score
+from exprof.store.engine import Store
+from exprof.store.record import iter_samples, load_started
 from exprof.summary import run_summary
 
 FILES = ("requests.jsonl", "responses.jsonl", "scores.jsonl", "summary.json")
@@ -112,23 +111,3 @@ def _response_lines(
 
 def _line(obj: dict[str, Any]) -> str:
     return dumps(obj) + "\n"
-
-
-def write_atomic(path: Path, chunks: Iterable[str]) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            buffer: list[str] = []
-            for chunk in chunks:
-                buffer.append(chunk)
-                if len(buffer) >= 4096:
-                    f.write("".join(buffer))
-                    buffer.clear()
-            f.write("".join(buffer))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exprof import __version__, metrics
-from exprof.client import Failure, MockClient, Outcome
+from exprof import __version__
+from exprof.clients.mock import MockClient
+from exprof.clients.outcome import Failure
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -26,22 +27,19 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
-from exprof.events import (
+from exprof.export import export_run
+from exprof.jsonio import dumps
+from exprof.render import Progress
+from exprof.scoring import sample_events
+from exprof.store.engine import Lease, Store
+from exprof.store.events import (
     Event,
-    RequestSent,
-    ResponseReceived,
     RunFinished,
     RunInterrupted,
     RunResumed,
     RunStarted,
-    SampleFailed,
-    SampleScored,
 )
-from exprof.export import export_run
-from exprof.jsonio import dumps
-from exprof.record import SNAPSHOT_CHUNK, RunRecord, load_run, load_started, snapshot
-from exprof.render import Progress
-from exprof.store import Lease, Store
+from exprof.store.record import SNAPSHOT_CHUNK, RunRecord, load_run, load_started, snapshot
 
 MOCK_BATCH = 2000  # mock samples per transaction; live runs commit as answers arrive
 
@@ -52,29 +50,6 @@ class RunResult:
     summary: dict[str, Any]
     exit_code: int
     message: str
-
-
-def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
-    """The events that record one sample's request and its outcome, scored."""
-    sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1))
-    if isinstance(outcome, Failure):
-        return [
-            sent,
-            SampleFailed(
-                sample.dialogue_id,
-                outcome.error_class,
-                outcome.message,
-                outcome.status,
-                outcome.attempts,
-            ),
-        ]
-    coverage, missing = metrics.score(outcome.completion, sample.required_facts)
-    refused = metrics.is_refusal(outcome.completion, outcome.metadata)
-    return [
-        sent,
-        ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
-        SampleScored(sample.dialogue_id, coverage, refused, missing),
-    ]
 
 
 @contextlib.contextmanager
@@ -157,7 +132,7 @@ class Runner:
         self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
     ) -> RunResult:
         if load_started(self.store, run_id).mode == "live":
-            from exprof.live import require_credentials
+            from exprof.clients.credentials import require_credentials
 
             require_credentials(f"resume {run_id}")
         lease = self.store.acquire_lease(run_id)
@@ -204,7 +179,7 @@ class Runner:
             if record.started.mode == "mock":
                 seq = self._run_mock(record, lease, seq, pending, progress)
             else:
-                from exprof.live import run_live
+                from exprof.clients.live import run_live
 
                 seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
         except KeyboardInterrupt:

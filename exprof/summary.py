@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exprof import metrics
-from exprof.config import read_text
 from exprof.errors import ExprofError
+from exprof.files import read_text
 from exprof.pricing import estimate_cost
-from exprof.record import load_started
-from exprof.store import Store
+from exprof.scoring import builtin as metrics
+from exprof.store.engine import Store
+from exprof.store.record import load_started
 
 
 def run_summary(store: Store, run_id: str) -> dict[str, Any]:

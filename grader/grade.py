@@ -18,7 +18,7 @@ from pathlib import Path
 
 from exprof.config import load_config
 from exprof.dataset import load_dataset
-from exprof.metrics import aggregate, fact_coverage, is_refusal
+from exprof.scoring.builtin import aggregate, fact_coverage, is_refusal
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = REPO / "configs" / "sample_experiment.yaml"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from exprof.cli import cli
-from exprof.store import Store, store_url
+from exprof.store.engine import Store, store_url
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -109,7 +109,7 @@ def test_missing_mock_entry_is_a_failed_sample_not_a_crash(tmp_path, invoke):
     assert summary["failures_by_class"] == {"MockResponseMissing": 2}
     responses = (tmp_path / "runs" / "exp" / "responses.jsonl").read_text().splitlines()
     assert [json.loads(r)["dialogue_id"] for r in responses] == ["d00001", "d00002", "d00003"]
-    from exprof.store import Store, store_url
+    from exprof.store.engine import Store, store_url
 
     store = Store.open(store_url(None, "runs"))
     failures = [e.payload for e in store.events("exp", types=("sample_failed",))]

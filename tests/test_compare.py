@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_experiment
-from exprof.compare import bootstrap_means, mcnemar_exact
+from exprof.stats import bootstrap_means, mcnemar_exact
 
 
 def make_run(tmp_path, invoke, run_id, covered, refused=(), ids=None, **config):

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_samples, write_experiment
-from exprof import projections
-from exprof.live import AdaptiveLimit, redact
-from exprof.store import Store, store_url
+from exprof.clients.credentials import redact
+from exprof.clients.limits import AdaptiveLimit
+from exprof.store import projections
+from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
 
 KEY = "sk-ant-api03-TESTKEY-do-not-leak-0123456789"

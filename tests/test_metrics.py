@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from exprof.metrics import aggregate, fact_coverage, geometric_mean, is_refusal, percentile
+from exprof.scoring.builtin import aggregate, fact_coverage, geometric_mean, is_refusal, percentile
 
 
 def test_coverage_counts_case_insensitive_substrings():

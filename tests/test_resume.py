@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_samples, write_experiment
-from exprof import projections
-from exprof.store import Store, store_url
+from exprof.store import projections
+from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
 
 TIMING = {"latency_ms", "request_id", "requests_per_second"}

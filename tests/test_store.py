@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from conftest import REPO, make_samples, write_experiment
-from exprof import projections
 from exprof.errors import ConcurrencyError, ExprofError
-from exprof.events import (
+from exprof.store import projections
+from exprof.store.engine import SCHEMA_HEAD, Store, store_url
+from exprof.store.events import (
     EVENT_TYPES,
     DatasetChunk,
     MockChunk,
@@ -24,7 +25,6 @@ from exprof.events import (
     SampleFailed,
     SampleScored,
 )
-from exprof.store import SCHEMA_HEAD, Store, store_url
 
 EXAMPLES = [
     RunStarted("r", "e", "mock", {"model": "m"}, "abc", 2, {}, "0.1.0"),

@@ -9,14 +9,12 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from exprof.jsonio import loads
-
-if TYPE_CHECKING:
-    from exprof.store import StoredEvent
+from exprof.store.events import StoredEvent
 
 NAME = "runs_and_samples"
 TABLES = ("runs", "samples")
@@ -32,8 +30,6 @@ def position(conn: Connection) -> int:
 
 def catch_up(conn: Connection, through: int | None = None) -> int:
     """Apply, in batches, the events after our position; return the new position."""
-    from exprof.store import StoredEvent
-
     pos = position(conn)
     while through is None or pos < through:
         rows = conn.exec_driver_sql(

@@ -135,3 +135,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 def from_row(type_: str, payload: dict[str, Any]) -> Event:
     return EVENT_TYPES[type_].from_payload(payload)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    run_id: str
+    seq: int
+    type: str
+    payload: dict[str, Any]
+    created_at: float

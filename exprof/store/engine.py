@@ -13,7 +13,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,62 +20,18 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from exprof import projections
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
-from exprof.events import Event
 from exprof.jsonio import dumps, loads
+from exprof.store import projections
+from exprof.store.events import Event, StoredEvent
+from exprof.store.leases import Lease
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
 SCHEMA_HEAD = "0002"
 BUSY_TIMEOUT_MS = 5000
-STALE_LEASE_S = 120.0
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    id: int
-    run_id: str
-    seq: int
-    type: str
-    payload: dict[str, Any]
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Lease:
-    run_id: str
-    token: str
-    pid: int
-    host: str
-    acquired_at: float
-    heartbeat_at: float
-
-    def describe(self) -> str:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired_at))
-        return f"pid {self.pid} on {self.host} since {since}"
-
-    def is_alive(self) -> bool:
-        if self.host != socket.gethostname():
-            return time.time() - self.heartbeat_at < STALE_LEASE_S
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return _pid_is_running(self.pid)
-
-
-def _pid_is_running(pid: int) -> bool:
-    """A zombie (killed but not yet reaped) still answers kill(0); it holds nothing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def store_url(db: str | None, output_dir: str | Path) -> str:

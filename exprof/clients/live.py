@@ -10,7 +10,6 @@ that land in the same event-loop turn share one transaction), so a kill wastes a
 from __future__ import annotations
 
 import asyncio
-import collections
 import gc
 import os
 import random
@@ -21,14 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exprof.client import Failure, Outcome, Response
+from exprof.clients.credentials import redact
+from exprof.clients.limits import AdaptiveLimit
+from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
-from exprof.errors import ExprofError
-from exprof.events import Event
-from exprof.record import RunRecord
 from exprof.render import Progress
-from exprof.store import Lease, Store
+from exprof.scoring import sample_events
+from exprof.store.engine import Lease, Store
+from exprof.store.events import Event
+from exprof.store.record import RunRecord
 
 HEARTBEAT_S = 10.0
 SIGINT_GRACE_S = 5.0
@@ -37,75 +38,6 @@ BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
-
-
-def require_credentials(what: str) -> None:
-    """Live mode needs a key; say so before anything is written, not deep in the SDK."""
-    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
-        raise ExprofError(f"{what}: live mode needs ANTHROPIC_API_KEY set in the environment")
-
-
-def redact(text: str) -> str:
-    """Recorded error messages never carry an API key, even if the SDK echoes headers."""
-    key = os.environ.get("ANTHROPIC_API_KEY")
-    if key:
-        text = text.replace(key, "[redacted]")
-    return KEY_PATTERN.sub("sk-ant-[redacted]", text)
-
-
-class AdaptiveLimit:
-    """AIMD over requests in flight: halve the limit on a 429 (at most once a second),
-    add one back after each `limit` successes, never above the configured concurrency.
-    A request waiting to retry holds no slot, so a 429 storm really thins the traffic."""
-
-    def __init__(self, ceiling: int) -> None:
-        self.ceiling = ceiling
-        self.limit = ceiling
-        self.in_flight = 0
-        self.successes = 0
-        self.last_cut = 0.0
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self) -> None:
-        if self.in_flight < self.limit and not self.waiters:
-            self.in_flight += 1  # the common case: no lock, no await
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter  # the slot is handed over by release()
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a slot we can no longer use
-            else:
-                self.waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self.waiters and self.in_flight < self.limit:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
-
-    def on_rate_limited(self) -> None:
-        now = time.monotonic()
-        if now - self.last_cut > 1.0:
-            self.limit = max(1, self.limit // 2)
-            self.last_cut = now
-            self.successes = 0
-
-    def on_success(self) -> None:
-        if self.limit < self.ceiling:
-            self.successes += 1
-            if self.successes >= self.limit:
-                self.limit += 1
-                self.successes = 0
-                self._wake()
 
 
 def build_request(config: Config, sample: Sample) -> dict[str, Any]:
@@ -260,8 +192,6 @@ class _LiveSession:
         self.last_beat = time.monotonic()
 
     async def run(self, pending: list[Sample]) -> int:
-        from exprof.runner import sample_events
-
         limiter = AdaptiveLimit(self.concurrency)
         client = LiveClient(self.record.config, limiter)
         # Samples in progress (sending, or waiting to retry) are bounded by the configured

@@ -6,27 +6,10 @@ never import the anthropic SDK (about 1.4 s of start-up).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.dataset import Sample
-
-
-@dataclass(frozen=True)
-class Response:
-    completion: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Failure:
-    error_class: str
-    message: str
-    status: int | None = None
-    attempts: int = 1
-
-
-Outcome = Response | Failure
 
 
 class MockClient:

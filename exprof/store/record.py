@@ -13,9 +13,9 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
-from exprof.events import DatasetChunk, MockChunk, RunStarted
 from exprof.jsonio import loads
-from exprof.store import Store
+from exprof.store.engine import Store
+from exprof.store.events import DatasetChunk, MockChunk, RunStarted
 
 SNAPSHOT_CHUNK = 2000
 

@@ -1,0 +1,23 @@
+"""What a client returns for a sample: a Response or a Failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Response:
+    completion: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    error_class: str
+    message: str
+    status: int | None = None
+    attempts: int = 1
+
+
+Outcome = Response | Failure
