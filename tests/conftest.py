@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from exprof.cli import cli
 from exprof.store.engine import Store, store_url
+from fake_anthropic import FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     monkeypatch.delenv("EXPROF_DB", raising=False)
     return tmp_path
@@ -85,3 +87,23 @@ def make_samples(n: int, facts: int = 2, refuse_every: int = 0, missing_every: i
         if not (missing_every and i % missing_every == 0):
             mocks[did] = {"completion": text, "metadata": meta}
     return samples, mocks
+
+
+KEY = "sk-ant-api03-TESTKEY-do-not-leak-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Start fake Messages API servers (tests/fake_anthropic.py) the SDK will call."""
+
+    def start(**settings):
+        server = FakeAnthropic(**settings).__enter__()
+        started.append(server)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        return server
+
+    started: list[FakeAnthropic] = []
+    yield start
+    for server in started:
+        server.__exit__()

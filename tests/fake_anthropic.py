@@ -3,20 +3,32 @@
 Answers are derived from the request: the completion echoes the user text, so facts
 named in a prompt are "covered", and a prompt containing REFUSE gets a refusal.
 Faults are injected by script (per user text, per attempt) or by a seeded rate.
+Errors that hit every request are answered as the API does: a retired model (404), a key
+not in `valid_keys` (401), a request-level parameter it rejects (400 naming it).
+Rate limits (`rpm`, `itpm`, `otpm`) are token buckets reported with the API's own
+headers, `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining,reset}`,
+and a 429 with `retry-after` (whole seconds, as the API sends) when one is empty.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import random
 import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "529", "500", "drop", "hang")
+# Faults a script may name besides FAULTS: a credential echoed back (as a 401, as a
+# retryable 500, as a text body), a 403, a 400 naming a parameter and one about the sample.
+LEAKS = ("leak", "leak500", "leaktext")
+CREDENTIAL_HEADERS = ("x-api-key", "authorization")
 SDK_VERSION = "2026-10-21"
 SAMPLING = ("temperature", "top_p", "top_k")
 
@@ -32,6 +44,16 @@ class FakeState:
     always_fail: set[str] = field(default_factory=set)  # user texts answered 500 forever
     retry_after: float = 0.05
     hang_s: float = 3.0
+    retired_models: set[str] = field(default_factory=set)  # answered 404 not_found_error
+    valid_keys: set[str] | None = None  # when set, any other credential is answered 401
+    rpm: int | None = None  # rate limits, per minute, as token buckets
+    itpm: int | None = None
+    otpm: int | None = None
+    burst_s: float = 1.0  # each bucket holds this many seconds of its refill
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    rate_limited: int = 0  # requests answered 429 by a bucket
+    first_success: float | None = None
+    last_success: float | None = None
     requests: int = 0
     successes: int = 0
     in_flight: int = 0
@@ -39,6 +61,18 @@ class FakeState:
     attempts: dict[str, int] = field(default_factory=dict)
     seen: list[dict] = field(default_factory=list)  # {"headers", "body"} of every request
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        for name, limit in (("requests", self.rpm), ("input-tokens", self.itpm)):
+            if limit:
+                self.buckets[name] = Bucket(limit, self.burst_s)
+        if self.otpm:
+            self.buckets["output-tokens"] = Bucket(self.otpm, self.burst_s)
+
+    def set_limit(self, name: str, limit: int) -> None:
+        """Change a limit mid-run, as when a colleague's job starts on the same key."""
+        with self.lock:
+            self.buckets[name].set_limit(limit, time.monotonic())
 
     def fault_for(self, user: str, attempt: int) -> str | None:
         if user in self.always_fail:
@@ -51,6 +85,43 @@ class FakeState:
             if rng.random() < self.fault_rate:
                 return rng.choice(self.fault_kinds)
         return None
+
+
+class Bucket:
+    """A token bucket: refilled continuously at limit/60 per second up to `burst_s`
+    seconds' worth. Output tokens are charged after the answer (their count is not known
+    before), so that bucket only has to be non-empty to admit a request."""
+
+    def __init__(self, limit: int, burst_s: float) -> None:
+        self.burst_s = burst_s
+        self.limit = limit
+        self.capacity = max(limit * burst_s / 60, 1.0)
+        self.level = self.capacity
+        self.at = time.monotonic()
+
+    def set_limit(self, limit: int, now: float) -> None:
+        self.refill(now)
+        self.limit = limit
+        self.capacity = max(limit * self.burst_s / 60, 1.0)
+        self.level = min(self.level, self.capacity)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.limit / 60)
+        self.at = now
+
+    def wait_for(self, need: float) -> float:
+        """Seconds until the level reaches `need` (0 if it has)."""
+        return max(need - self.level, 0.0) * 60 / self.limit
+
+    def headers(self, name: str) -> dict[str, str]:
+        full_in = max(self.capacity - self.level, 0.0) * 60 / self.limit
+        reset = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=full_in)
+        prefix = f"anthropic-ratelimit-{name}"
+        return {
+            f"{prefix}-limit": str(self.limit),
+            f"{prefix}-remaining": str(max(math.floor(self.level), 0)),
+            f"{prefix}-reset": reset.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -96,11 +167,36 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.state.lock:
                 self.server.state.in_flight -= 1
 
+    def do_GET(self) -> None:  # noqa: N802
+        """/stats: the counters a benchmark in another process needs."""
+        state = self.server.state
+        self.request_id = "req_stats"
+        self.answered = True
+        with state.lock:
+            stats = {
+                "requests": state.requests,
+                "successes": state.successes,
+                "rate_limited": state.rate_limited,
+                "first_success": state.first_success,
+                "last_success": state.last_success,
+            }
+        self._send(200, stats)
+
     def _answer(self, state: FakeState, body: dict, user: str, attempt: int) -> None:
+        input_tokens = len(user.split()) + 3
+        with state.lock:
+            limited = self._admit(state, input_tokens)
+        if limited is not None:
+            return limited()
         delay = state.latency + random.uniform(-state.jitter, state.jitter)
         time.sleep(max(delay, 0.0))
         if self.path.split("?")[0] != "/v1/messages":
             return self._error(404, "not_found_error", f"no route {self.path}")
+        model = body.get("model", "")
+        if model in state.retired_models:
+            return self._error(404, "not_found_error", f"model: {model}")
+        if state.valid_keys is not None and self._credential() not in state.valid_keys:
+            return self._error(401, "authentication_error", "invalid x-api-key")
         version = self.headers.get("anthropic-version")
         sent = [k for k in SAMPLING if k in body]
         if version == SDK_VERSION and sent:
@@ -115,9 +211,25 @@ class _Handler(BaseHTTPRequestHandler):
                 "Number of requests has exceeded your rate limit",
                 {"retry-after": str(state.retry_after)},
             )
-        if fault == "leak":  # an error that echoes the caller's key, as some proxies do
-            key = self.headers.get("x-api-key") or self.headers.get("authorization", "")
-            return self._error(401, "authentication_error", f"invalid credentials: {key}")
+        if fault in LEAKS:
+            return self._leak(fault)
+        if fault == "403":
+            return self._error(
+                403,
+                "permission_error",
+                "Your API key does not have permission to use the specified resource.",
+            )
+        if fault == "400param":
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"max_tokens: {body.get('max_tokens')} > 64, which is the maximum allowed "
+                f"number of output tokens for {model}",
+            )
+        if fault == "400sample":
+            return self._error(
+                400, "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum"
+            )
         if fault == "529":
             return self._error(529, "overloaded_error", "Overloaded")
         if fault == "500":
@@ -132,8 +244,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         refused = "REFUSE" in user
         text = "I'm sorry, I can't help with that." if refused else f"Answer: {user}"
+        output_tokens = len(text.split())
         with state.lock:
             state.successes += 1
+            now = time.monotonic()
+            state.first_success = state.first_success or now
+            state.last_success = now
+            if "output-tokens" in state.buckets:
+                state.buckets["output-tokens"].level -= output_tokens  # may go below zero
+            limits = self._limit_headers(state)
         self._send(
             200,
             {
@@ -147,12 +266,62 @@ class _Handler(BaseHTTPRequestHandler):
                 ],
                 "stop_reason": "refusal" if refused else "end_turn",
                 "stop_sequence": None,
-                "usage": {
-                    "input_tokens": len(user.split()) + 3,
-                    "output_tokens": len(text.split()),
-                },
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
             },
+            limits,
         )
+        return None
+
+    def _admit(self, state: FakeState, input_tokens: int) -> Callable[[], None] | None:
+        """Charge the buckets for a request (caller holds the lock); if one is short,
+        charge nothing and return the 429 to send."""
+        now = time.monotonic()
+        need = {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": 1.0}
+        waits = []
+        for name, bucket in state.buckets.items():
+            bucket.refill(now)
+            waits.append(bucket.wait_for(need[name]))
+        if max(waits, default=0.0) > 0:
+            state.rate_limited += 1
+            headers = self._limit_headers(state)
+            headers["retry-after"] = str(max(math.ceil(max(waits)), 1))
+            return lambda: self._error(
+                429, "rate_limit_error", "This request would exceed your rate limit", headers
+            )
+        for name in ("requests", "input-tokens"):
+            if name in state.buckets:
+                state.buckets[name].level -= need[name]
+        return None
+
+    def _limit_headers(self, state: FakeState) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, bucket in state.buckets.items():
+            headers.update(bucket.headers(name))
+        return headers
+
+    def _credential(self) -> str:
+        key = self.headers.get("x-api-key")
+        if key:
+            return key
+        return self.headers.get("authorization", "").removeprefix("Bearer ")
+
+    def _leak(self, fault: str) -> None:
+        """Errors that echo the caller's credentials, as some proxies and gateways do."""
+        sent = [self.headers[h] for h in CREDENTIAL_HEADERS if self.headers.get(h)]
+        if fault == "leak":
+            return self._error(
+                401, "authentication_error", f"invalid credentials: {' '.join(sent)}"
+            )
+        if fault == "leak500":
+            echoed = json.dumps(dict(self.headers))
+            return self._error(500, "api_error", f"upstream failed; request headers: {echoed}")
+        data = ("bad gateway\n" + str(self.headers)).encode()  # a text body, not JSON
+        self.send_response(502)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self._leave_flight()
+        self.wfile.write(data)
         return None
 
     def _error(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
@@ -213,8 +382,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--rpm", type=int, help="requests per minute (a token bucket)")
+    parser.add_argument("--itpm", type=int, help="input tokens per minute")
+    parser.add_argument("--otpm", type=int, help="output tokens per minute")
+    parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size, in seconds")
     args = parser.parse_args()
-    with FakeAnthropic(latency=args.latency, jitter=args.jitter) as fake:
+    limits = {"rpm": args.rpm, "itpm": args.itpm, "otpm": args.otpm, "burst_s": args.burst_s}
+    with FakeAnthropic(latency=args.latency, jitter=args.jitter, **limits) as fake:
         print(fake.url, flush=True)
         threading.Event().wait()
 

@@ -11,31 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import make_samples, write_experiment
+from conftest import KEY, make_samples, write_experiment
 from exprof.clients.credentials import redact
 from exprof.clients.limits import AdaptiveLimit
 from exprof.store import projections
 from exprof.store.engine import Store, store_url
-from fake_anthropic import FakeAnthropic
-
-KEY = "sk-ant-api03-TESTKEY-do-not-leak-0123456789"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    def start(**settings):
-        server = FakeAnthropic(**settings).__enter__()
-        started.append(server)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        return server
-
-    started: list[FakeAnthropic] = []
-    yield start
-    for server in started:
-        server.__exit__()
 
 
 def experiment(tmp_path: Path, n: int, **config) -> Path:

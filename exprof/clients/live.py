@@ -13,7 +13,6 @@ import asyncio
 import gc
 import os
 import random
-import re
 import signal
 import sys
 import time
@@ -37,7 +36,6 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
-KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
 
 
 def build_request(config: Config, sample: Sample) -> dict[str, Any]:
