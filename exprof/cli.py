@@ -55,9 +55,16 @@ def summary_table(
 ) -> list[list[Any]]:
     from exprof.render import fmt_value
 
-    order = list(first) + [m for m in METRICS_FIRST if m not in first]
+    # Custom metric means (summary["metrics"]) follow the built-in three, one row each.
+    order = list(first) + [m for m in METRICS_FIRST if m not in first] + ["metrics"]
     keys = order + [k for k in summary if k not in order]
-    return [[k, fmt_value(summary.get(k))] for k in keys if k in summary]
+    rows = []
+    for k in (k for k in keys if k in summary):
+        if k == "metrics" and isinstance(summary[k], dict):
+            rows += [[f"metrics.{name}", fmt_value(v)] for name, v in summary[k].items()]
+        else:
+            rows.append([k, fmt_value(summary[k])])
+    return rows
 
 
 def echo_summary(
@@ -146,7 +153,7 @@ def run(
         run_id=run_id,
         concurrency=concurrency,
     )
-    _finish(result, format_, tuple(config.metrics))
+    _finish(result, format_, config.builtin_metrics)
 
 
 @cli.command()
@@ -222,7 +229,9 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         "geometric_mean",
         "next step",
     ]
-    click.echo(render([[r[h] for h in headers] for r in rows], headers, format_, rows))
+    if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them
+        headers.insert(-1, "metrics")
+    click.echo(render([[_cell(r.get(h)) for h in headers] for r in rows], headers, format_, rows))
 
 
 @cli.command()
@@ -327,6 +336,13 @@ def db_upgrade(output_dir: str, db: str | None) -> None:
     """Create the store or migrate it to the newest schema."""
     store = open_store(db, output_dir, create=True)
     click.echo(f"{store.location}: schema at revision {store.revision()}", err=True)
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: a dict of custom metric means reads as `name=mean, ...`."""
+    from exprof.render import fmt_value
+
+    return fmt_value(value) if isinstance(value, dict) else value
 
 
 def _check_concurrency(value: int | None) -> None:

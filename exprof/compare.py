@@ -19,8 +19,10 @@ import numpy as np
 from exprof.errors import ExprofError
 from exprof.files import read_text
 from exprof.jsonio import loads
+from exprof.scoring import custom, recorded
 from exprof.scoring.builtin import geometric_mean, score
 from exprof.stats import bootstrap_means, mcnemar_exact
+from exprof.store.record import load_started
 
 MIN_SAMPLES = 10
 CONFIG_KEYS = (
@@ -52,6 +54,9 @@ class Side:
     refused: np.ndarray
     missing: dict[str, list[str]] = field(default_factory=dict)  # filled for the top samples
     store: Any = None
+    # Custom metric columns aligned with ids (a dict-valued metric as `name.key`); None
+    # where a sample has no value.
+    custom: dict[str, list[Any]] = field(default_factory=dict)
 
     def facts_missing(self, wanted: list[str]) -> dict[str, list[str]]:
         if self.store is None:
@@ -85,14 +90,26 @@ def load_side(ref: str, store_factory: Any) -> Side:
         ).all()
     from exprof.summary import run_summary
 
+    summary = run_summary(store, run_id)
+    ids = [r[0] for r in rows]
     return Side(
         run_id,
-        run_summary(store, run_id),
-        [r[0] for r in rows],
+        summary,
+        ids,
         np.fromiter((r[1] for r in rows), dtype=float, count=len(rows)),
         np.fromiter((r[2] for r in rows), dtype=bool, count=len(rows)),
         store=store,
+        custom=_custom_columns(
+            recorded.per_sample(store, run_id, load_started(store, run_id).config), ids, summary
+        ),
     )
+
+
+def _custom_columns(
+    by_id: dict[str, dict[str, Any]], ids: list[str], summary: dict[str, Any]
+) -> dict[str, list[Any]]:
+    names = list(summary.get("metrics") or {})
+    return custom.columns((by_id.get(d, {}) for d in ids), names) if names else {}
 
 
 def _side_from_dir(path: Path) -> Side:
@@ -100,10 +117,11 @@ def _side_from_dir(path: Path) -> Side:
 
     summary = read_exported_summary(path)
     scores_path = path / "scores.jsonl"
-    ids, coverage, refused, missing = [], [], [], {}
+    ids, coverage, refused, missing, rows = [], [], [], {}, {}
     for lineno, line in enumerate(read_text(scores_path, "scores").splitlines(), start=1):
         try:
             row = loads(line)
+            rows[row["dialogue_id"]] = row
             ids.append(row["dialogue_id"])
             coverage.append(float(row["fact_coverage"]))
             refused.append(bool(row["refused"]))
@@ -117,6 +135,7 @@ def _side_from_dir(path: Path) -> Side:
         np.array(coverage, dtype=float),
         np.array(refused, dtype=bool),
         missing,
+        custom=_custom_columns(rows, ids, summary),
     )
 
 
@@ -220,6 +239,14 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
         else:
             row["verdict"] = f"not meaningful: {n} common samples (< {MIN_SAMPLES})"
         metrics[name] = row
+    for name in (n for n in a.custom if n in b.custom):
+        col_a, col_b = a.custom[name], b.custom[name]
+        pairs = [
+            (col_a[i], col_b[j])
+            for i, j in zip(a_pos, b_pos, strict=True)
+            if col_a[i] is not None and col_b[j] is not None
+        ]
+        metrics[f"metrics.{name}"] = _custom_metric(pairs, resamples, seed)
     for name in EXTRA_METRICS:
         va, vb = _extra(a.summary, name), _extra(b.summary, name)
         if isinstance(va, int | float) and isinstance(vb, int | float):
@@ -272,6 +299,43 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
             for d, x, y, ra, rb in zip(common, cov_a, cov_b, ref_a, ref_b, strict=True)
         ],
     }
+
+
+def _custom_metric(pairs: list[tuple[Any, Any]], resamples: int, seed: int) -> dict[str, Any]:
+    """A custom metric over the common samples where both runs have a value: a paired
+    bootstrap CI of the mean's change, and for a boolean metric the exact McNemar test
+    on the samples that flipped (True counts as the better outcome)."""
+    n = len(pairs)
+    values = np.array(pairs, dtype=float).reshape(n, 2)
+    va, vb = (float(values[:, 0].mean()), float(values[:, 1].mean())) if n else (0.0, 0.0)
+    row: dict[str, Any] = {
+        "a": round(va, 4),
+        "b": round(vb, 4),
+        "delta": round(vb - va, 4),
+        "relative": _relative(va, vb),
+        "ci95": None,
+        "verdict": f"not meaningful: {n} samples with values (< {MIN_SAMPLES})",
+        "samples": n,
+    }
+    if n < MIN_SAMPLES:
+        return row
+    means = bootstrap_means(values, resamples, seed)
+    lo, hi = np.percentile(means[:, 1] - means[:, 0], [2.5, 97.5])
+    row["ci95"] = [round(float(lo), 4), round(float(hi), 4)]
+    row["verdict"] = _verdict(float(lo), float(hi))
+    if all(isinstance(x, bool) and isinstance(y, bool) for x, y in pairs):
+        gained = sum(1 for x, y in pairs if y and not x)
+        lost = sum(1 for x, y in pairs if x and not y)
+        p_value = mcnemar_exact(gained, lost)
+        row["mcnemar_p"] = round(p_value, 6)
+        row["verdict"] = (
+            "no significant change"
+            if p_value >= 0.05
+            else "improved"
+            if gained > lost
+            else "regressed"
+        )
+    return row
 
 
 def _extra(summary: dict[str, Any], name: str) -> Any:

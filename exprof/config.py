@@ -12,6 +12,7 @@ import yaml
 
 from exprof.errors import ExprofError
 from exprof.files import read_text
+from exprof.scoring.custom import SpecContext, parse_metrics
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 METRIC_NAMES = ("fact_coverage", "refusal_rate", "geometric_mean")
@@ -44,7 +45,8 @@ class Config:
     mock_responses_path: str
     log_schema_version: int = 1
     output_fields: list[str] = field(default_factory=lambda: ["completion", "metadata"])
-    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
+    # Built-in names, and custom metric specs as normalised by scoring.custom (issue 9).
+    metrics: list[str | dict[str, Any]] = field(default_factory=lambda: list(METRIC_NAMES))
     concurrency: int = DEFAULT_CONCURRENCY
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -62,6 +64,11 @@ class Config:
     def sends_temperature(self) -> bool:
         """Only the 2023-06-01 API accepts sampling parameters; 2026-10-21 rejects them."""
         return self.api_version != SDK_API_VERSION
+
+    @property
+    def builtin_metrics(self) -> tuple[str, ...]:
+        """The built-in names listed, in order: what tables show first."""
+        return tuple(m for m in self.metrics if isinstance(m, str)) or METRIC_NAMES
 
 
 def check_run_id(value: object, where: str) -> str:
@@ -142,7 +149,8 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
             raw["output_fields"], where("output_fields"), ("completion", "metadata")
         )
     if "metrics" in raw:
-        out["metrics"] = _choices(raw["metrics"], where("metrics"), METRIC_NAMES)
+        context = SpecContext(path, out["model"], dataset.parent)
+        out["metrics"] = parse_metrics(raw["metrics"], context)
     if "concurrency" in raw:
         out["concurrency"] = _integer(raw["concurrency"], where("concurrency"), minimum=1)
     if "max_retries" in raw:

@@ -16,6 +16,7 @@ from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.files import write_atomic
 from exprof.jsonio import dumps, dumps_pretty, loads
+from exprof.scoring import recorded
 from exprof.scoring.builtin import score
 from exprof.store.engine import Store
 from exprof.store.record import iter_samples, load_started
@@ -36,7 +37,8 @@ def export_run(
         raise ExprofError(f"{out}: cannot create the export directory: {exc.strerror}") from None
     for stale in out.glob(".*.tmp"):  # left by an export that was killed mid-write
         stale.unlink(missing_ok=True)
-    config = Config.from_dict(load_started(store, run_id).config)
+    recorded_config = load_started(store, run_id).config
+    config = Config.from_dict(recorded_config)
     with store.engine.connect() as conn:
         requested = {
             row[0]
@@ -62,7 +64,8 @@ def export_run(
 
     write_atomic(out / "requests.jsonl", request_lines())
     scores: list[str] = []
-    responses = _response_lines(store, run_id, config.output_fields, facts, scores)
+    custom = recorded.per_sample(store, run_id, recorded_config)  # {} without custom metrics
+    responses = _response_lines(store, run_id, config.output_fields, facts, scores, custom)
     write_atomic(out / "responses.jsonl", responses)
     write_atomic(out / "scores.jsonl", scores)
     summary = run_summary(store, run_id)
@@ -76,6 +79,7 @@ def _response_lines(
     fields: list[str],
     facts: dict[str, tuple[str, ...]],
     scores: list[str],
+    custom: dict[str, dict[str, Any]],
 ) -> Iterator[str]:
     """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
     with the metrics recorded for it and the names of the facts its answer missed."""
@@ -104,6 +108,7 @@ def _response_lines(
                             "fact_coverage": coverage,
                             "refused": bool(refused),
                             "facts_missing": missing,
+                            **custom.get(dialogue_id, {}),
                         }
                     )
                 )

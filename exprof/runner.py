@@ -30,7 +30,7 @@ from exprof.errors import (
 from exprof.export import export_run
 from exprof.jsonio import dumps
 from exprof.render import Progress
-from exprof.scoring import sample_events
+from exprof.scoring import custom, sample_events
 from exprof.store.engine import Lease, Store
 from exprof.store.events import (
     Event,
@@ -232,6 +232,7 @@ class Runner:
         self, record: RunRecord, lease: Lease, seq: int, pending: list[Sample], progress: Progress
     ) -> int:
         client = MockClient(record.mocks)
+        metrics = custom.build(record.config.metrics)
         done = errors = 0
         last_beat = time.monotonic()
         with deferred_sigint() as interrupted:
@@ -242,7 +243,7 @@ class Runner:
                 for sample in pending[start : start + MOCK_BATCH]:
                     outcome = client.complete(sample)
                     errors += isinstance(outcome, Failure)
-                    batch.extend(sample_events(sample, outcome))
+                    batch.extend(sample_events(sample, outcome, metrics))
                 seq = self.store.append(record.run_id, batch, after_seq=seq)
                 done = min(start + MOCK_BATCH, len(pending))
                 progress.update(done, errors)

@@ -11,6 +11,7 @@ from exprof.errors import ExprofError
 from exprof.files import read_text
 from exprof.pricing import estimate_cost
 from exprof.scoring import builtin as metrics
+from exprof.scoring import recorded
 from exprof.store.engine import Store
 from exprof.store.record import load_started
 
@@ -68,6 +69,7 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
         api_version=start.config["api_version"] if mode == "live" else None,
         sent_params=start.sent_params,
     )
+    summary.update(recorded.summary_fields(store, run_id, start.config))
     if failures:
         summary["failures_by_class"] = failures
     if mode == "live":
@@ -136,6 +138,10 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)),
         }
         row.update(metrics.aggregate(coverage_sum or 0.0, refused or 0, done))
+        # Custom metric means, read from the events only for runs that have them.
+        custom = recorded.summary_fields(store, run_id, load_started(store, run_id).config)
+        if custom:
+            row["metrics"] = custom["metrics"]
         row["next step"] = next_step
         out.append(row)
     return out

@@ -15,8 +15,11 @@ from exprof.store.engine import SCHEMA_HEAD, Store, store_url
 from exprof.store.events import (
     EVENT_TYPES,
     DatasetChunk,
+    JudgeRequestSent,
+    JudgeScored,
     MockChunk,
     RequestSent,
+    RescoreStarted,
     ResponseReceived,
     RunFinished,
     RunInterrupted,
@@ -35,6 +38,11 @@ EXAMPLES = [
     ResponseReceived("a", "héllo ✓", {"type": "refusal", "nested": {"k": [1, 2]}}),
     SampleFailed("a", "RateLimitError", "slow down", 429, 3),
     SampleScored("a", 0.5, True, ["missing fact"]),
+    SampleScored("a", 1.0, False, [], {"cites": True, "n": 3}, {"polite": "ValueError: x"}),
+    JudgeRequestSent("a", "helpful", "claude-haiku-4-5", "rubric", "prompt"),
+    JudgeScored("a", "helpful", "Score: 4", {"output_tokens": 3}, 4.0),
+    JudgeScored("a", "helpful", None, {}, None, "RateLimitError: slow down"),
+    RescoreStarted("source", {"metrics": {"a": ["fact_coverage"], "b": ["fact_coverage"]}}),
     RunInterrupted("Ctrl-C"),
     RunFinished(1, 1, 2.5),
 ]

@@ -25,7 +25,7 @@ from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.render import Progress
-from exprof.scoring import sample_events
+from exprof.scoring import custom, sample_events
 from exprof.store.engine import Lease, Store
 from exprof.store.events import Event
 from exprof.store.record import RunRecord
@@ -192,6 +192,7 @@ class _LiveSession:
     async def run(self, pending: list[Sample]) -> int:
         limiter = AdaptiveLimit(self.concurrency)
         client = LiveClient(self.record.config, limiter)
+        metrics = custom.build(self.record.config.metrics)
         # Samples in progress (sending, or waiting to retry) are bounded by the configured
         # concurrency; requests actually in flight by the adaptive limit, inside complete().
         workers = asyncio.Semaphore(self.concurrency)
@@ -202,7 +203,7 @@ class _LiveSession:
         async def one(sample: Sample) -> None:
             try:
                 outcome = await client.complete(sample)
-                await self._record(sample_events(sample, outcome))
+                await self._record(sample_events(sample, outcome, metrics))
                 self.done += 1
                 self.errors += isinstance(outcome, Failure)
                 self.progress.update(self.done, self.errors, f"in-flight limit {limiter.limit}")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from exprof.clients.outcome import Failure, Outcome
 from exprof.dataset import Sample
-from exprof.scoring import builtin
+from exprof.scoring import builtin, custom
 from exprof.store.events import Event, RequestSent, ResponseReceived, SampleFailed, SampleScored
 
 
-def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
-    """The events that record one sample's request and its outcome, scored."""
+def sample_events(
+    sample: Sample, outcome: Outcome, metrics: Sequence[custom.Metric] = ()
+) -> list[Event]:
+    """The events that record one sample's request and its outcome, scored with the
+    built-in metrics and `metrics`, the config's custom ones (see custom.build)."""
     sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1))
     if isinstance(outcome, Failure):
         return [
@@ -24,8 +29,13 @@ def sample_events(sample: Sample, outcome: Outcome) -> list[Event]:
         ]
     coverage, missing = builtin.score(outcome.completion, sample.required_facts)
     refused = builtin.is_refusal(outcome.completion, outcome.metadata)
+    values = errors = None
+    if metrics:
+        values, errors = custom.evaluate(
+            metrics, sample.to_payload(), outcome.completion, outcome.metadata
+        )
     return [
         sent,
         ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
-        SampleScored(sample.dialogue_id, coverage, refused, missing),
+        SampleScored(sample.dialogue_id, coverage, refused, missing, values, errors or None),
     ]

@@ -100,6 +100,53 @@ class SampleScored(Event):
     fact_coverage: float
     refused: bool
     facts_missing: list[str] = field(default_factory=list)
+    # Custom metrics (issue 9): absent from the payload when the config has none, so a
+    # seed-only run records exactly what it always did.
+    metrics: dict[str, Any] | None = None
+    metric_errors: dict[str, str] | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = dict(self.__dict__)
+        for key in ("metrics", "metric_errors"):
+            if payload[key] is None:
+                del payload[key]
+        return payload
+
+
+@dataclass(frozen=True)
+class JudgeRequestSent(Event):
+    """A grader model's prompt for one sample and one judge metric (issue 9)."""
+
+    type: ClassVar[str] = "judge_request_sent"
+    dialogue_id: str
+    metric: str
+    model: str
+    system: str
+    user: str
+
+
+@dataclass(frozen=True)
+class JudgeScored(Event):
+    """The grader's reply (or failure) and the score parsed from it; `value` is None when
+    the request failed or the reply held no score, with the reason in `error`."""
+
+    type: ClassVar[str] = "judge_scored"
+    dialogue_id: str
+    metric: str
+    reply: str | None
+    metadata: dict[str, Any]
+    value: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RescoreStarted(Event):
+    """A rescore run (issue 9): which run's recorded responses it reuses, and how its
+    config differs from that run's."""
+
+    type: ClassVar[str] = "rescore_started"
+    source_run_id: str
+    config_diff: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -127,6 +174,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ResponseReceived,
         SampleFailed,
         SampleScored,
+        JudgeRequestSent,
+        JudgeScored,
+        RescoreStarted,
         RunInterrupted,
         RunFinished,
     )
