@@ -10,6 +10,7 @@ import pytest
 from test_live import experiment
 
 from exprof.clients.credentials import redact
+from exprof.clients.fatal import fatal_cause
 from exprof.store.engine import Store, store_url
 
 CREDENTIALS = [
@@ -39,7 +40,7 @@ def test_no_credential_is_recorded_or_printed(
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     monkeypatch.setenv(variable, secret)
     result = invoke("run", "--config", str(config), "--live", "--quiet", "--format", "json")
-    assert result.exit_code in (1, 2), result.output
+    assert result.exit_code == 2, result.output  # the echoing 401 stops the run
     sent = [s["headers"] for s in server.state.seen]
     assert all(secret in " ".join(h.values()) for h in sent)  # it was sent, and echoed
     outputs = [result.stdout, result.stderr]
@@ -62,3 +63,80 @@ def test_redact_masks_labelled_credentials_not_in_the_environment(monkeypatch):
     )
     assert not any(s in text for s in ("k3y-one", "t0ken-two", "b4sic-three"))
     assert text.count("[redacted]") == 3
+
+
+FATAL = {
+    "retired model": (
+        {"retired_models": {"claude-3-opus"}},
+        404,
+        "model 'claude-3-opus' not found (retired?); set model: in the config, or run with --mock",
+    ),
+    "bad key": (
+        {"valid_keys": {"some-other-key"}},
+        401,
+        "the API rejected the credentials (401: invalid x-api-key); "
+        "check ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN, or run with --mock",
+    ),
+    "forbidden": (
+        {"fault_rate": 1.0, "fault_kinds": ("403",)},
+        403,
+        "the API key may not make this request (403: Your API key does not have permission "
+        "to use the specified resource.); check its workspace and model access, "
+        "or run with --mock",
+    ),
+    "rejected parameter": (
+        {"fault_rate": 1.0, "fault_kinds": ("400param",)},
+        400,
+        "the API rejects max_tokens (400: max_tokens: 100 > 64, which is the maximum allowed "
+        "number of output tokens for claude-3-opus); fix max_tokens: in the config, "
+        "or run with --mock",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FATAL)
+def test_an_error_every_request_would_hit_stops_the_run_at_once(tmp_path, invoke, fake, case):
+    settings, status, cause = FATAL[case]
+    server = fake(latency=0.02, **settings)
+    config = experiment(tmp_path, 60, concurrency=4, api_version="2023-06-01")  # no warning
+    result = invoke("run", "--config", str(config), "--quiet")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {cause}\n"
+    assert server.state.requests <= 4  # only what was in flight when the first one failed
+    store = Store.open(store_url(None, "runs"))
+    failed = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    assert failed and {f["status"] for f in failed} == {status}
+    [stopped] = [e.payload for e in store.events("exp", types=("run_interrupted",))]
+    assert stopped["reason"] == f"stopped: {cause}"
+
+
+def test_after_a_bad_key_is_fixed_resume_finishes_the_run(tmp_path, invoke, fake, monkeypatch):
+    server = fake(valid_keys={"sk-ant-the-right-one"})
+    config = experiment(tmp_path, 30, concurrency=2)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 2
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-the-right-one")
+    resumed = invoke("resume", "exp", "--quiet", "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["samples_completed"] == 30
+    assert server.state.successes == 30
+
+
+def test_an_error_about_one_sample_does_not_stop_the_run(tmp_path, invoke, fake):
+    config = experiment(tmp_path, 12, concurrency=2)
+    too_long = users(tmp_path)[3]
+    server = fake(script={too_long: ["400sample"]})
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["samples_completed"] == 11
+    assert server.state.requests == 12
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 529])
+def test_retryable_errors_are_never_fatal(status):
+    assert fatal_cause(status, "model: claude-3-opus", "claude-3-opus") is None
+
+
+def test_a_400_about_the_messages_is_not_fatal():
+    assert fatal_cause(400, "messages.0.content: must not be empty", "m") is None
+    assert fatal_cause(400, "prompt is too long: 250000 tokens > 200000 maximum", "m") is None
+    assert fatal_cause(400, "temperature: Extra inputs are not permitted", "m") is not None

@@ -20,14 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 from exprof.clients.credentials import redact
+from exprof.clients.fatal import fatal_cause
 from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
+from exprof.errors import ExprofError
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
 from exprof.store.engine import Lease, Store
-from exprof.store.events import Event
+from exprof.store.events import Event, RunInterrupted
 from exprof.store.record import RunRecord
 
 HEARTBEAT_S = 10.0
@@ -65,13 +67,19 @@ class LiveClient:
             max_retries=0,
             timeout=config.timeout_s,
         )
+        self.halted = False  # set after an error that will hit every request
 
     async def complete(self, sample: Sample) -> Outcome:
+        """The sample's Response or final Failure; raises Halted instead of sending once
+        the run is halted, so that the sample stays pending."""
         request = build_request(self.config, sample)
         attempts = 0
         while True:
             attempts += 1
             await self.limiter.acquire()  # every attempt, retries too, waits for a slot
+            if self.halted:
+                self.limiter.release()
+                raise Halted
             started = time.perf_counter()
             try:
                 message = await self.client.messages.create(**request)
@@ -79,9 +87,9 @@ class LiveClient:
                 retry = exc.status_code in RETRYABLE_STATUS
                 if exc.status_code == 429:
                     self.limiter.on_rate_limited()
-                failure = Failure(
-                    type(exc).__name__, redact(_api_message(exc)), exc.status_code, attempts
-                )
+                said = redact(_api_message(exc))
+                fatal = fatal_cause(exc.status_code, said, self.config.model)
+                failure = Failure(type(exc).__name__, said, exc.status_code, attempts, fatal)
                 headers = exc.response.headers
             except self.anthropic.APIConnectionError as exc:
                 retry, headers = True, None
@@ -91,6 +99,9 @@ class LiveClient:
                 return self._response(message, attempts, time.perf_counter() - started)
             finally:
                 self.limiter.release()
+            if failure.fatal:
+                self.halted = True
+                return failure
             if not retry or attempts > self.config.max_retries:
                 return failure
             await asyncio.sleep(_backoff(attempts, headers))
@@ -115,6 +126,10 @@ class LiveClient:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class Halted(Exception):
+    """A sample not sent because the run stopped on an error that hits every request."""
 
 
 def _api_message(exc: Any) -> str:
@@ -187,6 +202,7 @@ class _LiveSession:
         self.crashed: list[BaseException] = []
         self.done = self.errors = 0
         self.stopping = False
+        self.fatal: str | None = None  # the cause, once an error will hit every request
         self.last_beat = time.monotonic()
 
     async def run(self, pending: list[Sample]) -> int:
@@ -202,7 +218,12 @@ class _LiveSession:
 
         async def one(sample: Sample) -> None:
             try:
-                outcome = await client.complete(sample)
+                try:
+                    outcome = await client.complete(sample)
+                except Halted:
+                    return  # never sent: the sample stays pending for a resume
+                if isinstance(outcome, Failure) and outcome.fatal and self.fatal is None:
+                    self.fatal = outcome.fatal
                 await self._record(sample_events(sample, outcome, metrics))
                 self.done += 1
                 self.errors += isinstance(outcome, Failure)
@@ -213,13 +234,13 @@ class _LiveSession:
         try:
             for sample in pending:
                 await workers.acquire()
-                if self.stopping or self.crashed:
+                if self.stopping or self.crashed or self.fatal:
                     workers.release()
                     break
                 task = asyncio.create_task(one(sample))
                 tasks.add(task)
                 task.add_done_callback(self._settle(tasks))
-            while tasks and not self.stopping:
+            while tasks and not (self.stopping or self.fatal):
                 await asyncio.wait(set(tasks), timeout=0.2)
             await self._wait_or_cancel(tasks)
             if self.crashed:
@@ -228,6 +249,13 @@ class _LiveSession:
             loop.remove_signal_handler(signal.SIGINT)
             self._flush()
             await client.close()
+        if self.fatal:
+            self.progress.close()
+            reason = f"stopped: {self.fatal}"
+            self.seq = self.store.append(
+                self.record.run_id, [RunInterrupted(reason)], after_seq=self.seq
+            )
+            raise ExprofError(self.fatal)
         if self.stopping:
             raise KeyboardInterrupt
         return self.seq
@@ -243,7 +271,8 @@ class _LiveSession:
         return settle
 
     async def _wait_or_cancel(self, tasks: set[asyncio.Task[None]]) -> None:
-        """After Ctrl-C: give the requests in flight a grace period, then abandon them."""
+        """After Ctrl-C or a fatal error: a grace period for the requests in flight, then
+        abandon them."""
         if not tasks:
             return
         _, late = await asyncio.wait(set(tasks), timeout=SIGINT_GRACE_S)

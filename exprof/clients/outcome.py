@@ -18,6 +18,7 @@ class Failure:
     message: str
     status: int | None = None
     attempts: int = 1
+    fatal: str | None = None  # set when the same error will hit every request: stop the run
 
 
 Outcome = Response | Failure
