@@ -313,6 +313,33 @@ def compare_cmd(
 
 
 @cli.command()
+@click.argument("ref")
+@click.argument("ref_b", required=False)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Compare: how many changed samples to show side by side.",
+)
+@store_options
+def report(
+    ref: str, ref_b: str | None, out: str | None, top: int, output_dir: str, db: str | None
+) -> None:
+    """One self-contained HTML page for a run, or a compare of two (ids or export dirs)."""
+    from exprof.report.builder import build_report
+
+    refs = [ref] if ref_b is None else [ref, ref_b]
+    path = build_report(refs, lambda: open_store(db, output_dir), output_dir, out, top)
+    click.echo(str(path))
+
+
+@cli.command()
 @store_options
 @output_options
 def doctor(output_dir: str, db: str | None, format_: str) -> None:

@@ -1,0 +1,210 @@
+"""What a report shows, gathered from the store (or an export directory) without SQL.
+
+Per-sample rows are compact arrays rather than objects, and fact names are interned in
+one list, so that the rows of a 100k-sample run stay a few tens of MB before
+compression. The column order is shared with report.js (`COLUMNS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exprof.compare import Side
+from exprof.files import read_text
+from exprof.jsonio import loads
+from exprof.scoring.builtin import score
+from exprof.store.record import iter_samples, load_started
+
+# Long answers are cut in the page (the full text is in the store and the exports), so
+# a run of long completions still gives a page a browser opens.
+MAX_COMPLETION = 4000
+MAX_PROMPT = 300
+COLUMNS = (
+    "dialogue_id",
+    "status",
+    "coverage",
+    "refused",
+    "output_tokens",
+    "latency_ms",
+    "prompt",
+    "completion",
+    "facts",
+    "missing",
+    "error_class",
+    "error",
+)
+
+
+@dataclass
+class Vocab:
+    """Fact names, each stored once; rows refer to them by position."""
+
+    names: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def ids(self, facts: Iterable[str]) -> list[int]:
+        out = []
+        for fact in facts:
+            i = self.index.get(fact)
+            if i is None:
+                i = self.index[fact] = len(self.names)
+                self.names.append(fact)
+            out.append(i)
+        return out
+
+
+@dataclass
+class RunData:
+    """One run as the page needs it: summary, config, and its samples in dataset order."""
+
+    label: str
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    rows: list[list[Any]]
+    facts: list[str]
+    source: str  # "store" or "export directory"
+
+    def column(self, name: str, status: str = "ok") -> list[Any]:
+        i = COLUMNS.index(name)
+        return [r[i] for r in self.rows if r[1] == status and r[i] is not None]
+
+    def failures(self) -> list[list[Any]]:
+        return [r for r in self.rows if r[1] == "failed"]
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f" … [{len(text) - limit} more characters]"
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _row(
+    dialogue_id: str,
+    status: str,
+    prompt: str | None,
+    facts: list[int],
+    answer: tuple[str, dict[str, Any]] | None,
+    scored: tuple[float, bool, list[int]] | None,
+    failure: tuple[str, str] | None,
+) -> list[Any]:
+    completion, meta = answer if answer else (None, {})
+    coverage, refused, missing = scored if scored else (None, None, [])
+    return [
+        dialogue_id,
+        status,
+        coverage,
+        None if refused is None else int(refused),
+        _number(meta.get("output_tokens", meta.get("token_count"))),
+        _number(meta.get("latency_ms")),
+        _clip(prompt, MAX_PROMPT),
+        _clip(completion, MAX_COMPLETION),
+        facts,
+        missing,
+        failure[0] if failure else None,
+        failure[1] if failure else None,
+    ]
+
+
+def run_data(side: Side) -> RunData:
+    """The run behind a resolved compare Side: from its store, or its export directory."""
+    if side.store is None:
+        return _dir_data(Path(side.label), side)
+    store, run_id = side.store, side.summary["run_id"]
+    answers: dict[str, tuple[str, dict[str, Any]]] = {}
+    scores: dict[str, tuple[float, bool, list[str] | None]] = {}
+    failures: dict[str, tuple[str, str]] = {}
+    types = ("response_received", "sample_scored", "sample_failed")
+    for ev in store.events(run_id, types=types):
+        p = ev.payload
+        if ev.type == "response_received":
+            answers[p["dialogue_id"]] = (p["completion"], p.get("metadata") or {})
+        elif ev.type == "sample_scored":
+            scores[p["dialogue_id"]] = (p["fact_coverage"], p["refused"], p.get("facts_missing"))
+        else:
+            failures[p["dialogue_id"]] = (p["error_class"], p["message"])
+    vocab = Vocab()
+    rows = []
+    for sample in iter_samples(store, run_id):
+        did = sample.dialogue_id
+        answer, scored = answers.get(did), scores.get(did)
+        status = "ok" if answer else "failed" if did in failures else "pending"
+        facts = vocab.ids(sample.required_facts)
+        marks = None
+        if scored is not None:
+            missing = scored[2]
+            if missing is None and answer is not None:  # scored before facts_missing existed
+                missing = score(answer[0], sample.required_facts)[1]
+            marks = (scored[0], scored[1], vocab.ids(missing or []))
+        rows.append(
+            _row(
+                did,
+                status,
+                sample.user,
+                facts,
+                answer,
+                marks,
+                None if answer else failures.get(did),
+            )
+        )
+    config = dict(load_started(store, run_id).config)
+    return RunData(run_id, side.summary, config, rows, vocab.names, "store")
+
+
+def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [loads(line) for line in read_text(path, what).splitlines() if line.strip()]
+
+
+def _dir_data(path: Path, side: Side) -> RunData:
+    """An export directory knows less: no fact list (only the missed ones), no failure
+    detail beyond the summary's counts by class."""
+    answers = {r["dialogue_id"]: r for r in _jsonl(path / "responses.jsonl", "responses")}
+    prompts = {
+        r["dialogue_id"]: (r.get("prompt") or {}).get("user")
+        for r in _jsonl(path / "requests.jsonl", "requests")
+    }
+    scored = {
+        d: (float(c), bool(r))
+        for d, c, r in zip(side.ids, side.coverage, side.refused, strict=True)
+    }
+    vocab = Vocab()
+    rows = []
+    for did in list(prompts) + [d for d in side.ids if d not in prompts]:
+        answer = answers.get(did)
+        missing = vocab.ids(side.missing.get(did, []))
+        marks = (*scored[did], missing) if did in scored else None
+        status = "ok" if marks else "failed"
+        failure = None if marks else ("unknown", "the export holds no failure detail")
+        text = (answer.get("completion"), answer) if answer else None
+        rows.append(_row(did, status, prompts.get(did), missing, text, marks, failure))  # type: ignore[arg-type]
+    summary = side.summary
+    config: dict[str, Any] = {
+        k: summary[k] for k in ("model", "temperature", "max_tokens") if k in summary
+    }
+    return RunData(str(path), summary, config, rows, vocab.names, "export directory")
+
+
+def completions(side: Side, wanted: set[str]) -> dict[str, str]:
+    """The answers of a few samples (the top changes of a compare)."""
+    if not wanted:
+        return {}
+    if side.store is None:
+        rows = _jsonl(Path(side.label) / "responses.jsonl", "responses")
+        return {
+            r["dialogue_id"]: r.get("completion", "")
+            for r in rows
+            if r.get("dialogue_id") in wanted
+        }
+    out = {}
+    for ev in side.store.events(side.summary["run_id"], types=("response_received",)):
+        if ev.payload["dialogue_id"] in wanted:
+            out[ev.payload["dialogue_id"]] = ev.payload["completion"]
+    return out
