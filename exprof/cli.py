@@ -44,6 +44,13 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def top_option(help_text: str) -> Callable[..., Any]:
+    """--top, for compare and report."""
+    return click.option(
+        "--top", type=click.IntRange(min=0), default=10, show_default=True, help=help_text
+    )
+
+
 def open_store(db: str | None, output_dir: str, create: bool = False) -> Any:
     from exprof.store.engine import Store, store_url
 
@@ -257,13 +264,7 @@ def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> 
 @click.argument("run_a")
 @click.argument("run_b")
 @store_options
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="How many changed samples and flips to list.",
-)
+@top_option("How many changed samples and flips to list.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option(
     "--resamples",
@@ -320,13 +321,7 @@ def compare_cmd(
     type=click.Path(dir_okay=False),
     help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
 )
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Compare: how many changed samples to show side by side.",
-)
+@top_option("Compare: how many changed samples to show side by side.")
 @store_options
 def report(
     ref: str, ref_b: str | None, out: str | None, top: int, output_dir: str, db: str | None
