@@ -358,7 +358,10 @@ def filter_rows(driver, text: str) -> list[str]:
     box.send_keys(text)
 
     def rows(d):
-        ids = [td.text for td in d.find_elements(By.CSS_SELECTOR, "#rows-body tr td.id")]
+        # Read in one script call: the table is redrawn as the filter settles.
+        ids = d.execute_script(
+            "return Array.from(document.querySelectorAll('#rows-body tr td.id'), td => td.textContent)"
+        )
         return ids if len(ids) == 1 else False
 
     return WebDriverWait(driver, 30).until(rows)
