@@ -336,12 +336,13 @@ def report(
 
 @cli.command()
 @store_options
+@click.option("--run", "run_id", help="Check only this run [default: every run].")
 @output_options
-def doctor(output_dir: str, db: str | None, format_: str) -> None:
-    """Check the store: schema, integrity, and projections against the events."""
+def doctor(output_dir: str, db: str | None, run_id: str | None, format_: str) -> None:
+    """Check the store: schema, integrity, tampering, and projections against the events."""
     from exprof.doctor import check
 
-    rows, healthy = check(open_store(db, output_dir))
+    rows, healthy = check(open_store(db, output_dir), run_id)
     headers = ["check", "status", "detail"]
     click.echo(render([[r[h] for h in headers] for r in rows], headers, format_, rows))
     sys.exit(0 if healthy else 1)

@@ -20,7 +20,7 @@ from exprof.errors import ExprofError
 from exprof.files import read_text
 from exprof.jsonio import loads
 from exprof.scoring import custom, recorded
-from exprof.scoring.builtin import geometric_mean, score
+from exprof.scoring.builtin import geometric_mean
 from exprof.stats import bootstrap_means, mcnemar_exact
 from exprof.store.record import load_started
 
@@ -61,7 +61,7 @@ class Side:
     def facts_missing(self, wanted: list[str]) -> dict[str, list[str]]:
         if self.store is None:
             return {d: self.missing.get(d, []) for d in wanted}
-        return _store_facts_missing(self.store, self.summary["run_id"], wanted)
+        return self.store.facts_missing(self.summary["run_id"], wanted)  # type: ignore[no-any-return]
 
 
 def load_side(ref: str, store_factory: Any) -> Side:
@@ -70,24 +70,13 @@ def load_side(ref: str, store_factory: Any) -> Side:
     if path.is_dir() and (path / "summary.json").exists():
         return _side_from_dir(path)
     store = store_factory()
-    with store.engine.connect() as conn:
-        run_id = conn.exec_driver_sql("SELECT run_id FROM runs WHERE run_id = ?", (ref,)).scalar()
-        if run_id is None:
-            run_id = conn.exec_driver_sql(
-                "SELECT run_id FROM runs WHERE experiment_id = ? "
-                "ORDER BY created_at DESC, run_id DESC LIMIT 1",
-                (ref,),
-            ).scalar()
-        if run_id is None:
-            raise ExprofError(
-                f"{store.location}: no run, experiment or export directory named {ref!r} "
-                "(see `exprof runs`)"
-            )
-        rows = conn.exec_driver_sql(
-            "SELECT dialogue_id, fact_coverage, refused FROM samples "
-            "WHERE run_id = ? AND status = 'ok' ORDER BY idx",
-            (run_id,),
-        ).all()
+    run_id = ref if store.run_exists(ref) else store.latest_run_of(ref)
+    if run_id is None:
+        raise ExprofError(
+            f"{store.location}: no run, experiment or export directory named {ref!r} "
+            "(see `exprof runs`)"
+        )
+    rows = store.sample_scores(run_id)
     from exprof.summary import run_summary
 
     summary = run_summary(store, run_id)
@@ -137,30 +126,6 @@ def _side_from_dir(path: Path) -> Side:
         missing,
         custom=_custom_columns(rows, ids, summary),
     )
-
-
-def _store_facts_missing(store: Any, run_id: str, wanted: list[str]) -> dict[str, list[str]]:
-    """Recompute, for a few samples, which facts the answer missed (the scoring rule)."""
-    from exprof.store.record import load_run
-
-    if not wanted:
-        return {}
-    marks = ", ".join("?" * len(wanted))
-    with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            f"SELECT s.dialogue_id, s.idx, e.payload FROM samples s "
-            f"JOIN events e ON e.id = s.response_event_id "
-            f"WHERE s.run_id = ? AND s.dialogue_id IN ({marks})",
-            (run_id, *wanted),
-        ).all()
-    facts = {
-        s.dialogue_id: s.required_facts
-        for s in load_run(store, run_id, {r[1] for r in rows}).samples
-    }
-    out = {}
-    for dialogue_id, _, payload in rows:
-        out[dialogue_id] = score(loads(payload)["completion"], facts[dialogue_id])[1]
-    return out
 
 
 def _verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:

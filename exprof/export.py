@@ -15,9 +15,8 @@ from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.files import write_atomic
-from exprof.jsonio import dumps, dumps_pretty, loads
+from exprof.jsonio import dumps, dumps_pretty
 from exprof.scoring import recorded
-from exprof.scoring.builtin import score
 from exprof.store.engine import Store
 from exprof.store.record import iter_samples, load_started
 from exprof.summary import run_summary
@@ -39,19 +38,11 @@ def export_run(
         stale.unlink(missing_ok=True)
     recorded_config = load_started(store, run_id).config
     config = Config.from_dict(recorded_config)
-    with store.engine.connect() as conn:
-        requested = {
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT dialogue_id FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
-            )
-        }
-    facts: dict[str, tuple[str, ...]] = {}
+    requested = store.requested_ids(run_id)
 
     def request_lines() -> Iterator[str]:
         for s in iter_samples(store, run_id) if samples is None else samples:
             if s.dialogue_id in requested:
-                facts[s.dialogue_id] = s.required_facts
                 yield _line(
                     {
                         "dialogue_id": s.dialogue_id,
@@ -65,7 +56,7 @@ def export_run(
     write_atomic(out / "requests.jsonl", request_lines())
     scores: list[str] = []
     custom = recorded.per_sample(store, run_id, recorded_config)  # {} without custom metrics
-    responses = _response_lines(store, run_id, config.output_fields, facts, scores, custom)
+    responses = _response_lines(store, run_id, config.output_fields, scores, custom)
     write_atomic(out / "responses.jsonl", responses)
     write_atomic(out / "scores.jsonl", scores)
     summary = run_summary(store, run_id)
@@ -77,41 +68,30 @@ def _response_lines(
     store: Store,
     run_id: str,
     fields: list[str],
-    facts: dict[str, tuple[str, ...]],
     scores: list[str],
     custom: dict[str, dict[str, Any]],
 ) -> Iterator[str]:
     """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
     with the metrics recorded for it and the names of the facts its answer missed."""
-    with store.engine.connect() as conn:
-        result = conn.exec_driver_sql(
-            "SELECT e.payload, s.fact_coverage, s.refused FROM samples s "
-            "JOIN events e ON e.id = s.response_event_id "
-            "WHERE s.run_id = ? AND s.status = 'ok' ORDER BY s.idx",
-            (run_id,),
+    for scored in store.scored_responses(run_id):
+        response = scored.response
+        line: dict[str, Any] = {"dialogue_id": response.dialogue_id}
+        if "completion" in fields:
+            line["completion"] = response.completion
+        if "metadata" in fields:
+            line.update(response.metadata)
+        yield _line(line)
+        scores.append(
+            _line(
+                {
+                    "dialogue_id": response.dialogue_id,
+                    "fact_coverage": scored.fact_coverage,
+                    "refused": scored.refused,
+                    "facts_missing": scored.facts_missing,
+                    **custom.get(response.dialogue_id, {}),
+                }
+            )
         )
-        while rows := result.fetchmany(5000):
-            for payload, coverage, refused in rows:
-                event = loads(payload)
-                dialogue_id, completion = event["dialogue_id"], event["completion"]
-                line = {"dialogue_id": dialogue_id}
-                if "completion" in fields:
-                    line["completion"] = completion
-                if "metadata" in fields:
-                    line.update(event["metadata"])
-                yield _line(line)
-                missing = score(completion, facts[dialogue_id])[1] if coverage < 1 else []
-                scores.append(
-                    _line(
-                        {
-                            "dialogue_id": dialogue_id,
-                            "fact_coverage": coverage,
-                            "refused": bool(refused),
-                            "facts_missing": missing,
-                            **custom.get(dialogue_id, {}),
-                        }
-                    )
-                )
 
 
 def _line(obj: dict[str, Any]) -> str:

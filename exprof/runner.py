@@ -137,7 +137,7 @@ class Runner:
             require_credentials(f"resume {run_id}")
         lease = self.store.acquire_lease(run_id)
         try:
-            positions = self._pending_positions(run_id, retry_failed)
+            positions = self.store.pending_positions(run_id, retry_failed)
             if not positions:
                 summary = export_run(self.store, run_id, self.output_dir / run_id)
                 self.store.release_lease(lease)
@@ -203,13 +203,7 @@ class Runner:
             raise
         progress.close()
         try:
-            with self.store.engine.connect() as conn:
-                counts: dict[str, int] = dict(
-                    conn.exec_driver_sql(
-                        "SELECT status, count(*) FROM samples WHERE run_id = ? GROUP BY status",
-                        (run_id,),
-                    ).all()
-                )
+            counts = self.store.sample_status_counts(run_id)
             failed = counts.get("failed", 0)
             self.store.append(
                 run_id,
@@ -259,28 +253,8 @@ class Runner:
         samples = None if record.partial else record.samples
         return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
 
-    def _pending_positions(self, run_id: str, retry_failed: bool) -> set[int]:
-        """Dataset indexes of the samples still owed a response."""
-        owed = ("pending", "failed") if retry_failed else ("pending",)
-        with self.store.engine.connect() as conn:
-            return {
-                row[0]
-                for row in conn.exec_driver_sql(
-                    f"SELECT idx FROM samples WHERE run_id = ? "
-                    f"AND status IN ({', '.join('?' * len(owed))})",
-                    (run_id, *owed),
-                )
-            }
-
     def _next_run_id(self, experiment_id: str) -> str:
-        with self.store.engine.connect() as conn:
-            taken = {
-                row[0]
-                for row in conn.exec_driver_sql(
-                    "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'",
-                    (experiment_id, _like_prefix(experiment_id) + "-%"),
-                )
-            }
+        taken = self.store.run_ids_like(experiment_id)
         if experiment_id not in taken:
             return experiment_id
         n = 2
@@ -289,16 +263,11 @@ class Runner:
         return f"{experiment_id}-{n}"
 
     def _refuse_existing(self, run_id: str) -> None:
-        with self.store.engine.connect() as conn:
-            if conn.exec_driver_sql("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
-                holder = self.store.lease(run_id)
-                if holder is not None:
-                    raise ExprofError(f"run {run_id!r} is being worked on by {holder.describe()}")
-                raise ExprofError(
-                    f"run {run_id!r} already exists; continue it with `exprof resume {run_id}` "
-                    "or choose another --run-id"
-                )
-
-
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        if self.store.run_exists(run_id):
+            holder = self.store.lease(run_id)
+            if holder is not None:
+                raise ExprofError(f"run {run_id!r} is being worked on by {holder.describe()}")
+            raise ExprofError(
+                f"run {run_id!r} already exists; continue it with `exprof resume {run_id}` "
+                "or choose another --run-id"
+            )

@@ -20,6 +20,7 @@ from conftest import make_samples, write_experiment
 from exprof.config import load_config
 from exprof.dataset import load_dataset
 from exprof.errors import ExprofError
+from exprof.store.engine import SCHEMA_HEAD
 
 FUZZ_EXAMPLES = int(os.environ.get("EXPROF_FUZZ_EXAMPLES", "300"))  # CI: 300 each
 
@@ -112,7 +113,7 @@ def test_doctor_passes_a_sound_store_and_fails_a_tampered_one(one_run, invoke):
     healthy = invoke("doctor", "--format", "json")
     assert healthy.exit_code == 0
     rows = {r["check"]: r for r in json.loads(healthy.stdout)}
-    assert rows["schema revision"]["detail"] == "0002"
+    assert rows["schema revision"]["detail"] == SCHEMA_HEAD
     assert rows["events"]["detail"] == 3 + 20 * 3 + 1  # start, dataset, answers; 3 per sample; end
     assert rows["integrity_check"]["status"] == "ok"
     raw = sqlite3.connect(one_run[1])
@@ -122,8 +123,11 @@ def test_doctor_passes_a_sound_store_and_fails_a_tampered_one(one_run, invoke):
     broken = invoke("doctor", "--format", "json")
     assert broken.exit_code == 1
     rows = {r["check"]: r for r in json.loads(broken.stdout)}
-    assert rows["projection samples"]["status"] == "FAILED"
-    assert rows["projection runs"]["status"] == "ok"
+    assert rows["projections"] == {
+        "check": "projections",
+        "status": "FAILED",
+        "detail": "exp: samples differs",
+    }
     raw = sqlite3.connect(one_run[1])
     assert raw.execute("SELECT fact_coverage FROM samples WHERE idx = 3").fetchone() == (0.5,)
 

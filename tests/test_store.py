@@ -199,3 +199,88 @@ def test_db_upgrade_command(tmp_path, invoke):
     result = invoke("db", "upgrade", "--db", str(tmp_path / "x.db"))
     assert result.exit_code == 0
     assert f"schema at revision {SCHEMA_HEAD}" in result.stderr
+
+
+def test_no_sql_outside_the_store_package():
+    """Only exprof/store/ speaks SQL or touches the engine (issue 10, part 1)."""
+    import re
+
+    speaks_sql = re.compile(
+        r"(?<!exprof\.store)\.engine\b|exec_driver_sql|\bconnect\(|\b(SELECT|INSERT|UPDATE|DELETE)\s+\w+.*\b(FROM|INTO|SET)\b"
+    )
+    offenders = []
+    for path in sorted((REPO / "exprof").rglob("*.py")):
+        if "store" in path.relative_to(REPO / "exprof").parts[:1]:
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            if speaks_sql.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()}")
+    assert offenders == []
+
+
+def test_stored_events_come_back_typed(store):
+    store.append("r", [*_started(), SampleScored("d0", 0.5, False, ["f"])], after_seq=0)
+    assert [type(e.event) for e in store.events("r")] == [RunStarted, DatasetChunk, SampleScored]
+    with pytest.raises(ValueError, match="unknown event type 'nope'"):
+        __import__("exprof.store.events", fromlist=["from_row"]).from_row("nope", {})
+
+
+def test_exports_read_the_recorded_missing_facts_never_score_again(store, tmp_path):
+    """The projection keeps facts_missing as recorded; export copies it (a later change of
+    the scoring rule, or of the answer's text, cannot change an old run's export)."""
+    from exprof.export import export_run
+
+    started = RunStarted("r", "e", "mock", _CONFIG, "abc", 1, {}, "0.1.0")
+    chunk = DatasetChunk(
+        0, [{"dialogue_id": "d0", "system": "", "user": "u", "required_facts": ["alpha"]}]
+    )
+    recorded = [
+        RequestSent("d0"),
+        ResponseReceived("d0", "alpha is here", {}),
+        SampleScored("d0", 0.0, False, ["as recorded"]),
+    ]
+    store.append("r", [started, chunk, *recorded], after_seq=0)
+    export_run(store, "r", tmp_path / "out")
+    line = (tmp_path / "out" / "scores.jsonl").read_text()
+    assert line == (
+        '{"dialogue_id":"d0","fact_coverage":0.0,"refused":false,"facts_missing":["as recorded"]}\n'
+    )
+    assert store.facts_missing("r", ["d0"]) == {"d0": ["as recorded"]}
+
+
+_CONFIG = {
+    "experiment_id": "e",
+    "model": "m",
+    "max_tokens": 10,
+    "temperature": 0.0,
+    "dataset_path": "x.json",
+    "mock_responses_path": "m.json",
+}
+
+
+def test_upgrade_to_0003_rebuilds_the_projections_with_facts_missing(tmp_path):
+    """A 0002 store's samples lack facts_missing: the upgrade replays the events."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    path = tmp_path / "old.db"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(REPO / "migrations"))
+    with create_engine(f"sqlite:///{path}").begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    raw = sqlite3.connect(path)
+    events = [*_started("old"), RequestSent("d0"), SampleScored("d0", 0.0, False, ["x"])]
+    for seq, ev in enumerate(events, start=1):
+        raw.execute(
+            "INSERT INTO events (run_id, seq, type, payload, created_at) VALUES (?, ?, ?, ?, 0)",
+            ("old", seq, ev.type, __import__("json").dumps(ev.to_payload())),
+        )
+    raw.commit()
+    raw.close()
+    Store.open(store_url(str(path), "."), create=True)
+    raw = sqlite3.connect(path)
+    row = raw.execute("SELECT requests, facts_missing FROM samples WHERE dialogue_id = 'd0'")
+    assert row.fetchone() == (1, '["x"]')
+    raw.close()

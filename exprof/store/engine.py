@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
 from exprof.jsonio import dumps, loads
-from exprof.store import projections
-from exprof.store.events import Event, StoredEvent
-from exprof.store.leases import Lease
+from exprof.store import dialects, projections
+from exprof.store.checks import Checks
+from exprof.store.dialects import execute
+from exprof.store.events import Event, StoredEvent, event_hash, from_row
+from exprof.store.leases import HELD, Lease, process_started
+from exprof.store.queries import Queries
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
-SCHEMA_HEAD = "0002"
-BUSY_TIMEOUT_MS = 5000
+SCHEMA_HEAD = "0003"
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
 
@@ -49,7 +50,7 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-class Store:
+class Store(Queries, Checks):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
     def __init__(self, engine: Engine, location: str) -> None:
@@ -71,7 +72,7 @@ class Store:
                 except OSError as exc:
                     raise ExprofError(f"{path}: cannot create store: {exc.strerror}") from None
         engine = create_engine(url)
-        _configure(engine)
+        dialects.configure(engine)
         store = cls(engine, location)
         try:
             store._ensure_schema()
@@ -86,15 +87,14 @@ class Store:
         if revision == SCHEMA_HEAD:
             return
         upgrade(self.engine, self.location, revision)
+        with self.write() as conn:  # a migration may have emptied the projections
+            projections.catch_up(conn)
 
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
-            try:
-                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            except OperationalError as exc:
-                if "no such table" in str(exc):
-                    return None
-                raise
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
     # -- appending -------------------------------------------------------------
 
@@ -108,7 +108,8 @@ class Store:
         now = time.time()
         seq = after_seq
         with self.write() as conn:
-            last_id, applied = conn.exec_driver_sql(
+            last_id, applied = execute(
+                conn,
                 "SELECT (SELECT coalesce(max(id), 0) FROM events), "
                 "(SELECT coalesce(max(last_event_id), 0) FROM projection_positions "
                 "WHERE name = ?)",
@@ -116,15 +117,16 @@ class Store:
             ).one()
             if applied < last_id:  # events appended by an exprof without this projection
                 projections.catch_up(conn, through=last_id)
+            chain = _chain_head(conn, run_id, after_seq)
             rows: list[tuple[Any, ...]] = []
             stored: list[StoredEvent] = []
             size = 0
             for ev in events:
                 last_id, seq = last_id + 1, seq + 1
-                payload = ev.to_payload()
-                text = dumps(payload)
-                rows.append((last_id, run_id, seq, ev.type, text, now))
-                stored.append(StoredEvent(last_id, run_id, seq, ev.type, payload, now))
+                text = dumps(ev.to_payload())
+                chain = event_hash(chain, ev.type, text)
+                rows.append((last_id, run_id, seq, ev.type, text, now, chain))
+                stored.append(StoredEvent(last_id, run_id, seq, ev, now))
                 size += len(text)
                 if len(rows) >= APPEND_SLICE or size >= APPEND_SLICE_BYTES:
                     self._insert(conn, run_id, rows, stored)
@@ -139,9 +141,10 @@ class Store:
         if not rows:
             return
         try:
-            conn.exec_driver_sql(
-                "INSERT INTO events (id, run_id, seq, type, payload, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            execute(
+                conn,
+                "INSERT INTO events (id, run_id, seq, type, payload, created_at, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except IntegrityError:
@@ -158,16 +161,17 @@ class Store:
     def last_seq(self, run_id: str) -> int:
         with self.engine.connect() as conn:
             return int(
-                conn.exec_driver_sql(
-                    "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+                execute(
+                    conn, "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
                 ).scalar_one()
             )
 
     def events(
         self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 1000
     ) -> Iterator[StoredEvent]:
-        """Stream events in order, a batch at a time, so 100k-sample runs stay small."""
-        where, params = [], []
+        """Stream typed events in order, a batch at a time, so 100k-sample runs stay small."""
+        where: list[str] = []
+        params: list[Any] = []
         if run_id is not None:
             where.append("run_id = ?")
             params.append(run_id)
@@ -177,14 +181,15 @@ class Store:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "seq" if run_id is not None else "id"
         with self.engine.connect() as conn:
-            result = conn.exec_driver_sql(
+            result = execute(
+                conn,
                 f"SELECT id, run_id, seq, type, payload, created_at FROM events {clause} "
                 f"ORDER BY {order}",
                 tuple(params),
             )
             while rows := result.fetchmany(batch):
                 for id_, run, seq, type_, payload, created in rows:
-                    yield StoredEvent(id_, run, seq, type_, loads(payload), created)
+                    yield StoredEvent(id_, run, seq, from_row(type_, loads(payload)), created)
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:
@@ -195,7 +200,10 @@ class Store:
     def acquire_lease(self, run_id: str) -> Lease:
         """Hold the run for this process, taking over a dead holder's lease."""
         now = time.time()
-        mine = Lease(run_id, uuid.uuid4().hex, os.getpid(), socket.gethostname(), now, now)
+        pid = os.getpid()
+        mine = Lease(
+            run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
+        )
         with self.write() as conn:
             held = _live_holder(conn, run_id)
             if held is not None:
@@ -203,26 +211,32 @@ class Store:
                     f"run {run_id} is being worked on by {held.describe()}; "
                     "wait for it to finish or stop that process"
                 )
-            conn.exec_driver_sql("DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead one
-            conn.exec_driver_sql(
-                "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (mine.run_id, mine.token, mine.pid, mine.host, now, now),
+            execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead one
+            execute(
+                conn,
+                "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at, "
+                "started) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mine.run_id, mine.token, mine.pid, mine.host, now, now, mine.started),
             )
+        HELD.add(mine.token)
         return mine
 
     def heartbeat(self, lease: Lease) -> None:
         with self.write() as conn:
-            conn.exec_driver_sql(
+            execute(
+                conn,
                 "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
                 (time.time(), lease.run_id, lease.token),
             )
 
     def release_lease(self, lease: Lease) -> None:
         with self.write() as conn:
-            conn.exec_driver_sql(
-                "DELETE FROM leases WHERE run_id = ? AND token = ?", (lease.run_id, lease.token)
+            execute(
+                conn,
+                "DELETE FROM leases WHERE run_id = ? AND token = ?",
+                (lease.run_id, lease.token),
             )
+        HELD.discard(lease.token)
 
     def lease(self, run_id: str) -> Lease | None:
         """The run's holder, if it is still alive."""
@@ -230,9 +244,21 @@ class Store:
             return _live_holder(conn, run_id)
 
 
+def _chain_head(conn: Connection, run_id: str, seq: int) -> str:
+    """The hash of the run's event `seq` (empty before the first, or an unchained one)."""
+    if seq == 0:
+        return ""
+    found = execute(
+        conn, "SELECT hash FROM events WHERE run_id = ? AND seq = ?", (run_id, seq)
+    ).scalar()
+    return found or ""
+
+
 def _live_holder(conn: Connection, run_id: str) -> Lease | None:
-    row = conn.exec_driver_sql(
-        "SELECT run_id, token, pid, host, acquired_at, heartbeat_at FROM leases WHERE run_id = ?",
+    row = execute(
+        conn,
+        "SELECT run_id, token, pid, host, acquired_at, heartbeat_at, started FROM leases "
+        "WHERE run_id = ?",
         (run_id,),
     ).fetchone()
     lease = Lease(*row) if row else None
@@ -250,6 +276,7 @@ class _WriteTransaction:
         self.conn = self.engine.connect().execution_options(immediate=True)
         try:
             self.tx = self.conn.begin()
+            dialects.lock_writers(self.conn)
         except OperationalError as exc:
             self.conn.close()
             raise ExprofError(
@@ -278,37 +305,14 @@ class _WriteTransaction:
             ) from None
 
 
-def _configure(engine: Engine) -> None:
-    """One place for the connection settings: WAL, NORMAL sync, FKs, busy timeout."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
 def upgrade(engine: Engine, location: str, current: str | None) -> None:
     """Run the alembic migrations up to head; refuse a store from a newer exprof."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
 
-    import exprof.migrations  # the top-level migrations/ folder, packaged (pyproject.toml)
-
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(Path(exprof.migrations.__file__).parent))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     script = ScriptDirectory.from_config(cfg)
     if current is not None:
         try:
@@ -322,6 +326,18 @@ def upgrade(engine: Engine, location: str, current: str | None) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
         conn.commit()
+
+
+def migrations_dir() -> Path:
+    """The alembic scripts: the checkout's own migrations/ next to this package when run
+    from source (an editable install may map exprof.migrations to another checkout),
+    else the copy packaged in the wheel as exprof.migrations (pyproject.toml)."""
+    source = Path(__file__).resolve().parents[2] / "migrations"
+    if (source / "env.py").is_file():
+        return source
+    import exprof.migrations
+
+    return Path(exprof.migrations.__file__).parent
 
 
 def _reason(exc: DBAPIError) -> str:

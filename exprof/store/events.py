@@ -6,6 +6,7 @@ comparisons, resume plans) is derived from them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
@@ -183,15 +184,34 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+def event_hash(previous: str, type_: str, payload: str) -> str:
+    """One link of a run's hash chain over the stored bytes: editing any event breaks
+    the link that covers it (and a rewrite of the links breaks at the next honest one)."""
+    return hashlib.sha256(f"{previous}\n{type_}\n{payload}".encode()).hexdigest()
+
+
 def from_row(type_: str, payload: dict[str, Any]) -> Event:
-    return EVENT_TYPES[type_].from_payload(payload)
+    """A stored (type, payload) as its typed event; an unknown type is a damaged store."""
+    cls = EVENT_TYPES.get(type_)
+    if cls is None:
+        raise ValueError(f"unknown event type {type_!r}")
+    return cls.from_payload(payload)
 
 
 @dataclass(frozen=True)
 class StoredEvent:
+    """An event with its place in the store: global id, run, per-run seq, time."""
+
     id: int
     run_id: str
     seq: int
-    type: str
-    payload: dict[str, Any]
+    event: Event
     created_at: float
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.event.to_payload()

@@ -8,13 +8,26 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from exprof.jsonio import loads
-from exprof.store.events import StoredEvent
+from exprof.jsonio import dumps, loads
+from exprof.store.dialects import execute
+from exprof.store.events import (
+    DatasetChunk,
+    RequestSent,
+    ResponseReceived,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    RunStarted,
+    SampleFailed,
+    SampleScored,
+    StoredEvent,
+    from_row,
+)
 
 NAME = "runs_and_samples"
 TABLES = ("runs", "samples")
@@ -22,8 +35,8 @@ CATCH_UP_BATCH = 5000
 
 
 def position(conn: Connection) -> int:
-    pos = conn.exec_driver_sql(
-        "SELECT last_event_id FROM projection_positions WHERE name = ?", (NAME,)
+    pos = execute(
+        conn, "SELECT last_event_id FROM projection_positions WHERE name = ?", (NAME,)
     ).scalar()
     return pos or 0
 
@@ -32,27 +45,51 @@ def catch_up(conn: Connection, through: int | None = None) -> int:
     """Apply, in batches, the events after our position; return the new position."""
     pos = position(conn)
     while through is None or pos < through:
-        rows = conn.exec_driver_sql(
+        rows = execute(
+            conn,
             "SELECT id, run_id, seq, type, payload, created_at FROM events "
             "WHERE id > ? ORDER BY id LIMIT ?",
             (pos, CATCH_UP_BATCH),
         ).fetchall()
         if not rows:
             break
-        batch = [StoredEvent(r[0], r[1], r[2], r[3], loads(r[4]), r[5]) for r in rows]
+        batch = [StoredEvent(r[0], r[1], r[2], from_row(r[3], loads(r[4])), r[5]) for r in rows]
         apply(conn, batch)
         pos = batch[-1].id
     return pos
 
 
-def rebuild(conn: Connection) -> None:
+def rebuild(conn: Connection, run_id: str | None = None) -> None:
+    """Drop the projection rows and replay the events: all of them, or one run's."""
+    if run_id is not None:
+        for table in TABLES:
+            execute(conn, f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        replay(conn, run_id)
+        return
     for table in TABLES:
-        conn.exec_driver_sql(f"DELETE FROM {table}")
-    conn.exec_driver_sql("DELETE FROM projection_positions WHERE name = ?", (NAME,))
+        execute(conn, f"DELETE FROM {table}")
+    execute(conn, "DELETE FROM projection_positions WHERE name = ?", (NAME,))
     catch_up(conn)
 
 
-def apply(conn: Connection, events: Sequence[StoredEvent]) -> None:
+def replay(conn: Connection, run_id: str) -> None:
+    """Apply one run's events again (its rows must be gone), in batches, by seq."""
+    seq = 0
+    while True:
+        rows = execute(
+            conn,
+            "SELECT id, run_id, seq, type, payload, created_at FROM events "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, seq, CATCH_UP_BATCH),
+        ).fetchall()
+        if not rows:
+            return
+        batch = [StoredEvent(r[0], r[1], r[2], from_row(r[3], loads(r[4])), r[5]) for r in rows]
+        apply(conn, batch, move_position=False)
+        seq = batch[-1].seq
+
+
+def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool = True) -> None:
     """Fold a batch of events (in id order) into the projection rows.
 
     A sample's events in one batch (request, response, score) become one UPDATE, and
@@ -64,26 +101,34 @@ def apply(conn: Connection, events: Sequence[StoredEvent]) -> None:
     changes: dict[tuple[str, str], dict[str, Any]] = {}
     failures: list[tuple[Any, ...]] = []
     statuses: list[tuple[str, str]] = []
-    for ev in events:
-        p = ev.payload
-        if ev.type == "run_started":
-            _insert_run(conn, ev)
-        elif ev.type == "dataset_chunk":
+    for stored in events:
+        ev = stored.event
+        if isinstance(ev, RunStarted):
+            _insert_run(conn, stored, ev)
+        elif isinstance(ev, DatasetChunk):
             new_samples.extend(
-                (ev.run_id, s["dialogue_id"], p["start"] + i) for i, s in enumerate(p["samples"])
+                (stored.run_id, s["dialogue_id"], ev.start + i) for i, s in enumerate(ev.samples)
             )
-        elif ev.type in _SAMPLE_COLUMNS:
-            cols = changes.setdefault((ev.run_id, p["dialogue_id"]), {})
-            if ev.type == "request_sent":
-                cols["requests"] = cols.get("requests", 0) + 1
-            else:
-                cols.update(_SAMPLE_COLUMNS[ev.type](ev))
-        elif ev.type == "sample_failed":
-            failures.append((p["error_class"], p["attempts"], ev.run_id, p["dialogue_id"]))
-        elif ev.type in _RUN_STATUS:
-            statuses.append((_RUN_STATUS[ev.type](p), ev.run_id))
+        elif isinstance(ev, RequestSent):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols["requests"] = cols.get("requests", 0) + 1
+        elif isinstance(ev, ResponseReceived):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols.update(_response_columns(stored.id, ev))
+        elif isinstance(ev, SampleScored):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols.update(_score_columns(ev))
+        elif isinstance(ev, SampleFailed):
+            failures.append((ev.error_class, ev.attempts, stored.run_id, ev.dialogue_id))
+        elif isinstance(ev, RunResumed):
+            statuses.append(("running", stored.run_id))
+        elif isinstance(ev, RunInterrupted):
+            statuses.append(("interrupted", stored.run_id))
+        elif isinstance(ev, RunFinished):
+            statuses.append(("complete" if ev.failed == 0 else "failed", stored.run_id))
     if new_samples:
-        conn.exec_driver_sql(
+        execute(
+            conn,
             "INSERT INTO samples (run_id, dialogue_id, idx, status, requests) "
             "VALUES (?, ?, ?, 'pending', 0)",
             new_samples,
@@ -95,23 +140,24 @@ def apply(conn: Connection, events: Sequence[StoredEvent]) -> None:
         sets = ", ".join(
             "requests = requests + ?" if col == "requests" else f"{col} = ?" for col in shape
         )
-        conn.exec_driver_sql(
-            f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ?", rows
-        )
+        execute(conn, f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ?", rows)
     if failures:
-        conn.exec_driver_sql(
+        execute(
+            conn,
             "UPDATE samples SET status = 'failed', error_class = ?, attempts = ? "
             "WHERE run_id = ? AND dialogue_id = ? AND status != 'ok'",
             failures,
         )
     if statuses:
-        conn.exec_driver_sql("UPDATE runs SET status = ? WHERE run_id = ?", statuses)
+        execute(conn, "UPDATE runs SET status = ? WHERE run_id = ?", statuses)
     if events:
-        conn.exec_driver_sql(
-            "INSERT INTO projection_positions (name, last_event_id) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET last_event_id = excluded.last_event_id",
-            (NAME, events[-1].id),
-        )
+        if move_position:
+            execute(
+                conn,
+                "INSERT INTO projection_positions (name, last_event_id) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET last_event_id = excluded.last_event_id",
+                (NAME, events[-1].id),
+            )
         _touch_runs(conn, events)
 
 
@@ -119,32 +165,33 @@ def _touch_runs(conn: Connection, events: Iterable[StoredEvent]) -> None:
     last_by_run: dict[str, StoredEvent] = {}
     for ev in events:
         last_by_run[ev.run_id] = ev
-    conn.exec_driver_sql(
+    execute(
+        conn,
         "UPDATE runs SET last_event_id = ?, updated_at = ? WHERE run_id = ?",
         [(ev.id, ev.created_at, run) for run, ev in last_by_run.items()],
     )
 
 
-def _insert_run(conn: Connection, ev: StoredEvent) -> None:
-    p = ev.payload
-    conn.exec_driver_sql(
+def _insert_run(conn: Connection, stored: StoredEvent, ev: RunStarted) -> None:
+    execute(
+        conn,
         "INSERT INTO runs (run_id, experiment_id, model, mode, status, samples_total, "
         "created_at, updated_at, last_event_id) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
         (
-            ev.run_id,
-            p["experiment_id"],
-            p["config"]["model"],
-            p["mode"],
-            p["samples_total"],
-            ev.created_at,
-            ev.created_at,
-            ev.id,
+            stored.run_id,
+            ev.experiment_id,
+            ev.config["model"],
+            ev.mode,
+            ev.samples_total,
+            stored.created_at,
+            stored.created_at,
+            stored.id,
         ),
     )
 
 
-def _response_columns(ev: StoredEvent) -> dict[str, Any]:
-    meta = ev.payload["metadata"]
+def _response_columns(event_id: int, ev: ResponseReceived) -> dict[str, Any]:
+    meta = ev.metadata
     latency = meta.get("latency_ms")
     return {
         "status": "ok",
@@ -152,27 +199,20 @@ def _response_columns(ev: StoredEvent) -> dict[str, Any]:
         "output_tokens": _int_or_none(meta.get("output_tokens", meta.get("token_count"))),
         "latency_ms": latency if isinstance(latency, int | float) else None,
         "attempts": _int_or_none(meta.get("attempts")),
-        "response_event_id": ev.id,
+        "response_event_id": event_id,
         "error_class": None,
     }
 
 
-def _score_columns(ev: StoredEvent) -> dict[str, Any]:
-    return {"fact_coverage": ev.payload["fact_coverage"], "refused": int(ev.payload["refused"])}
+def _score_columns(ev: SampleScored) -> dict[str, Any]:
+    # The missed facts are kept as recorded, so exports and compare never score again.
+    missing = dumps(list(ev.facts_missing)) if ev.facts_missing else None
+    return {
+        "fact_coverage": ev.fact_coverage,
+        "refused": int(ev.refused),
+        "facts_missing": missing,
+    }
 
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-# Per-sample events whose effects merge into one UPDATE (request_sent counts requests).
-_SAMPLE_COLUMNS: dict[str, Callable[[StoredEvent], dict[str, Any]]] = {
-    "request_sent": lambda ev: {},
-    "response_received": _response_columns,
-    "sample_scored": _score_columns,
-}
-_RUN_STATUS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "run_resumed": lambda p: "running",
-    "run_interrupted": lambda p: "interrupted",
-    "run_finished": lambda p: "complete" if p["failed"] == 0 else "failed",
-}

@@ -13,7 +13,6 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
-from exprof.jsonio import loads
 from exprof.store.engine import Store
 from exprof.store.events import DatasetChunk, MockChunk, RunStarted
 
@@ -49,29 +48,23 @@ def snapshot(
 
 
 def require_run(store: Store, run_id: str) -> None:
-    with store.engine.connect() as conn:
-        found = conn.exec_driver_sql("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar()
-    if not found:
-        raise ExprofError(f"{store.location}: no run {run_id!r} (see `exprof runs`)")
+    store.require_run(run_id)
 
 
 def load_started(store: Store, run_id: str) -> RunStarted:
-    require_run(store, run_id)
-    with store.engine.connect() as conn:
-        payload = conn.exec_driver_sql(
-            "SELECT payload FROM events WHERE run_id = ? AND type = 'run_started' "
-            "ORDER BY seq LIMIT 1",  # the run's first event: the scan stops there
-            (run_id,),
-        ).scalar()
-    if payload is None:
+    store.require_run(run_id)
+    started = store.run_started(run_id)
+    if started is None:
         raise ExprofError(f"{store.location}: run {run_id!r} has no run_started event")
-    return RunStarted.from_payload(loads(payload))
+    return started
 
 
 def iter_samples(store: Store, run_id: str) -> Iterator[Sample]:
     """The dataset snapshot in order, streamed chunk by chunk."""
-    for ev in store.events(run_id, types=("dataset_chunk",), batch=1):  # ~1 MB each
-        for row in ev.payload["samples"]:
+    for stored in store.events(run_id, types=("dataset_chunk",), batch=1):  # ~1 MB each
+        chunk = stored.event
+        assert isinstance(chunk, DatasetChunk)
+        for row in chunk.samples:
             yield Sample.from_payload(row)
 
 
@@ -80,14 +73,7 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
     chunks holding them are parsed and only those samples kept, so a resume of a large
     run starts sending at once."""
     started = load_started(store, run_id)
-    with store.engine.connect() as conn:
-        chunk_ids: dict[str, list[int]] = {"dataset_chunk": [], "mock_chunk": []}
-        for id_, type_ in conn.exec_driver_sql(
-            "SELECT id, type FROM events WHERE run_id = ? "
-            "AND type IN ('dataset_chunk', 'mock_chunk') ORDER BY seq",
-            (run_id,),
-        ):
-            chunk_ids[type_].append(id_)
+    chunk_ids = store.snapshot_event_ids(run_id)
     size = started.snapshot_chunk
     wanted = range(len(chunk_ids["dataset_chunk"]))
     if positions is not None:
@@ -95,18 +81,13 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
     samples: list[Sample] = []
     mocks: dict[str, dict[str, Any]] = {}
     for k in wanted:
-        chunk = _payload(store, chunk_ids["dataset_chunk"][k])
-        for i, row in enumerate(chunk["samples"], start=chunk["start"]):
+        chunk = store.event_at(chunk_ids["dataset_chunk"][k])
+        assert isinstance(chunk, DatasetChunk)
+        for i, row in enumerate(chunk.samples, start=chunk.start):
             if positions is None or i in positions:
                 samples.append(Sample.from_payload(row))
         if chunk_ids["mock_chunk"]:
-            mocks.update(_payload(store, chunk_ids["mock_chunk"][k])["answers"])
+            answers = store.event_at(chunk_ids["mock_chunk"][k])
+            assert isinstance(answers, MockChunk)
+            mocks.update(answers.answers)
     return RunRecord(started, samples, mocks, partial=positions is not None)
-
-
-def _payload(store: Store, event_id: int) -> dict[str, Any]:
-    with store.engine.connect() as conn:
-        text = conn.exec_driver_sql(
-            "SELECT payload FROM events WHERE id = ?", (event_id,)
-        ).scalar_one()
-    return loads(text)  # type: ignore[no-any-return]

@@ -1,0 +1,266 @@
+"""Every read a command needs, by name. `Store` inherits these; nothing outside the
+store package writes SQL or opens a connection.
+
+Reads go to the projections (`runs`, `samples`), which are kept in step with the events
+inside each append; only the dataset snapshot and the answers are read from events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from exprof.errors import ExprofError
+from exprof.jsonio import loads
+from exprof.store.dialects import execute
+from exprof.store.events import Event, ResponseReceived, RunFinished, RunStarted, from_row
+
+FETCH = 5000  # rows per fetch when streaming a run's samples
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    experiment_id: str
+    model: str
+    mode: str
+    status: str
+    samples_total: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StatusStats:
+    """Per-status aggregates of a run's samples."""
+
+    count: int
+    coverage_sum: float
+    refused: int
+    input_tokens: int
+    output_tokens: int
+    attempts_sum: int
+    attempts_count: int
+
+
+@dataclass(frozen=True)
+class ScoredResponse:
+    """A recorded answer with the scores recorded for it."""
+
+    response: ResponseReceived
+    fact_coverage: float
+    refused: bool
+    facts_missing: list[str]
+
+
+class Queries:
+    engine: Engine
+    location: str
+
+    def _all(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One statement's rows, on a connection held only for this read."""
+        with self.engine.connect() as conn:
+            return list(execute(conn, statement, tuple(params)).all())
+
+    def _scalar(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        with self.engine.connect() as conn:
+            return execute(conn, statement, tuple(params)).scalar()
+
+    # -- runs ------------------------------------------------------------------
+
+    def run_exists(self, run_id: str) -> bool:
+        return self._scalar("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)) is not None
+
+    def require_run(self, run_id: str) -> None:
+        if not self.run_exists(run_id):
+            raise ExprofError(f"{self.location}: no run {run_id!r} (see `exprof runs`)")
+
+    def run_ids_like(self, experiment_id: str) -> set[str]:
+        """The ids taken by this experiment's runs: the id itself and `<id>-...`."""
+        rows = self._all(
+            "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'",
+            (experiment_id, _like_prefix(experiment_id) + "-%"),
+        )
+        return {row[0] for row in rows}
+
+    def latest_run_of(self, experiment_id: str) -> str | None:
+        found = self._scalar(
+            "SELECT run_id FROM runs WHERE experiment_id = ? "
+            "ORDER BY created_at DESC, run_id DESC LIMIT 1",
+            (experiment_id,),
+        )
+        return str(found) if found is not None else None
+
+    def run_row(self, run_id: str) -> RunRow:
+        rows = self._all(_RUN_COLUMNS + " WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise ExprofError(f"{self.location}: no run {run_id!r} (see `exprof runs`)")
+        return RunRow(*rows[0])
+
+    def runs(self) -> list[RunRow]:
+        """Every run, newest first."""
+        return [
+            RunRow(*row) for row in self._all(_RUN_COLUMNS + " ORDER BY created_at DESC, run_id")
+        ]
+
+    def run_ids(self) -> list[str]:
+        return [str(r[0]) for r in self._all("SELECT run_id FROM runs ORDER BY run_id")]
+
+    def ok_stats_by_run(self) -> dict[str, tuple[int, float, int]]:
+        """Per run: answered samples, their coverage sum and their refusals."""
+        rows = self._all(
+            "SELECT run_id, count(*), sum(fact_coverage), sum(refused) "
+            "FROM samples WHERE status = 'ok' GROUP BY run_id",
+        )
+        return {r[0]: (int(r[1]), float(r[2] or 0.0), int(r[3] or 0)) for r in rows}
+
+    # -- one run's samples -----------------------------------------------------
+
+    def sample_status_counts(self, run_id: str) -> dict[str, int]:
+        return {status: s.count for status, s in self.sample_stats(run_id).items()}
+
+    def sample_stats(self, run_id: str) -> dict[str, StatusStats]:
+        rows = self._all(
+            "SELECT status, count(*), sum(fact_coverage), sum(refused), "
+            "sum(input_tokens), sum(output_tokens), sum(attempts), count(attempts) "
+            "FROM samples WHERE run_id = ? GROUP BY status",
+            (run_id,),
+        )
+        return {
+            r[0]: StatusStats(
+                int(r[1]),
+                float(r[2] or 0.0),
+                int(r[3] or 0),
+                int(r[4] or 0),
+                int(r[5] or 0),
+                int(r[6] or 0),
+                int(r[7]),
+            )
+            for r in rows
+        }
+
+    def ok_latencies(self, run_id: str) -> list[float]:
+        """Latencies of the answered samples, ascending."""
+        rows = self._all(
+            "SELECT latency_ms FROM samples WHERE run_id = ? AND status = 'ok' "
+            "AND latency_ms IS NOT NULL ORDER BY latency_ms",
+            (run_id,),
+        )
+        return [row[0] for row in rows]
+
+    def failures_by_class(self, run_id: str) -> dict[str, int]:
+        rows = self._all(
+            "SELECT error_class, count(*) FROM samples WHERE run_id = ? "
+            "AND status = 'failed' GROUP BY error_class ORDER BY error_class",
+            (run_id,),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def pending_positions(self, run_id: str, retry_failed: bool) -> set[int]:
+        """Dataset indexes of the samples still owed a response."""
+        owed = ("pending", "failed") if retry_failed else ("pending",)
+        marks = ", ".join("?" * len(owed))
+        rows = self._all(
+            f"SELECT idx FROM samples WHERE run_id = ? AND status IN ({marks})", (run_id, *owed)
+        )
+        return {int(row[0]) for row in rows}
+
+    def requested_ids(self, run_id: str) -> set[str]:
+        """Dialogue ids of the samples that were sent at least once."""
+        rows = self._all(
+            "SELECT dialogue_id FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
+        )
+        return {row[0] for row in rows}
+
+    def sample_scores(self, run_id: str) -> list[tuple[str, float, bool]]:
+        """(dialogue_id, fact_coverage, refused) of each answered sample, in dataset order."""
+        rows = self._all(
+            "SELECT dialogue_id, fact_coverage, refused FROM samples "
+            "WHERE run_id = ? AND status = 'ok' ORDER BY idx",
+            (run_id,),
+        )
+        return [(r[0], float(r[1]), bool(r[2])) for r in rows]
+
+    def scored_responses(self, run_id: str) -> Iterator[ScoredResponse]:
+        """Each answered sample's response with its recorded scores, in dataset order."""
+        with self.engine.connect() as conn:
+            result = execute(
+                conn,
+                "SELECT e.type, e.payload, s.fact_coverage, s.refused, s.facts_missing "
+                "FROM samples s JOIN events e ON e.id = s.response_event_id "
+                "WHERE s.run_id = ? AND s.status = 'ok' ORDER BY s.idx",
+                (run_id,),
+            )
+            while rows := result.fetchmany(FETCH):
+                for type_, payload, coverage, refused, missing in rows:
+                    response = from_row(type_, loads(payload))
+                    assert isinstance(response, ResponseReceived)
+                    yield ScoredResponse(
+                        response, coverage, bool(refused), loads(missing) if missing else []
+                    )
+
+    def facts_missing(self, run_id: str, dialogue_ids: list[str]) -> dict[str, list[str]]:
+        """The facts each of these answered samples missed, as recorded."""
+        if not dialogue_ids:
+            return {}
+        marks = ", ".join("?" * len(dialogue_ids))
+        rows = self._all(
+            f"SELECT dialogue_id, facts_missing FROM samples "
+            f"WHERE run_id = ? AND status = 'ok' AND dialogue_id IN ({marks})",
+            (run_id, *dialogue_ids),
+        )
+        return {r[0]: loads(r[1]) if r[1] else [] for r in rows}
+
+    # -- a run's recorded inputs -----------------------------------------------
+
+    def run_started(self, run_id: str) -> RunStarted | None:
+        rows = self._all(
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_started' "
+            "ORDER BY seq LIMIT 1",  # the run's first event: the scan stops there
+            (run_id,),
+        )
+        if not rows:
+            return None
+        started = from_row(rows[0][0], loads(rows[0][1]))
+        assert isinstance(started, RunStarted)
+        return started
+
+    def snapshot_event_ids(self, run_id: str) -> dict[str, list[int]]:
+        """Ids of the run's dataset_chunk and mock_chunk events, in order."""
+        ids: dict[str, list[int]] = {"dataset_chunk": [], "mock_chunk": []}
+        for id_, type_ in self._all(
+            "SELECT id, type FROM events WHERE run_id = ? "
+            "AND type IN ('dataset_chunk', 'mock_chunk') ORDER BY seq",
+            (run_id,),
+        ):
+            ids[type_].append(int(id_))
+        return ids
+
+    def event_at(self, event_id: int) -> Event:
+        [(type_, payload)] = self._all("SELECT type, payload FROM events WHERE id = ?", (event_id,))
+        return from_row(type_, loads(payload))
+
+    def durations(self, run_id: str) -> list[float]:
+        """The recorded duration of each session that finished the run."""
+        rows = self._all(
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_finished' "
+            "ORDER BY seq",
+            (run_id,),
+        )
+        out = []
+        for type_, payload in rows:
+            finished = from_row(type_, loads(payload))
+            assert isinstance(finished, RunFinished)
+            out.append(finished.duration_s)
+        return out
+
+
+_RUN_COLUMNS = (
+    "SELECT run_id, experiment_id, model, mode, status, samples_total, created_at FROM runs"
+)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
