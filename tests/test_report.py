@@ -429,3 +429,42 @@ def _report_path(invoke, *args: str) -> str:
     result = invoke("report", *args)
     assert result.exit_code == 0, result.output
     return result.stdout.strip()
+
+
+def custom_metric_runs(tmp_path, invoke) -> None:
+    """a: no custom metric; b: a boolean `cites`, true for the first 6 of 12 samples."""
+    samples, mocks = make_samples(12)
+    for i, did in enumerate(mocks):
+        mocks[did]["completion"] += " source: x" if i < 6 else ""
+    metrics = ["fact_coverage", {"name": "cites", "type": "contains_any", "values": ["source:"]}]
+    run(invoke, write_experiment(tmp_path / "a", samples, mocks, experiment_id="a"))
+    run(
+        invoke, write_experiment(tmp_path / "b", samples, mocks, experiment_id="b", metrics=metrics)
+    )
+
+
+def test_custom_metrics_on_both_pages(tmp_path, invoke):
+    custom_metric_runs(tmp_path, invoke)
+    html = _report(invoke, "b")
+    card = re.search(r'id="metric-custom-cites">.*?class="value">([^<]*)<', html, re.S)
+    assert card and card.group(1) == "0.5"
+    rows = rows_by_id(table_data(html))
+    assert rows["d00000"]["metrics"] == {"cites": True}
+    assert rows["d00011"]["metrics"] == {"cites": False}
+    assert rows_by_id(table_data(_report(invoke, "a")))["d00000"]["metrics"] is None
+    both = invoke("run", "--config", str(tmp_path / "b" / "config.yaml"), "--run-id", "b2")
+    assert both.exit_code == 0
+    compare_html = _report(invoke, "b", "b2")
+    assert "<td>metrics.cites</td>" in compare_html
+    assert compare_html.count('<text class="name"') == 4  # a CI bar for cites too
+
+
+def test_custom_metric_values_in_chromium(browser, tmp_path, invoke):
+    custom_metric_runs(tmp_path, invoke)
+    url = open_page(browser, Path(_report_path(invoke, "b")))
+    filter_rows(browser, "d00003")
+    chips = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#rows-body .chip.metric'), c => c.textContent)"
+    )
+    assert chips == ["cites = true"]
+    assert_clean(browser, url)

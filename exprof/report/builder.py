@@ -134,6 +134,18 @@ def _run_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
             strict=True,
         )
     ]
+    for name, value in (summary.get("metrics") or {}).items():  # custom metrics (issue 9)
+        parts = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, mean in parts:
+            label = name if key is None else f"{name}.{key}"
+            cards.append(
+                {
+                    "id": f"custom-{label}",
+                    "label": label,
+                    "value": fmt_value(mean),
+                    "detail": "mean",
+                }
+            )
     total, done = summary.get("samples_total"), summary.get("samples_completed")
     failed = summary.get("samples_failed") or 0
     cards.append(
@@ -203,7 +215,9 @@ def compare_page(a: Side, b: Side, top: int = 10, compress_over: int = COMPRESS_
         "result": result,
         "cards": [_compare_card(key, label, metrics[key]) for key, label in HEADLINE],
         "metric_rows": [_metric_row(name, m) for name, m in metrics.items()],
-        "ci": charts.ci_bars({k: metrics[k] for k, _ in HEADLINE}),
+        "ci": charts.ci_bars(
+            {k: m for k, m in metrics.items() if k in dict(HEADLINE) or k.startswith("metrics.")}
+        ),
         "scatter": charts.scatter(
             [(r["coverage_a"], r["coverage_b"]) for r in result["per_sample"]]
         ),

@@ -35,6 +35,7 @@ COLUMNS = (
     "missing",
     "error_class",
     "error",
+    "metrics",
 )
 
 
@@ -90,9 +91,10 @@ def _row(
     status: str,
     prompt: str | None,
     facts: list[int],
-    answer: tuple[str, dict[str, Any]] | None,
+    answer: tuple[str | None, dict[str, Any]] | None,
     scored: tuple[float, bool, list[int]] | None,
     failure: tuple[str, str] | None,
+    custom: dict[str, Any] | None = None,
 ) -> list[Any]:
     completion, meta = answer if answer else (None, {})
     coverage, refused, missing = scored if scored else (None, None, [])
@@ -109,6 +111,7 @@ def _row(
         missing,
         failure[0] if failure else None,
         failure[1] if failure else None,
+        custom or None,
     ]
 
 
@@ -129,6 +132,7 @@ def run_data(side: Side) -> RunData:
             scores[p["dialogue_id"]] = (p["fact_coverage"], p["refused"], p.get("facts_missing"))
         else:
             failures[p["dialogue_id"]] = (p["error_class"], p["message"])
+    custom = _custom_by_id(side)
     vocab = Vocab()
     rows = []
     for sample in iter_samples(store, run_id):
@@ -151,10 +155,22 @@ def run_data(side: Side) -> RunData:
                 answer,
                 marks,
                 None if answer else failures.get(did),
+                custom.get(did),
             )
         )
     config = dict(load_started(store, run_id).config)
     return RunData(run_id, side.summary, config, rows, vocab.names, "store")
+
+
+def _custom_by_id(side: Side) -> dict[str, dict[str, Any]]:
+    """Each answered sample's custom metric values (as compare reads them, a dict-valued
+    metric as `name.key`), keyed by dialogue id."""
+    if not side.custom:
+        return {}
+    return {
+        did: {name: column[i] for name, column in side.custom.items()}
+        for i, did in enumerate(side.ids)
+    }
 
 
 def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
@@ -175,6 +191,7 @@ def _dir_data(path: Path, side: Side) -> RunData:
         d: (float(c), bool(r))
         for d, c, r in zip(side.ids, side.coverage, side.refused, strict=True)
     }
+    custom = _custom_by_id(side)
     vocab = Vocab()
     rows = []
     for did in list(prompts) + [d for d in side.ids if d not in prompts]:
@@ -184,7 +201,9 @@ def _dir_data(path: Path, side: Side) -> RunData:
         status = "ok" if marks else "failed"
         failure = None if marks else ("unknown", "the export holds no failure detail")
         text = (answer.get("completion"), answer) if answer else None
-        rows.append(_row(did, status, prompts.get(did), missing, text, marks, failure))  # type: ignore[arg-type]
+        rows.append(
+            _row(did, status, prompts.get(did), missing, text, marks, failure, custom.get(did))
+        )  # type: ignore[arg-type]
     summary = side.summary
     config: dict[str, Any] = {
         k: summary[k] for k in ("model", "temperature", "max_tokens") if k in summary

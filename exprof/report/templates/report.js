@@ -104,6 +104,13 @@
             body.addEventListener("click", function () { body.classList.toggle("open"); });
             td.appendChild(body);
           }
+          if (r[C.metrics]) {
+            var values = el("div", "missing");
+            Object.keys(r[C.metrics]).forEach(function (name) {
+              values.appendChild(chip(name + " = " + fmt(r[C.metrics][name], 3), "metric"));
+            });
+            td.appendChild(values);
+          }
           if (r[C.missing].length) {
             var line = el("div", "missing", "missing: ");
             r[C.missing].forEach(function (f) { line.appendChild(chip(facts[f], "lost")); });
