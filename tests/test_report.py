@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_samples, write_experiment
+from conftest import KEY, REPO, make_samples, write_experiment
 from exprof.report.builder import build_report
 from exprof.store.engine import Store, store_url
 
@@ -192,6 +192,30 @@ def test_failed_samples_listed_with_their_error_class(tmp_path, invoke):
     assert "2 after retries" in section
     assert '<span class="chip failed">MockResponseMissing</span>' in section
     assert "exprof resume partial" in section
+
+
+def test_live_run_page_has_latency_and_cost_and_no_key(tmp_path, invoke, fake):
+    fake(latency=0.01)
+    samples, mocks = make_samples(12)
+    for s in samples:  # the fake echoes the prompt: put the facts in it
+        s["user"] = f"{s['user']} about {' '.join(s['required_facts'])}"
+    run(invoke, write_experiment(tmp_path / "e", samples, mocks, experiment_id="live"))
+    html = _report(invoke, "live")
+    assert re.search(r'id="metric-latency">.*?class="value">\d+(\.\d+)? ms<', html, re.S)
+    assert re.search(r'id="metric-cost">.*?class="value">\$0\.\d{4}<', html, re.S)
+    assert "no latency measured" not in html
+    latencies = [r["latency_ms"] for r in rows_by_id(table_data(html)).values()]
+    assert len(latencies) == 12 and all(isinstance(v, int | float) for v in latencies)
+    assert KEY not in html
+
+
+def test_long_answers_are_cut_in_the_page(tmp_path, invoke):
+    samples, mocks = make_samples(2)
+    mocks["d00001"]["completion"] = "x" * 5000
+    run(invoke, write_experiment(tmp_path / "e", samples, mocks, experiment_id="long"))
+    rows = rows_by_id(table_data(_report(invoke, "long")))
+    assert rows["d00001"]["completion"] == "x" * 4000 + " … [1000 more characters]"
+    assert rows["d00000"]["completion"] == mocks["d00000"]["completion"]
 
 
 def test_export_directory_argument(sample_config, invoke):

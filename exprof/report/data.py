@@ -217,13 +217,12 @@ def completions(side: Side, wanted: set[str]) -> dict[str, str]:
         return {}
     if side.store is None:
         rows = _jsonl(Path(side.label) / "responses.jsonl", "responses")
-        return {
-            r["dialogue_id"]: r.get("completion", "")
-            for r in rows
-            if r.get("dialogue_id") in wanted
+        found = {r["dialogue_id"]: r.get("completion") for r in rows if r["dialogue_id"] in wanted}
+    else:
+        events = side.store.events(side.summary["run_id"], types=("response_received",))
+        found = {
+            ev.payload["dialogue_id"]: ev.payload["completion"]
+            for ev in events
+            if ev.payload["dialogue_id"] in wanted
         }
-    out = {}
-    for ev in side.store.events(side.summary["run_id"], types=("response_received",)):
-        if ev.payload["dialogue_id"] in wanted:
-            out[ev.payload["dialogue_id"]] = ev.payload["completion"]
-    return out
+    return {d: _clip(found[d], MAX_COMPLETION) or "" for d in wanted if found.get(d) is not None}
