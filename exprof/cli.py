@@ -14,6 +14,20 @@ from exprof.errors import EXIT_INTERRUPTED, EXIT_USAGE, ExprofError
 from exprof.render import FORMATS, render
 
 METRICS_FIRST = ("fact_coverage", "refusal_rate", "geometric_mean")
+MAX_RESAMPLES = 1_000_000  # 32 MB of bootstrap means; more adds no precision worth having
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan, which compares false with both bounds."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+FINITE_FRACTION = FiniteFloatRange(min=0, max=1)
 
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -222,7 +236,10 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
     """List the runs in the store, newest first."""
     from exprof.summary import list_runs
 
-    rows = list_runs(open_store(db, output_dir))
+    # Exports go to --output-dir; with another store and no --output-dir we cannot know.
+    source = click.get_current_context().get_parameter_source("output_dir")
+    known = db is None or source != click.core.ParameterSource.DEFAULT
+    rows = list_runs(open_store(db, output_dir), Path(output_dir) if known else None)
     headers = [
         "run_id",
         "experiment",
@@ -249,14 +266,19 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
     type=click.Path(file_okay=False),
     help="Export here [default: <output-dir>/RUN_ID].",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a non-empty directory that is not an export of this run.",
+)
 @store_options
-def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> None:
+def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: str | None) -> None:
     """Write a run's artifacts again from its events."""
     from exprof.export import export_run
 
     store = open_store(db, output_dir)
     target = Path(to_dir) if to_dir else Path(output_dir) / run_id
-    export_run(store, run_id, target)
+    export_run(store, run_id, target, force=force)
     click.echo(f"exported {run_id} to {target}", err=True)
 
 
@@ -265,10 +287,16 @@ def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> 
 @click.argument("run_b")
 @store_options
 @top_option("How many changed samples and flips to list.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Bootstrap seed.",
+)
 @click.option(
     "--resamples",
-    type=click.IntRange(min=100),
+    type=click.IntRange(min=100, max=MAX_RESAMPLES),
     default=10_000,
     show_default=True,
     help="Bootstrap resamples.",
@@ -280,7 +308,7 @@ def export(run_id: str, to_dir: str | None, output_dir: str, db: str | None) -> 
 )
 @click.option(
     "--max-refusal-increase",
-    type=click.FloatRange(min=0),
+    type=FINITE_FRACTION,
     default=None,
     help="Exit 1 when B's refusal rate exceeds A's by more than this (e.g. 0.02).",
 )
@@ -306,8 +334,7 @@ def compare_cmd(
 
     result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
     click.echo(render_compare(result, format_, top))
-    gated = fail_on_regression or max_refusal_increase is not None
-    reasons = gate(result, max_refusal_increase) if gated else []
+    reasons = gate(result, fail_on_regression, max_refusal_increase)
     for reason in reasons:
         click.echo(f"regression: {reason}", err=True)
     sys.exit(1 if reasons else 0)
@@ -383,3 +410,7 @@ def _finish(result: Any, format_: str, first: tuple[str, ...] = METRICS_FIRST) -
 
 def main() -> None:
     cli.main(prog_name="exprof")
+
+
+if __name__ == "__main__":  # `python -m exprof.cli`, as well as `python -m exprof`
+    main()

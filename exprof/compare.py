@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
 from exprof.scoring import custom, recorded
 from exprof.scoring.builtin import geometric_mean
@@ -107,7 +107,7 @@ def _side_from_dir(path: Path) -> Side:
     summary = read_exported_summary(path)
     scores_path = path / "scores.jsonl"
     ids, coverage, refused, missing, rows = [], [], [], {}, {}
-    for lineno, line in enumerate(read_text(scores_path, "scores").splitlines(), start=1):
+    for lineno, line in jsonl_lines(read_text(scores_path, "scores")):
         try:
             row = loads(line)
             rows[row["dialogue_id"]] = row
@@ -327,11 +327,15 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"fields": fields, "datasets_identical": bool(same), "notes": notes}
 
 
-def gate(result: dict, max_refusal_increase: float | None) -> list[str]:
-    """Reasons B fails the CI gate: coverage significantly worse, or refusals up too far."""
+def gate(
+    result: dict, fail_on_regression: bool = False, max_refusal_increase: float | None = None
+) -> list[str]:
+    """Reasons B fails the CI gate. Each flag checks its own metric only:
+    `fail_on_regression` fact coverage significantly worse, `max_refusal_increase` the
+    refusal rate up by more than that."""
     reasons = []
     cov = result["metrics"]["fact_coverage"]
-    if cov["verdict"] == "regressed":
+    if fail_on_regression and cov["verdict"] == "regressed":
         reasons.append(
             f"fact_coverage regressed: {cov['a']} -> {cov['b']} (delta {cov['delta']}, "
             f"95% CI {cov['ci95']})"

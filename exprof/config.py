@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,15 +12,23 @@ from typing import Any
 import yaml
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import MAX_CONFIG_BYTES, read_text
 from exprof.scoring.custom import SpecContext, parse_metrics
 
+MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A run id names a folder beside the default store, so it may not be the store's name
+# or one of the sidecar files SQLite keeps next to it.
+RESERVED_IDS = tuple(f"exprof.db{s}" for s in ("", "-wal", "-shm", "-journal"))
 METRIC_NAMES = ("fact_coverage", "refusal_rate", "geometric_mean")
 SDK_API_VERSION = "2026-10-21"
 DEFAULT_CONCURRENCY = 16
 DEFAULT_MAX_RETRIES = 8
 DEFAULT_TIMEOUT_S = 60.0
+# A YAML alias repeats a node without copying it, so a few lines can stand for billions
+# of values (the "billion laughs"). A config is small: its nodes, with every alias
+# expanded, stay far below this.
+MAX_YAML_NODES = 10_000
 
 REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "temperature", "dataset_path")
 OPTIONAL_KEYS = (
@@ -77,7 +86,22 @@ def check_run_id(value: object, where: str) -> str:
             f"{where}: {value!r} is not a valid id "
             "(letters, digits, '.', '_', '-'; starts with a letter or digit; at most 128 chars)"
         )
+    if value.casefold() in RESERVED_IDS:  # casefold: some file systems ignore case
+        raise ExprofError(
+            f"{where}: {value!r} is reserved: the default store and its sidecar files "
+            "use that name in the output folder"
+        )
     return value
+
+
+def auto_run_id(experiment_id: str, n: int) -> str:
+    """The automatic id of an experiment's n-th run: the experiment id, then
+    `<experiment_id>-<n>`, with the experiment id cut from its end as far as needed to
+    keep the whole within the 128-character limit (RUN_ID_RE)."""
+    if n == 1:
+        return experiment_id
+    suffix = f"-{n}"
+    return experiment_id[: MAX_ID_LENGTH - len(suffix)] + suffix
 
 
 def resolve_path(value: str, config_dir: Path, where: str) -> Path:
@@ -96,9 +120,13 @@ def resolve_path(value: str, config_dir: Path, where: str) -> Path:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    text = read_text(path, "config")
+    text = read_text(path, "config", limit=MAX_CONFIG_BYTES)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _ConfigYAMLError as exc:
+        raise ExprofError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ExprofError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -109,6 +137,72 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise ExprofError(f"{path}: config must be a mapping of keys, got {_type(raw)}")
     return _validate(raw, path)
+
+
+class _ConfigYAMLError(yaml.YAMLError):
+    """A YAML document that parses but that we refuse: its message is the whole story."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, plus: duplicate keys are an error (YAML says so; PyYAML keeps the last),
+    and a document whose aliases expand past MAX_YAML_NODES is refused before it is built."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                    key_node, yaml.ScalarNode
+                ):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeConstructor reports it
+                if first is not None:
+                    raise _ConfigYAMLError(
+                        f"line {line}: duplicate key {str(key)!r} (first at line {first})"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Count the document's nodes as if every alias were copied, sharing the count of a
+    node seen before (so a bomb costs as little to measure as to parse)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            mark = node.start_mark
+            raise _ConfigYAMLError(f"line {mark.line + 1}: an alias refers to itself")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > MAX_YAML_NODES:
+            raise _ConfigYAMLError(
+                f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)"
+            )
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _validate(raw: dict[Any, Any], path: Path) -> Config:
@@ -197,8 +291,10 @@ def _integer(value: object, where: str, minimum: int, maximum: int | None = None
 
 
 def _number(value: object, where: str, minimum: float, maximum: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ExprofError(f"{where}: must be a number, got {_describe(value)}")
+    if not math.isfinite(value):  # YAML's .nan and .inf
+        raise ExprofError(f"{where}: must be a finite number, got {value}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"in [{minimum:g}, {maximum:g}]" if maximum is not None else f">= {minimum:g}"
         raise ExprofError(f"{where}: must be a number {bound}, got {value}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import jsonl_lines, parse_json, read_text
+
+# A responses.jsonl line's own fields, which the flattened metadata may never replace.
+RESERVED_KEYS = ("dialogue_id", "completion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,29 +57,17 @@ def load_dataset(path: str | Path) -> list[Sample]:
 
 
 def _parse_json_array(text: str, path: Path) -> list[Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ExprofError(
-            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    data = parse_json(text, str(path))
     if not isinstance(data, list):
         raise ExprofError(f"{path}: dataset must be a JSON array of objects")
     return data
 
 
 def _parse_jsonl(text: str, path: Path) -> list[tuple[str, Any]]:
-    items = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append((f"line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise ExprofError(
-                f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
-            ) from None
-    return items
+    return [
+        (f"line {lineno}", parse_json(line, f"{path}: line {lineno}", one_line=True))
+        for lineno, line in jsonl_lines(text)
+    ]
 
 
 def _sample(item: Any, where: str) -> Sample:
@@ -102,13 +92,7 @@ def _sample(item: Any, where: str) -> Sample:
 def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
     """`mock_responses.json`: {dialogue_id: {completion: str, metadata: {...}}}."""
     path = Path(path)
-    text = read_text(path, "mock responses (mock_responses_path)")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ExprofError(
-            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    data = parse_json(read_text(path, "mock responses (mock_responses_path)"), str(path))
     if not isinstance(data, dict):
         raise ExprofError(f"{path}: mock responses must be an object keyed by dialogue_id")
     for key, entry in data.items():
@@ -118,4 +102,10 @@ def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
             or not isinstance(entry.get("metadata", {}), dict)
         ):
             raise ExprofError(f"{path}: {key!r}: must be {{completion: string, metadata: object}}")
+        for field in RESERVED_KEYS:
+            if field in entry.get("metadata", {}):
+                raise ExprofError(
+                    f"{path}: {key!r}: metadata.{field}: reserved, responses.jsonl gives "
+                    "the record's own; rename it"
+                )
     return data

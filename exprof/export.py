@@ -3,6 +3,12 @@ summary.json, and scores.jsonl (per-sample metrics, so exports can be compared).
 
 The same events give the same bytes: lines follow dataset order, keys keep their
 recorded order, and each file is replaced atomically so a crash never leaves half.
+
+An export directory carries a marker naming its run (MARKER). exprof writes into a
+directory only when it is new, empty, or already that run's export; anything else is
+another program's (or another run's) and is refused unless the user says `--force`.
+`runs` checks that FILES are all there, which is how an export that failed (a full
+disk, say) shows as missing until `exprof export RUN` completes it.
 """
 
 from __future__ import annotations
@@ -12,32 +18,97 @@ from pathlib import Path
 from typing import Any
 
 from exprof.config import Config
-from exprof.dataset import Sample
+from exprof.dataset import RESERVED_KEYS, Sample
 from exprof.errors import ExprofError
-from exprof.files import write_atomic
-from exprof.jsonio import dumps, dumps_pretty
+from exprof.files import EXPORT_FILES, read_text, remove_stale_temps, write_atomic
+from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.scoring import recorded
 from exprof.store.engine import Store
 from exprof.store.record import iter_samples, load_started
 from exprof.summary import run_summary
 
-FILES = ("requests.jsonl", "responses.jsonl", "scores.jsonl", "summary.json")
+FILES = EXPORT_FILES
+MARKER = ".exprof-export.json"
+# The store's sidecar files: a run id (a folder name) may never be one of these.
+STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def check_export_dir(
+    out: Path, run_id: str, store: Store | None = None, force: bool = False
+) -> None:
+    """Refuse, before anything is written, a target that is not ours to write: the store
+    file or one of its sidecars, a file, or a non-empty folder that is not an export of
+    this run (unless `force`)."""
+    store_file = _store_file(store) if store is not None else None
+    if store_file is not None:
+        target = out.absolute()
+        for suffix in STORE_SIDECARS:
+            if target == Path(f"{store_file.absolute()}{suffix}"):
+                raise ExprofError(
+                    f"{out}: is the store's own file{' ' + suffix if suffix else ''}; "
+                    "choose another run id or --to"
+                )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise ExprofError(f"{out}: exists and is not a directory; choose another run id or --to")
+    if force or _is_export_of(out, run_id):
+        return
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as exc:
+        raise ExprofError(f"{out}: cannot read the export directory: {exc.strerror}") from None
+    if not empty:
+        raise ExprofError(
+            f"{out}: not empty and not an export of run {run_id!r}; "
+            "choose another directory, or pass --force to write into it anyway"
+        )
+
+
+def _store_file(store: Store) -> Path | None:
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(str(url.database))
+    return None
+
+
+def _is_export_of(out: Path, run_id: str) -> bool:
+    """The marker names the run; an export from before the marker has its summary.json."""
+    for name in (MARKER, "summary.json"):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            try:
+                data = loads(read_text(path, "export marker", limit=1024 * 1024))
+            except (ExprofError, ValueError):
+                return False
+            return isinstance(data, dict) and data.get("run_id") == run_id
+    return False
 
 
 def export_run(
-    store: Store, run_id: str, out_dir: str | Path, samples: Iterable[Sample] | None = None
+    store: Store,
+    run_id: str,
+    out_dir: str | Path,
+    samples: Iterable[Sample] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the export files under out_dir; return the summary. `samples`, when given,
     is the run's whole dataset in order (as recorded), so it need not be read back."""
     out = Path(out_dir)
+    started = load_started(store, run_id)  # an unknown run fails here, leaving no folder
+    check_export_dir(out, run_id, store, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExprofError(f"{out}: cannot create the export directory: {exc.strerror}") from None
-    for stale in out.glob(".*.tmp"):  # left by an export that was killed mid-write
-        stale.unlink(missing_ok=True)
-    recorded_config = load_started(store, run_id).config
+    remove_stale_temps(out)  # left by an export that was killed mid-write
+    write_atomic(out / MARKER, [dumps_pretty({"run_id": run_id, "written_by": "exprof"})])
+    recorded_config = started.config
     config = Config.from_dict(recorded_config)
+    # The mock's answer may carry no model or temperature; the request's are the truth.
+    defaults = (
+        {"model": config.model, "temperature": config.temperature} if started.mode == "mock" else {}
+    )
     requested = store.requested_ids(run_id)
 
     def request_lines() -> Iterator[str]:
@@ -56,7 +127,7 @@ def export_run(
     write_atomic(out / "requests.jsonl", request_lines())
     scores: list[str] = []
     custom = recorded.per_sample(store, run_id, recorded_config)  # {} without custom metrics
-    responses = _response_lines(store, run_id, config.output_fields, scores, custom)
+    responses = _response_lines(store, run_id, config.output_fields, defaults, scores, custom)
     write_atomic(out / "responses.jsonl", responses)
     write_atomic(out / "scores.jsonl", scores)
     summary = run_summary(store, run_id)
@@ -68,6 +139,7 @@ def _response_lines(
     store: Store,
     run_id: str,
     fields: list[str],
+    defaults: dict[str, Any],
     scores: list[str],
     custom: dict[str, dict[str, Any]],
 ) -> Iterator[str]:
@@ -79,7 +151,10 @@ def _response_lines(
         if "completion" in fields:
             line["completion"] = response.completion
         if "metadata" in fields:
-            line.update(response.metadata)
+            line.update(defaults)
+            # Metadata never shadows the line's own fields (the mock loader refuses such
+            # keys; a store from an older exprof may hold them).
+            line.update((k, v) for k, v in response.metadata.items() if k not in RESERVED_KEYS)
         yield _line(line)
         scores.append(
             _line(

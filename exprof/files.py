@@ -1,25 +1,87 @@
-"""Reading the user's files and writing ours: size limits, clear errors, atomic writes."""
+"""Reading the user's files and writing ours: size limits, clear errors, atomic writes.
+
+Every file exprof reads from a user goes through `read_text`, and every JSON document it
+parses from a user goes through `parse_json`, so the limits below hold everywhere:
+
+- only regular files are read (a FIFO would block forever, `/dev/zero` never ends);
+- a file larger than `max_input_bytes()` (default 256 MiB, `EXPROF_MAX_INPUT_BYTES`
+  overrides it) is refused before a byte of it is read;
+- JSON with a duplicate key, NaN or Infinity is refused, naming the line.
+
+Files we write get temporary names that carry our marker and our pid, so that cleaning
+up after a killed export can only ever remove our own leftovers.
+"""
 
 from __future__ import annotations
 
+import json
+import json.decoder
+import json.scanner
+import math
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from exprof.errors import ExprofError
 
+# What an export folder holds (export.py writes them; `runs` checks they are all there).
+EXPORT_FILES = ("requests.jsonl", "responses.jsonl", "scores.jsonl", "summary.json")
+DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
+MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few dozen lines; anything bigger is a mistake
+TEMP_MARK = ".exprof-"
+# `.<name>.exprof-<pid>-<mkstemp's 8 random chars>.tmp`: see write_atomic.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.exprof-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
 
-def read_text(path: Path, what: str) -> str:
-    """Read a UTF-8 text file, turning every way it can fail into one clear line."""
-    if not path.exists():
-        raise ExprofError(f"{path}: {what} not found")
-    if path.is_dir():
-        raise ExprofError(f"{path}: {what} is a directory, not a file")
+
+def max_input_bytes() -> int:
+    """The size limit for datasets, mock answers and exported files we read back."""
+    raw = os.environ.get("EXPROF_MAX_INPUT_BYTES")
+    if raw is None:
+        return DEFAULT_MAX_INPUT_BYTES
     try:
-        data = path.read_bytes()
+        value = int(raw)
+    except ValueError:
+        raise ExprofError(f"EXPROF_MAX_INPUT_BYTES: must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ExprofError(f"EXPROF_MAX_INPUT_BYTES: must be >= 1, got {value}")
+    return value
+
+
+def read_text(path: Path, what: str, limit: int | None = None) -> str:
+    """Read a UTF-8 text file, turning every way it can fail into one clear line."""
+    limit = max_input_bytes() if limit is None else limit
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not wait for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ExprofError(f"{path}: {what} not found") from None
     except OSError as exc:
         raise ExprofError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ExprofError(f"{path}: {what} is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
+            raise ExprofError(f"{path}: {what} is {kind}, not a regular file")
+        if info.st_size > limit:
+            raise ExprofError(
+                f"{path}: {what} is {_size(info.st_size)}, over the limit of "
+                f"{_size(limit)} (EXPROF_MAX_INPUT_BYTES)"
+            )
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(limit + 1)  # a file that grows while we read stays bounded
+        except OSError as exc:
+            raise ExprofError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ExprofError(f"{path}: {what} is over the limit of {_size(limit)}")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise ExprofError(f"{path}: {what} is not valid UTF-8 (it is UTF-16; save it as UTF-8)")
     if b"\x00" in data:
@@ -30,10 +92,138 @@ def read_text(path: Path, what: str) -> str:
         raise ExprofError(f"{path}: {what} is not valid UTF-8 (byte offset {exc.start})") from None
 
 
-def write_atomic(path: Path, chunks: Iterable[str]) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def export_complete(folder: Path) -> bool:
+    """Whether every export file is in folder (a failed export leaves some missing)."""
+    return all((folder / name).is_file() for name in EXPORT_FILES)
+
+
+def jsonl_lines(text: str) -> Iterable[tuple[int, str]]:
+    """(line number, line) of a JSON Lines text. Only "\\n" ends a line: U+2028, U+0085
+    and friends are valid inside a JSON string, so `str.splitlines` would cut records."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield lineno, line
+
+
+class _Invalid(Exception):
+    """Raised inside the fast parse; the slow parse then finds where."""
+
+
+def parse_json(text: str, where: str, one_line: bool = False) -> Any:
+    """Strict JSON for a user's file: a duplicate key, NaN or Infinity is an error that
+    names the line (standard JSON allows neither NaN nor Infinity, and Python's parser
+    would keep the last duplicate silently). `where` names the file, and for one line
+    of a JSON Lines file (`one_line`), the line too."""
     try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_pairs,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except json.JSONDecodeError as exc:
+        at = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
+        raise ExprofError(f"{where}: malformed JSON at {at}: {exc.msg}") from None
+    except _Invalid:
+        pass
+    except RecursionError:
+        raise ExprofError(f"{where}: JSON nested too deeply") from None
+    line, problem = _locate_invalid(text)
+    raise ExprofError(f"{where}: {problem}" if one_line else f"{where}: line {line}: {problem}")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Invalid
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _Invalid
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise _Invalid
+    return value
+
+
+_NOT_FINITE = object()
+
+
+def _locate_invalid(text: str) -> tuple[int, str]:
+    """Parse again with the pure-Python scanner, whose object and array hooks see the
+    position in the text, to say which key is repeated or not finite, and on which line."""
+    decoder = json.JSONDecoder(parse_constant=lambda name: _NOT_FINITE)
+
+    def line_of(s: str, end: int) -> int:
+        return s.count("\n", 0, end) + 1
+
+    def check(value: Any, label: str, s: str, end: int) -> None:
+        if value is _NOT_FINITE or (isinstance(value, float) and not math.isfinite(value)):
+            raise _Located(
+                line_of(s, end),
+                f"{label} is NaN or Infinity, which JSON does not allow (write null or a number)",
+            )
+
+    def parse_object(s_and_end: tuple[str, int], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+        s, end = s_and_end
+        args = args[:3] + (lambda pairs: pairs,) + args[4:]
+        pairs, new_end = json.decoder.JSONObject(s_and_end, *args, **kwargs)  # type: ignore[attr-defined]
+        seen: set[str] = set()
+        for key, value in pairs:
+            if key in seen:
+                raise _Located(
+                    line_of(s, end), f"duplicate key {key!r} in the object that starts there"
+                )
+            seen.add(key)
+            check(value, f"{key!r}", s, end)
+        return dict(pairs), new_end
+
+    def parse_array(s_and_end: tuple[str, int], scan_once: Callable[..., Any]) -> tuple[Any, int]:
+        s, end = s_and_end
+        values, new_end = json.decoder.JSONArray(s_and_end, scan_once)  # type: ignore[attr-defined]
+        for i, value in enumerate(values):
+            check(value, f"item {i} of a list", s, end)
+        return values, new_end
+
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.parse_array = parse_array  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    try:
+        value = decoder.decode(text)
+        check(value, "the value", text, 0)
+    except _Located as found:
+        return found.line, found.problem
+    except (ValueError, RecursionError):
+        pass
+    return 1, "a duplicate key, NaN or Infinity"
+
+
+class _Located(Exception):
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.line = line
+        self.problem = problem
+
+
+def write_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it. The file gets
+    the mode any file the user writes gets (0666 less the umask), not mkstemp's 0600."""
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        raise ExprofError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             buffer: list[str] = []
             for chunk in chunks:
@@ -45,6 +235,46 @@ def write_atomic(path: Path, chunks: Iterable[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise ExprofError(f"{path}: cannot write: {reason}") from None
         raise
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary files a killed write_atomic left in folder: only names that
+    write_atomic makes, and only those whose process is gone (or is us)."""
+    for entry in folder.glob(f".*{TEMP_MARK}*.tmp"):
+        match = _TEMP_RE.match(entry.name)
+        if match is None or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _alive(pid):
+            continue  # another export is writing it right now
+        entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, but belongs to someone else
+    return True
+
+
+def _umask() -> int:
+    """The process umask: from /proc where it can be read without changing it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # elsewhere, reading it means setting it, briefly
+    os.umask(current)
+    return current

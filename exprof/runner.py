@@ -18,7 +18,7 @@ from typing import Any
 from exprof import __version__
 from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
-from exprof.config import Config
+from exprof.config import Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
     EXIT_INTERRUPTED,
@@ -27,7 +27,7 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
-from exprof.export import export_run
+from exprof.export import check_export_dir, export_run
 from exprof.jsonio import dumps
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
@@ -104,6 +104,8 @@ class Runner:
             chosen = run_id or self._next_run_id(config.experiment_id)
             if run_id is not None:
                 self._refuse_existing(run_id)
+            # Before anything is written: the run's export folder must be ours to fill.
+            check_export_dir(self.output_dir / chosen, chosen, self.store)
             lease = self.store.acquire_lease(chosen)
             started = RunStarted(
                 chosen,
@@ -251,16 +253,26 @@ class Runner:
     def _export(self, record: RunRecord) -> dict[str, Any]:
         """Export, handing over the dataset when we hold all of it (saves re-reading it)."""
         samples = None if record.partial else record.samples
-        return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
+        try:
+            return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
+        except ExprofError as exc:
+            raise ExprofError(
+                f"{exc.message}; the run is recorded: once that is fixed, write its files "
+                f"with `exprof export {record.run_id}`",
+                exc.exit_code,
+            ) from None
 
     def _next_run_id(self, experiment_id: str) -> str:
         taken = self.store.run_ids_like(experiment_id)
-        if experiment_id not in taken:
-            return experiment_id
-        n = 2
-        while f"{experiment_id}-{n}" in taken:
+        n = 1
+        while True:
+            candidate = auto_run_id(experiment_id, n)
+            # A cut id (a long experiment id, see auto_run_id) is not in `taken`: ask.
+            if candidate not in taken and (
+                candidate.startswith(experiment_id) or not self.store.run_exists(candidate)
+            ):
+                return candidate
             n += 1
-        return f"{experiment_id}-{n}"
 
     def _refuse_existing(self, run_id: str) -> None:
         if self.store.run_exists(run_id):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import export_complete, read_text
 from exprof.pricing import estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
@@ -80,8 +80,10 @@ def read_exported_summary(log_dir: Path) -> dict[str, Any]:
     return data
 
 
-def list_runs(store: Store) -> list[dict[str, Any]]:
-    """Every run, newest first, with its status as a user needs to see it."""
+def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, Any]]:
+    """Every run, newest first, with its status as a user needs to see it. With
+    `export_root`, a finished run whose files are not all in `export_root/<run_id>`
+    (an export that failed, or was deleted) shows as such, with the fix as next step."""
     stats = store.ok_stats_by_run()
     out = []
     for run in store.runs():
@@ -93,6 +95,13 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
         next_step = ""
         if status in ("interrupted", "failed"):
             next_step = f"exprof resume {run_id}"
+        if (
+            status in ("complete", "failed")
+            and export_root is not None
+            and not export_complete(export_root / run_id)
+        ):
+            status += " (export missing)"
+            next_step = next_step or f"exprof export {run_id}"
         row: dict[str, Any] = {
             "run_id": run_id,
             "experiment": run.experiment_id,

@@ -161,6 +161,95 @@ DATASET_CASES = [
 ]
 
 
+# Issue 9: the trust cases. Each list below covers a class, not one example.
+GOOD_YAML = "".join(f"{k}: {json.dumps(v)}\n" for k, v in GOOD.items())
+LAUGHS = "".join(
+    f"{name}: &{name} [{', '.join(['*' + prev] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+CONFIG_CASES += [
+    # resources: aliases that expand past the limit, directly or through a cycle
+    ("yaml-alias-bomb", GOOD_YAML + LAUGHS, None, "aliases expand to more than 10000 values"),
+    ("yaml-alias-bomb-in-a-key", LAUGHS + GOOD_YAML, None, "aliases expand to more than"),
+    ("yaml-alias-cycle", GOOD_YAML + "x: &x [*x]\n", None, "line 6: an alias refers to itself"),
+    ("yaml-deep-nesting", GOOD_YAML + "x: " + "[" * 20000, None, "nested too deeply"),
+    ("config-over-1mib", GOOD_YAML + "#" * (1024 * 1024), None, "over the limit of 1.0 MiB"),
+    # duplicate keys, at the top level and nested, plain or quoted
+    (
+        "yaml-duplicate-key",
+        GOOD_YAML + "model: other\n",
+        None,
+        "line 6: duplicate key 'model' (first at line 2)",
+    ),
+    (
+        "yaml-duplicate-quoted-key",
+        GOOD_YAML + '"temperature": 0.1\n',
+        None,
+        "line 6: duplicate key 'temperature' (first at line 4)",
+    ),
+    (
+        "yaml-duplicate-nested-key",
+        GOOD_YAML + "pricing:\n  m: {input: 1, output: 2, input: 3}\n",
+        None,
+        "line 7: duplicate key 'input' (first at line 7)",
+    ),
+    # numbers that are not finite, wherever the config takes a number
+    ("temperature-nan", GOOD_YAML.replace("0.5", ".nan"), None, "temperature: must be a finite"),
+    ("temperature-inf", GOOD_YAML.replace("0.5", ".inf"), None, "temperature: must be a finite"),
+    ("timeout-inf", GOOD_YAML + "timeout_s: .inf\n", None, "timeout_s: must be a finite number"),
+    (
+        "pricing-inf",
+        GOOD_YAML + "pricing: {m: {input: .inf, output: 1}}\n",
+        None,
+        "pricing.m.input: must be a finite number",
+    ),
+    # ids that would collide with the store's files in the output folder
+    *[
+        (f"id-reserved-{name}", {**GOOD, "experiment_id": name}, None, "is reserved")
+        for name in (
+            "exprof.db",
+            "exprof.db-wal",
+            "exprof.db-shm",
+            "exprof.db-journal",
+            "EXPROF.DB",
+        )
+    ],
+]
+DUP_OBJECT = '[{"dialogue_id": "a", "system": "s",\n "user": "u", "user": "v"}]'
+DATASET_CASES += [
+    ("json-duplicate-key", GOOD, DUP_OBJECT, "line 1: duplicate key 'user'"),
+    (
+        "json-duplicate-key-nested-line",
+        GOOD,
+        '[\n{"dialogue_id": "a", "system": "s", "user": "u"},\n'
+        '{"dialogue_id": "b", "system": "s", "user": "u", "dialogue_id": "c"}]',
+        "line 3: duplicate key 'dialogue_id'",
+    ),
+    (
+        "jsonl-duplicate-key",
+        {**GOOD, "dataset_path": "d.jsonl"},
+        json.dumps(SAMPLES[0]) + '\n{"dialogue_id": "b", "dialogue_id": "c"}\n',
+        "line 2: duplicate key 'dialogue_id'",
+    ),
+    ("json-nan", GOOD, '[{"dialogue_id": "a", "system": "s", "user": NaN}]', "'user' is NaN"),
+    ("json-infinity", GOOD, '[{"dialogue_id": "a", "user": "u", "x": -Infinity}]', "'x' is NaN"),
+    ("json-overflow", GOOD, '[{"dialogue_id": "a", "user": "u", "x": 1e999}]', "'x' is NaN"),
+    (
+        "json-nan-in-list",
+        GOOD,
+        '[{"dialogue_id": "a", "required_facts": [NaN]}]',
+        "item 0 of a list",
+    ),
+    (
+        "jsonl-nan",
+        {**GOOD, "dataset_path": "d.jsonl"},
+        '{"dialogue_id": "a", "system": "s", "user": "u", "n": NaN}\n',
+        "line 1: 'n' is NaN or Infinity",
+    ),
+    ("json-deep-nesting", GOOD, "[" * 100_000, "JSON nested too deeply"),
+]
+
+
 def _write(path: Path, content) -> None:
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -332,6 +421,37 @@ FLAG_CASES = [
     ("format-unknown", ["runs", "--format", "xml"], "'xml' is not one of"),
     ("unknown-option", ["runs", "--bogus"], "No such option '--bogus'"),
     ("unknown-command", ["frobnicate"], "No such command 'frobnicate'"),
+    # issue 9: compare's numbers out of range, and nan, which passes a plain range check
+    ("compare-seed-negative", ["compare", "exp", "exp", "--seed", "-1"], "'--seed': -1 is not"),
+    (
+        "compare-resamples-huge",
+        ["compare", "exp", "exp", "--resamples", "2000000000"],
+        "'--resamples': 2000000000 is not in the range 100<=x<=1000000",
+    ),
+    *[
+        (
+            f"compare-max-refusal-increase-{value}",
+            ["compare", "exp", "exp", "--max-refusal-increase", value],
+            "'--max-refusal-increase'",
+        )
+        for value in ("nan", "-nan", "inf", "-1", "1.5", "x")
+    ],
+    # run ids that would collide with the store or its sidecars, in any case
+    *[
+        (
+            f"run-id-reserved-{name}",
+            ["run", "--config", "e/config.yaml", "--run-id", name],
+            "is reserved",
+        )
+        for name in (
+            "exprof.db",
+            "exprof.db-wal",
+            "exprof.db-shm",
+            "exprof.db-journal",
+            "Exprof.DB",
+        )
+    ],
+    ("export-unknown-to", ["export", "nope", "--to", "newdir"], "no run 'nope'"),
 ]
 
 
@@ -355,3 +475,96 @@ def test_db_not_sqlite(tmp_path, invoke):
         result, "not an exprof store: file is not a database", None, tmp_path / "x"
     )
     assert bogus.read_bytes() == b"this is not a database, just text" * 100
+
+
+# Mock answers: the same strict JSON, and metadata may not shadow a response's own fields.
+MOCK_CASES = [
+    (
+        "mock-duplicate-id",
+        '{"a": {"completion": "x"},\n "a": {"completion": "y"}}',
+        "line 1: duplicate key 'a'",
+    ),
+    (
+        "mock-nan",
+        '{"a": {"completion": "x", "metadata": {"token_count": NaN}}}',
+        "'token_count' is NaN",
+    ),
+    ("mock-infinity", '{"a": {"completion": "x", "metadata": {"t": Infinity}}}', "'t' is NaN"),
+    ("mock-overflow", '{"a": {"completion": "x", "metadata": {"t": -1e400}}}', "'t' is NaN"),
+    *[
+        (
+            f"mock-shadows-{field}",
+            json.dumps({"a": {"completion": "x", "metadata": {field: "spoof"}}}),
+            f"'a': metadata.{field}: reserved",
+        )
+        for field in ("dialogue_id", "completion")
+    ],
+]
+
+
+@pytest.mark.parametrize("case, mocks, fragment", MOCK_CASES, ids=[c[0] for c in MOCK_CASES])
+def test_bad_mock_responses(tmp_path, invoke, case, mocks, fragment):
+    path = write_experiment(tmp_path / "e", SAMPLES, {})
+    (tmp_path / "e" / "mock_responses.json").write_text(mocks, encoding="utf-8")
+    result = invoke("run", "--config", str(path), "--mock")
+    _assert_clean_failure(result, fragment, None, tmp_path / "runs" / "exprof.db")
+    assert str(tmp_path / "e" / "mock_responses.json") in result.stderr
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _sparse_over_limit(path: Path) -> None:
+    with open(path, "wb") as f:  # sparse: costs no disk, and is refused before reading
+        f.truncate(256 * 1024 * 1024 + 1)
+
+
+# Inputs that are not regular files, or too big: each must fail at once, without reading.
+SPECIAL_INPUTS = [
+    ("dataset-dev-zero", "dataset", lambda p: p.symlink_to("/dev/zero"), "is a device or socket"),
+    ("dataset-fifo", "dataset", _fifo, "is a FIFO, not a regular file"),
+    ("dataset-over-limit", "dataset", _sparse_over_limit, "over the limit of 256.0 MiB"),
+    ("dataset-directory", "dataset", lambda p: p.mkdir(), "is a directory"),
+    ("mock-dev-zero", "mock", lambda p: p.symlink_to("/dev/zero"), "is a device or socket"),
+    ("mock-fifo", "mock", _fifo, "is a FIFO, not a regular file"),
+    ("mock-over-limit", "mock", _sparse_over_limit, "over the limit of 256.0 MiB"),
+    ("config-fifo", "config", _fifo, "is a FIFO, not a regular file"),
+    ("config-dev-zero", "config", lambda p: p.symlink_to("/dev/zero"), "is a device or socket"),
+    (
+        "config-over-limit",
+        "config",
+        lambda p: p.write_text("#" * (1024 * 1024 + 1)),
+        "over the limit of 1.0 MiB",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case, which, make, fragment", SPECIAL_INPUTS, ids=[c[0] for c in SPECIAL_INPUTS]
+)
+def test_special_or_huge_inputs_fail_at_once(tmp_path, case, which, make, fragment):
+    """In a subprocess with a memory cap: reading /dev/zero or waiting on a FIFO would
+    exhaust it or hang (the test's timeout is the bound, not a pass/fail measure)."""
+    path = write_experiment(tmp_path / "e", SAMPLES, MOCKS)
+    target = {
+        "dataset": tmp_path / "e" / "dialogues.json",
+        "mock": tmp_path / "e" / "mock_responses.json",
+        "config": path,
+    }[which]
+    target.unlink()
+    make(target)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); "
+    code = limit + "from exprof.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "run", "--config", str(path), "--mock"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    named = (f"Error: {target}: ", f"Error: {target.resolve()}: ")  # a symlink may be followed
+    assert line.startswith(named) and fragment in line
+    assert not (tmp_path / "runs").exists()

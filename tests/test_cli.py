@@ -127,7 +127,13 @@ def test_unicode_round_trips_into_the_logs(tmp_path, invoke):
     request = json.loads((tmp_path / "runs" / "exp" / "requests.jsonl").read_text("utf-8"))
     response = json.loads((tmp_path / "runs" / "exp" / "responses.jsonl").read_text("utf-8"))
     assert request["prompt"] == {"system": text, "user": text}
-    assert response == {"dialogue_id": "ü-1", "completion": text, "note": text}
+    assert response == {
+        "dialogue_id": "ü-1",
+        "completion": text,
+        "model": "claude-3-opus",  # from the config: the mock answer has none
+        "temperature": 0.5,
+        "note": text,
+    }
 
 
 def test_jsonl_dataset(tmp_path, invoke):

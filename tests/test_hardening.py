@@ -172,7 +172,7 @@ def test_kill_during_export_leaves_the_previous_files_whole(tmp_path, invoke):
     config = write_experiment(tmp_path / "e", samples, mocks)
     assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
     folder = tmp_path / "runs" / "exp"
-    original = {p.name: p.read_bytes() for p in folder.iterdir()}
+    original = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
     command = [sys.executable, "-m", "exprof", "export", "exp"]
     started = time.monotonic()
     subprocess.run(command, cwd=tmp_path, check=True, stderr=subprocess.DEVNULL)
@@ -189,4 +189,5 @@ def test_kill_during_export_leaves_the_previous_files_whole(tmp_path, invoke):
         assert files == original
     assert killed >= 3
     assert invoke("export", "exp").exit_code == 0
-    assert sorted(p.name for p in folder.iterdir()) == sorted(original)  # temp files cleaned
+    # temp files cleaned; the marker naming the run stays
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*original, ".exprof-export.json"])
