@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from exprof.errors import EXIT_INTERRUPTED, EXIT_USAGE, ExprofError
-from exprof.render import FORMATS, render
+from exprof.render import FORMATS, render, safe_text
 
 METRICS_FIRST = ("fact_coverage", "refusal_rate", "geometric_mean")
 MAX_RESAMPLES = 1_000_000  # 32 MB of bootstrap means; more adds no precision worth having
@@ -102,13 +102,13 @@ class ExprofGroup(click.Group):
         try:
             rv = super().main(*args, **kwargs)
         except ExprofError as exc:
-            click.echo(f"Error: {exc.message}", err=True)
+            click.echo(f"Error: {safe_text(exc.message)}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("Error: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:
-            click.echo(f"Error: {exc.format_message()}", err=True)
+            click.echo(f"Error: {safe_text(exc.format_message())}", err=True)
             sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -5,12 +5,62 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 FORMATS = ("table", "json", "markdown", "csv")
+
+# What a printed value may not carry raw: C0 and C1 controls and DEL (ESC starts the
+# OSC/CSI sequences that retitle a terminal, clear it or plant a link), the Unicode line
+# and paragraph separators, and the bidirectional overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# In JSON text, the ones json.dumps leaves raw (it escapes C0 itself). They can only
+# stand inside strings there, so a \u escape keeps the JSON exact, with the same value.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_FORMULA_START = ("=", "+", "-", "@")
+
+
+def safe_text(value: Any) -> str:
+    """str(value) with every unsafe character shown as its escape (`\\x1b`, `\\u202e`):
+    visible, never acted on, and the same after a second pass."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_json(data: Any) -> str:
+    """Exact, indented JSON with the characters a terminal would act on escaped."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A spreadsheet runs a cell that starts with = + - @ as a formula: a leading '
+    makes it text. Numbers (and the "-" that stands for none) stay as they are."""
+    if not isinstance(value, str):
+        return value
+    text = safe_text(value)
+    if text.startswith(_FORMULA_START) and text != "-" and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _sanitized(value: Any) -> Any:
+    """Every string in a JSON-like value, keys included, made safe to print."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {_sanitized(k): _sanitized(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitized(v) for v in value]
+    return value
 
 
 def render(
@@ -19,18 +69,23 @@ def render(
     fmt: str,
     json_data: Any = None,
 ) -> str:
-    """Render rows as a tabulate table, markdown, CSV, or JSON (json_data, or the rows)."""
+    """Render rows as a tabulate table, markdown, CSV, or JSON (json_data, or the rows).
+    Every value is made safe to print here, the one place all tables pass through."""
     if fmt == "json":
         data = json_data
         if data is None:
             data = [dict(zip(headers, row, strict=True)) for row in rows]
-        return json.dumps(data, ensure_ascii=False, indent=2)
+        return safe_json(data)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(rows)
+        writer.writerow([_csv_cell(h) for h in headers])
+        writer.writerows([_csv_cell(cell) for cell in row] for row in rows)
         return buf.getvalue().rstrip("\n")
+    headers = [safe_text(h) for h in headers]
+    rows = [
+        [cell if isinstance(cell, int | float) else safe_text(cell) for cell in row] for row in rows
+    ]
     from tabulate import tabulate
 
     return tabulate(rows, headers=headers, tablefmt="github" if fmt == "markdown" else "simple")
@@ -88,6 +143,7 @@ def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     """`exprof compare` output: sections of tables, or one JSON object, or per-sample CSV."""
     if fmt == "json":  # the per-sample rows are the CSV's; JSON stays one readable object
         return render([], [], "json", {k: v for k, v in result.items() if k != "per_sample"})
+    result = _sanitized(result)  # the lines below print labels and ids outside tables
     if fmt == "csv":
         rows = [
             [

@@ -256,10 +256,11 @@ class Runner:
         try:
             return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
         except ExprofError as exc:
+            # Exit 1, not 2: the run is recorded (exit 2 promises that nothing was).
             raise ExprofError(
                 f"{exc.message}; the run is recorded: once that is fixed, write its files "
                 f"with `exprof export {record.run_id}`",
-                exc.exit_code,
+                EXIT_SAMPLES_FAILED,
             ) from None
 
     def _next_run_id(self, experiment_id: str) -> str:

@@ -191,7 +191,8 @@ def test_full_disk_during_export_then_export_finishes_the_job(tmp_path, invoke):
 
 
 def test_unwritable_export_folder_at_the_end_of_a_run(tmp_path):
-    """The run is recorded, its export fails: one line, exit 2, and the way out."""
+    """The run is recorded, its export fails: one line, and the way out. Exit 1, as for
+    a run with failed samples: exit 2 promises that nothing was recorded."""
     config = write_experiment(tmp_path / "e", SAMPLES, MOCKS)
     out = tmp_path / "out"
     out.mkdir()
@@ -202,7 +203,7 @@ def test_unwritable_export_folder_at_the_end_of_a_run(tmp_path):
         )
     finally:
         out.chmod(0o755)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: out/exp: cannot create the export directory: Permission denied")
     assert line.endswith("write its files with `exprof export exp`")
@@ -409,6 +410,9 @@ def test_jsonl_with_unicode_line_separators_in_strings(tmp_path, invoke):
         "a_only": 0,
         "b_only": 0,
     }
+    report = invoke("report", "runs/a", "runs/b", "--out", "r.html")
+    assert report.exit_code == 0, report.output
+    assert samples[0]["dialogue_id"] in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 # -- item 17: python -m exprof.cli ------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.compare import Side
-from exprof.files import read_text
+from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
 from exprof.scoring.builtin import score
 from exprof.store.record import iter_samples, load_started
@@ -176,7 +176,8 @@ def _custom_by_id(side: Side) -> dict[str, dict[str, Any]]:
 def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [loads(line) for line in read_text(path, what).splitlines() if line.strip()]
+    # "\n" only: U+2028 and friends are valid inside JSON strings (files.jsonl_lines)
+    return [loads(line) for _, line in jsonl_lines(read_text(path, what))]
 
 
 def _dir_data(path: Path, side: Side) -> RunData:
