@@ -65,10 +65,14 @@ def top_option(help_text: str) -> Callable[..., Any]:
     )
 
 
-def open_store(db: str | None, output_dir: str, create: bool = False) -> Any:
+def open_store(
+    db: str | None, output_dir: str, create: bool = False, readonly: bool = False
+) -> Any:
+    """Only `run` and `db upgrade` create or migrate a store; the reading commands open
+    it read-only."""
     from exprof.store.engine import Store, store_url
 
-    return Store.open(store_url(db, output_dir), create=create)
+    return Store.open(store_url(db, output_dir), create=create, readonly=readonly)
 
 
 def summary_table(
@@ -225,7 +229,7 @@ def summarize(
     if log_dir is not None:
         summary = read_exported_summary(Path(log_dir))
     elif run_id is not None:
-        summary = run_summary(open_store(db, output_dir), run_id)
+        summary = run_summary(open_store(db, output_dir, readonly=True), run_id)
     echo_summary(summary, format_)
 
 
@@ -239,7 +243,7 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
     # Exports go to --output-dir; with another store and no --output-dir we cannot know.
     source = click.get_current_context().get_parameter_source("output_dir")
     known = db is None or source != click.core.ParameterSource.DEFAULT
-    rows = list_runs(open_store(db, output_dir), Path(output_dir) if known else None)
+    rows = list_runs(open_store(db, output_dir, readonly=True), Path(output_dir) if known else None)
     headers = [
         "run_id",
         "experiment",
@@ -276,7 +280,7 @@ def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: st
     """Write a run's artifacts again from its events."""
     from exprof.export import export_run
 
-    store = open_store(db, output_dir)
+    store = open_store(db, output_dir, readonly=True)
     target = Path(to_dir) if to_dir else Path(output_dir) / run_id
     export_run(store, run_id, target, force=force)
     click.echo(f"exported {run_id} to {target}", err=True)
@@ -330,7 +334,7 @@ def compare_cmd(
     from exprof.render import render_compare
 
     def store() -> Any:
-        return open_store(db, output_dir)
+        return open_store(db, output_dir, readonly=True)
 
     result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
     click.echo(render_compare(result, format_, top))
@@ -357,7 +361,9 @@ def report(
     from exprof.report.builder import build_report
 
     refs = [ref] if ref_b is None else [ref, ref_b]
-    path = build_report(refs, lambda: open_store(db, output_dir), output_dir, out, top)
+    path = build_report(
+        refs, lambda: open_store(db, output_dir, readonly=True), output_dir, out, top
+    )
     click.echo(str(path))
 
 

@@ -31,9 +31,7 @@ def check(store: Store, run_id: str | None = None) -> tuple[list[dict[str, Any]]
     projection: list[str] = []
     for run in runs:  # one run at a time: memory follows the largest run, not the store
         chain.extend(f"{run}: {p}" for p in _attempt(store.chain_problems, run))
-        projection.extend(
-            f"{run}: {t} differs" for t in _attempt(store.projection_differences, run)
-        )
+        projection.extend(f"{run}: {t}" for t in _attempt(store.projection_differences, run))
     scope = f"run {run_id}" if run_id is not None else f"{len(runs)} run(s)"
     rows.append(_row("event hash chain", not chain, "; ".join(chain) or f"{scope}: intact"))
     rows.append(

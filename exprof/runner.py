@@ -101,12 +101,15 @@ class Runner:
         sent_params = {"temperature": config.temperature} if sends else {}
         digest = dataset_sha256(samples)
         while True:
-            chosen = run_id or self._next_run_id(config.experiment_id)
-            if run_id is not None:
-                self._refuse_existing(run_id)
-            # Before anything is written: the run's export folder must be ours to fill.
-            check_export_dir(self.output_dir / chosen, chosen, self.store)
-            lease = self.store.acquire_lease(chosen)
+            lease = self.store.acquire_new_run(
+                config.experiment_id, run_id, lambda n: auto_run_id(config.experiment_id, n)
+            )
+            chosen = lease.run_id
+            try:  # before any event is written: the run's export folder must be ours to fill
+                check_export_dir(self.output_dir / chosen, chosen, self.store)
+            except BaseException:
+                self.store.release_lease(lease)
+                raise
             started = RunStarted(
                 chosen,
                 config.experiment_id,
@@ -262,25 +265,3 @@ class Runner:
                 f"with `exprof export {record.run_id}`",
                 EXIT_SAMPLES_FAILED,
             ) from None
-
-    def _next_run_id(self, experiment_id: str) -> str:
-        taken = self.store.run_ids_like(experiment_id)
-        n = 1
-        while True:
-            candidate = auto_run_id(experiment_id, n)
-            # A cut id (a long experiment id, see auto_run_id) is not in `taken`: ask.
-            if candidate not in taken and (
-                candidate.startswith(experiment_id) or not self.store.run_exists(candidate)
-            ):
-                return candidate
-            n += 1
-
-    def _refuse_existing(self, run_id: str) -> None:
-        if self.store.run_exists(run_id):
-            holder = self.store.lease(run_id)
-            if holder is not None:
-                raise ExprofError(f"run {run_id!r} is being worked on by {holder.describe()}")
-            raise ExprofError(
-                f"run {run_id!r} already exists; continue it with `exprof resume {run_id}` "
-                "or choose another --run-id"
-            )

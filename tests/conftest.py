@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import pg_server
 from exprof.cli import cli
 from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
@@ -42,9 +45,34 @@ def invoke():
     return run
 
 
+@pytest.fixture(scope="session")
+def postgres_admin():
+    """A real PostgreSQL 15 for the session (tests/pg_server.py), or a skip with the
+    reason; with CI=true a missing server fails, never skips."""
+    reason = pg_server.unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    with pg_server.server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """The store URL of each backend: the default SQLite file, or a fresh PG database."""
+    if request.param == "sqlite":
+        yield store_url(None, tmp_path / "runs")
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    url, name = pg_server.fresh_database(admin)
+    yield url
+    pg_server.drop_database(admin, name)
+
+
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store.open(store_url(None, tmp_path / "runs"), create=True)
+def store(db_url) -> Store:
+    return Store.open(db_url, create=True)
 
 
 def write_experiment(folder: Path, samples: list[dict], mocks: dict, **config) -> Path:

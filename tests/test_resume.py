@@ -40,8 +40,18 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def peek(db: Path, sql: str) -> object:
-    """One value read from a store another process may be writing (None before it exists)."""
+def peek(db: Path | str, sql: str) -> object:
+    """One value read from a store another process may be writing (None before it
+    exists): a SQLite file, or a PostgreSQL URL."""
+    if isinstance(db, str):
+        import psycopg
+
+        try:
+            with psycopg.connect(db.replace("+psycopg", ""), connect_timeout=5) as conn:
+                row = conn.execute(sql).fetchone()
+                return row[0] if row else None
+        except psycopg.Error:
+            return None  # no tables yet
     if not db.exists():
         return None
     try:
@@ -55,7 +65,7 @@ def peek(db: Path, sql: str) -> object:
         return None
 
 
-def done_count(db: Path) -> int:
+def done_count(db: Path | str) -> int:
     return peek(db, "SELECT count(*) FROM samples WHERE status = 'ok'") or 0  # type: ignore[return-value]
 
 
@@ -86,11 +96,12 @@ def exports(folder: Path, strip: bool) -> dict:
     return out
 
 
-def assert_consistent(db: Path, run_id: str, n: int) -> None:
-    raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    raw.close()
-    store = Store.open(store_url(str(db), "."))
+def assert_consistent(db: Path | str, run_id: str, n: int) -> None:
+    if isinstance(db, Path):
+        raw = sqlite3.connect(db)
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        raw.close()
+    store = Store.open(db if isinstance(db, str) else store_url(str(db), "."))
     responses: dict[str, int] = {}
     for ev in store.events(run_id, types=("response_received",)):
         responses[ev.payload["dialogue_id"]] = responses.get(ev.payload["dialogue_id"], 0) + 1
@@ -103,19 +114,33 @@ def assert_consistent(db: Path, run_id: str, n: int) -> None:
     assert sum(1 for row in incremental if row[3] == "ok") == n
 
 
+def the_store(tmp_path: Path, db_url: str) -> tuple[Path | str, tuple[str, ...]]:
+    """Where the crash loop's store is (for peeking) and the flags that point at it."""
+    if db_url.startswith("sqlite"):
+        return tmp_path / "runs" / "exprof.db", ()
+    return db_url, ("--db", db_url)
+
+
 def crash_loop(
-    tmp_path: Path, config: Path, n: int, kills: int, seed: int, env: dict, max_wait: float
+    tmp_path: Path,
+    config: Path,
+    n: int,
+    kills: int,
+    seed: int,
+    env: dict,
+    max_wait: float,
+    db_url: str,
 ) -> int:
     """Run `crash`, SIGKILL it at random moments, resume, repeat; return the kills made."""
     rng = random.Random(seed)
-    db = tmp_path / "runs" / "exprof.db"
+    db, flags = the_store(tmp_path, db_url)
     made = 0
     while True:
         exists = peek(db, "SELECT 1 FROM runs WHERE run_id = 'crash'") is not None
         args = (
             ("resume", "crash") if exists else ("run", "--config", str(config), "--run-id", "crash")
         )
-        proc = exprof(*args, cwd=tmp_path, env=env)
+        proc = exprof(*args, *flags, cwd=tmp_path, env=env)
         if made < kills:
             before = done_count(db)
             if rng.random() < 0.4:
@@ -131,7 +156,7 @@ def crash_loop(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 made += 1
-                raw = sqlite3.connect(db) if db.exists() else None
+                raw = sqlite3.connect(db) if isinstance(db, Path) and db.exists() else None
                 if raw is not None:
                     assert raw.execute("PRAGMA quick_check").fetchone() == ("ok",)
                     raw.close()
@@ -142,7 +167,9 @@ def crash_loop(
 
 
 @pytest.mark.slow
-def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path):
+def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path, db_url):
+    """On SQLite and on PostgreSQL; the reference run is always on SQLite, so the
+    exports are also byte-identical across the two backends."""
     n = 80_000  # 40 commits of 2,000: enough for 25 kills to land mid-run
     samples, mocks = make_samples(n, facts=3, refuse_every=9)
     config = write_experiment(tmp_path / "e", samples, mocks)
@@ -150,16 +177,18 @@ def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path):
         "run", "--config", str(config), "--run-id", "crash", "--output-dir", "ref", cwd=tmp_path
     )
     assert finish(ref)[0] == 0
-    made = crash_loop(tmp_path, config, n, kills=25, seed=11, env=os.environ.copy(), max_wait=20)
+    made = crash_loop(
+        tmp_path, config, n, kills=25, seed=11, env=os.environ.copy(), max_wait=20, db_url=db_url
+    )
     assert made >= 25
     assert exports(tmp_path / "runs" / "crash", strip=False) == exports(
         tmp_path / "ref" / "crash", strip=False
     )
-    assert_consistent(tmp_path / "runs" / "exprof.db", "crash", n)
+    assert_consistent(the_store(tmp_path, db_url)[0], "crash", n)
 
 
 @pytest.mark.slow
-def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path):
+def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path, db_url):
     n, concurrency = 2000, 8
     samples, mocks = make_samples(n)
     config = write_experiment(tmp_path / "e", samples, mocks, concurrency=concurrency)
@@ -178,14 +207,16 @@ def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path):
         )
         assert finish(ref)[0] == 0
         assert server.state.requests == n
-        made = crash_loop(tmp_path, config, n, kills=25, seed=5, env=env, max_wait=20)
+        made = crash_loop(
+            tmp_path, config, n, kills=25, seed=5, env=env, max_wait=20, db_url=db_url
+        )
         wasted = server.state.requests - 2 * n
     assert made >= 25
     assert 0 <= wasted <= made * concurrency, (wasted, made)
     assert exports(tmp_path / "runs" / "crash", strip=True) == exports(
         tmp_path / "ref" / "crash", strip=True
     )
-    assert_consistent(tmp_path / "runs" / "exprof.db", "crash", n)
+    assert_consistent(the_store(tmp_path, db_url)[0], "crash", n)
 
 
 @pytest.fixture

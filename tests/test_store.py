@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from conftest import REPO, make_samples, write_experiment
 from exprof.errors import ConcurrencyError, ExprofError
@@ -97,15 +97,21 @@ def test_duplicate_seq_is_refused_and_leaves_nothing(store):
 
 
 def test_database_refuses_update_and_delete(store):
+    """The database itself (a trigger, on SQLite and on PostgreSQL) refuses to change an
+    event, whoever asks."""
     store.append("r", _started(), after_seq=0)
-    raw = sqlite3.connect(store.location)
-    with pytest.raises(sqlite3.IntegrityError, match="events are immutable: UPDATE refused"):
-        raw.execute("UPDATE events SET type = 'x'")
-    with pytest.raises(sqlite3.IntegrityError, match="events are immutable: DELETE refused"):
-        raw.execute("DELETE FROM events")
-    raw.close()
-    with store.write() as conn, pytest.raises(IntegrityError):
-        conn.exec_driver_sql("DELETE FROM events WHERE id = 1")
+    for statement, action in (
+        ("UPDATE events SET type = 'x'", "UPDATE"),
+        ("DELETE FROM events WHERE id = 1", "DELETE"),
+    ):
+        with store.engine.connect() as conn, pytest.raises(DBAPIError) as refused:
+            conn.exec_driver_sql(statement)
+        assert f"events are immutable: {action} refused" in str(refused.value)
+    if store.engine.dialect.name == "sqlite":  # also from outside exprof
+        raw = sqlite3.connect(store.location)
+        with pytest.raises(sqlite3.IntegrityError, match="events are immutable: UPDATE refused"):
+            raw.execute("UPDATE events SET type = 'x'")
+        raw.close()
     assert store.event_count() == 2
 
 
@@ -117,11 +123,11 @@ def _projection_rows(store: Store):
         }
 
 
-def test_rebuild_equals_incremental(tmp_path, invoke, store):
+def test_rebuild_equals_incremental(tmp_path, invoke, store, db_url):
     samples, mocks = make_samples(300, refuse_every=7, missing_every=11)
     config = write_experiment(tmp_path / "e", samples, mocks)
-    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
-    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 1
+    assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 1
     incremental = _projection_rows(store)
     assert len(incremental["samples"]) == 600
     with store.write() as conn:
@@ -141,7 +147,7 @@ def test_schema_head_constant_matches_alembic():
 def test_migrates_an_empty_database(tmp_path):
     path = tmp_path / "empty.db"
     sqlite3.connect(path).close()
-    store = Store.open(store_url(str(path), "."))
+    store = Store.open(store_url(str(path), "."), create=True)
     assert store.revision() == SCHEMA_HEAD
     raw = sqlite3.connect(path)
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -174,7 +180,7 @@ def _store_at_first_revision(path: Path) -> None:
 def test_upgrades_an_older_store_keeping_its_events(tmp_path):
     path = tmp_path / "old.db"
     _store_at_first_revision(path)
-    store = Store.open(store_url(str(path), "."))
+    store = Store.open(store_url(str(path), "."), create=True)
     assert store.revision() == SCHEMA_HEAD
     assert [e.type for e in store.events("old")] == ["run_started", "dataset_chunk"]
     # The new projections are built from the old events on the next append.

@@ -242,6 +242,8 @@ class _LiveSession:
                 task.add_done_callback(self._settle(tasks))
             while tasks and not (self.stopping or self.fatal):
                 await asyncio.wait(set(tasks), timeout=0.2)
+                if not self.arrived:  # nothing answered for a while: still beat, so a
+                    self._flush()  # stale heartbeat can mean a dead holder (leases.py)
             await self._wait_or_cancel(tasks)
             if self.crashed:
                 raise self.crashed[0]

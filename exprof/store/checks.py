@@ -67,18 +67,22 @@ class Checks:
         return problems[:MAX_PROBLEMS]
 
     def projection_differences(self, run_id: str) -> list[str]:
-        """Tables whose rows for the run differ from a replay of its events. The replay
+        """How the run's projection rows differ from a replay of its events. The replay
         runs in a transaction that is rolled back: the check changes nothing."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(immediate=True)
             with conn.begin() as tx:
                 dialects.lock_writers(conn)
-                projections.catch_up(conn)
-                before = {t: _rows(conn, t, run_id) for t in projections.TABLES}
-                projections.rebuild(conn, run_id)
-                after = {t: _rows(conn, t, run_id) for t in projections.TABLES}
-                tx.rollback()
-        return [t for t in projections.TABLES if before[t] != after[t]]
+                try:
+                    projections.catch_up(conn)
+                    before = {t: _rows(conn, t, run_id) for t in projections.TABLES}
+                    projections.rebuild(conn, run_id)
+                    after = {t: _rows(conn, t, run_id) for t in projections.TABLES}
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    return [f"cannot be replayed ({type(exc).__name__})"]  # a damaged event
+                finally:
+                    tx.rollback()
+        return [f"{t} differs" for t in projections.TABLES if before[t] != after[t]]
 
 
 def _rows(conn: Any, table: str, run_id: str) -> list[tuple[Any, ...]]:

@@ -8,17 +8,100 @@ serializes writers, and the few catalogue queries doctor needs.
 from __future__ import annotations
 
 import sqlite3
+import time
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from exprof.errors import ExprofError
 
 BUSY_TIMEOUT_MS = 5000
 # Any constant will do: every exprof writer takes this transaction-scoped advisory lock,
 # so PostgreSQL appends are serialized as SQLite's BEGIN IMMEDIATE serializes them.
 PG_WRITE_LOCK = 0x657870726F66  # "exprof"
 IMMUTABILITY_TRIGGERS = ("events_no_update", "events_no_delete")
+# The tables an exprof store holds; a database with any other table is not ours.
+STORE_TABLES = ("alembic_version", "events", "projection_positions", "runs", "samples", "leases")
+POSTGRES_HINT = "install the PostgreSQL driver: pip install 'exprof[postgres]' (psycopg 3)"
+WAL_TRIES = 100  # x 50 ms: concurrent first opens wait for each other's journal switch
+
+
+def normalize_url(url: str) -> str:
+    """Plain `postgresql://` means psycopg 3, the driver the `postgres` extra installs
+    (SQLAlchemy's default would be psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def password(url: str) -> str | None:
+    try:
+        return make_url(url).password  # type: ignore[return-value]
+    except ArgumentError:
+        return None
+
+
+def masked(url: str) -> str:
+    """The URL as exprof prints it: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("://", 1)[0] + "://..."
+
+
+def scrub(message: str, secret: str | None) -> str:
+    return message.replace(secret, "***") if secret else message
+
+
+def create(url: str, location: str, readonly: bool) -> Engine:
+    """The engine for a store URL; an unknown scheme or a missing driver is a one-line
+    error that says what to do."""
+    scheme = url.split("://", 1)[0]
+    try:
+        parsed = make_url(url)
+        args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and readonly:
+            args["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+        engine = create_engine(parsed, **args)
+    except NoSuchModuleError:
+        raise ExprofError(
+            f"--db {location}: unsupported database URL scheme {scheme!r} "
+            "(give a file path, sqlite:///PATH or postgresql+psycopg://USER:PASS@HOST/DB)"
+        ) from None
+    except ArgumentError as exc:
+        raise ExprofError(f"--db {location}: not a database URL ({exc})") from None
+    except ImportError as exc:
+        hint = POSTGRES_HINT if scheme.startswith("postgres") else f"install {exc.name}"
+        raise ExprofError(f"--db {location}: no driver for {scheme!r}: {hint}") from None
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        raise ExprofError(
+            f"--db {location}: unsupported database {engine.dialect.name!r} "
+            "(exprof stores live in SQLite or PostgreSQL)"
+        )
+    configure(engine, readonly)
+    return engine
+
+
+def enable_wal(conn: Connection) -> None:
+    """Switch a SQLite store (ours, or empty) to WAL; the mode is kept in the file. A
+    concurrent first open may hold the lock for a moment: wait for it, boundedly."""
+    if conn.dialect.name != "sqlite":
+        return
+    raw = conn.connection.dbapi_connection  # outside any transaction, as the pragma needs
+    assert raw is not None
+    for _ in range(WAL_TRIES):
+        try:
+            if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            raw.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
 
 
 def name(conn: Connection | Engine) -> str:
@@ -43,8 +126,9 @@ def execute(conn: Connection, statement: str, params: Any = ()) -> Any:
 
 
 def configure(engine: Engine, readonly: bool = False) -> None:
-    """One place for the connection settings. On SQLite: WAL (only on a store we may
-    write), NORMAL sync, FKs and a busy timeout; writers BEGIN IMMEDIATE."""
+    """One place for the connection settings. On SQLite: NORMAL sync, FKs and a busy
+    timeout (WAL is switched on once, by `enable_wal`, only on a store exprof owns);
+    read-only opens are query_only; writers BEGIN IMMEDIATE."""
     if engine.dialect.name != "sqlite":
         return
 
@@ -56,9 +140,6 @@ def configure(engine: Engine, readonly: bool = False) -> None:
         if readonly:
             cur.execute("PRAGMA query_only = ON")
         else:
-            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()

@@ -11,11 +11,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -26,7 +26,7 @@ from exprof.store.checks import Checks
 from exprof.store.dialects import execute
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
 from exprof.store.leases import HELD, Lease, process_started
-from exprof.store.queries import Queries
+from exprof.store.queries import Queries, like_prefix
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
@@ -38,7 +38,7 @@ APPEND_SLICE_BYTES = 4_000_000
 def store_url(db: str | None, output_dir: str | Path) -> str:
     """`--db` accepts a SQLAlchemy URL or a plain path; the default lives in the output dir."""
     if db and "://" in db:
-        return db
+        return dialects.normalize_url(db)
     path = Path(db) if db else Path(output_dir) / "exprof.db"
     return f"sqlite:///{path.absolute()}"
 
@@ -53,14 +53,18 @@ def _sqlite_path(url: str) -> Path | None:
 class Store(Queries, Checks):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
-    def __init__(self, engine: Engine, location: str) -> None:
+    def __init__(self, engine: Engine, location: str, secret: str | None = None) -> None:
         self.engine = engine
         self.location = location
+        self.secret = secret  # the URL's password: masked in every message we raise
 
     @classmethod
-    def open(cls, url: str, create: bool = False) -> Store:
+    def open(cls, url: str, create: bool = False, readonly: bool = False) -> Store:
+        """Open a store. Only `create` (run, db upgrade) may create or migrate one;
+        `readonly` (the commands that only read) never writes to the database at all.
+        A database holding other programs' tables is refused, never touched."""
         path = _sqlite_path(url)
-        location = str(path) if path else url
+        location = str(path) if path else dialects.masked(url)
         if path is not None:
             if path.is_dir():
                 raise ExprofError(f"{path}: store path is a directory, not a database file")
@@ -71,22 +75,39 @@ class Store(Queries, Checks):
                     path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ExprofError(f"{path}: cannot create store: {exc.strerror}") from None
-        engine = create_engine(url)
-        dialects.configure(engine)
-        store = cls(engine, location)
+        engine = dialects.create(url, location, readonly)
+        store = cls(engine, location, dialects.password(url))
         try:
-            store._ensure_schema()
+            store._ensure_schema(create)
         except OperationalError as exc:
-            raise ExprofError(f"{location}: cannot open store: {_reason(exc)}") from None
+            raise ExprofError(f"{location}: cannot open store: {store._reason(exc)}") from None
         except DBAPIError as exc:
-            raise ExprofError(f"{location}: not an exprof store: {_reason(exc)}") from None
+            raise ExprofError(f"{location}: not an exprof store: {store._reason(exc)}") from None
         return store
 
-    def _ensure_schema(self) -> None:
-        revision = self.revision()
+    def _ensure_schema(self, create: bool) -> None:
+        with self.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+        revision = self.revision() if "alembic_version" in tables else None
         if revision == SCHEMA_HEAD:
             return
-        upgrade(self.engine, self.location, revision)
+        if revision is None and tables - set(dialects.STORE_TABLES):
+            shown = ", ".join(sorted(tables)[:5])
+            raise ExprofError(
+                f"{self.location}: not an exprof store (it holds other tables: {shown}); "
+                "refusing to touch it"
+            )
+        if not create:
+            if revision is None:
+                raise ExprofError(f"{self.location}: no exprof store here (run `exprof run` first)")
+            _refuse_newer(self.location, revision)
+            raise ExprofError(
+                f"{self.location}: store schema is at revision {revision}, older than this "
+                f"exprof's {SCHEMA_HEAD}; run `exprof db upgrade` first"
+            )
+        with self.engine.connect() as conn:
+            dialects.enable_wal(conn)  # ours (or empty): now it may be switched
+        upgrade(self.engine, self.location)
         with self.write() as conn:  # a migration may have emptied the projections
             projections.catch_up(conn)
 
@@ -95,6 +116,9 @@ class Store(Queries, Checks):
             if not inspect(conn).has_table("alembic_version"):
                 return None
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def _reason(self, exc: DBAPIError) -> str:
+        return _reason(exc, self.secret)
 
     # -- appending -------------------------------------------------------------
 
@@ -154,7 +178,7 @@ class Store(Queries, Checks):
         projections.apply(conn, stored)
 
     def write(self) -> _WriteTransaction:
-        return _WriteTransaction(self.engine, self.location)
+        return _WriteTransaction(self.engine, self.location, self.secret)
 
     # -- reading ---------------------------------------------------------------
 
@@ -199,11 +223,6 @@ class Store(Queries, Checks):
 
     def acquire_lease(self, run_id: str) -> Lease:
         """Hold the run for this process, taking over a dead holder's lease."""
-        now = time.time()
-        pid = os.getpid()
-        mine = Lease(
-            run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
-        )
         with self.write() as conn:
             held = _live_holder(conn, run_id)
             if held is not None:
@@ -211,15 +230,36 @@ class Store(Queries, Checks):
                     f"run {run_id} is being worked on by {held.describe()}; "
                     "wait for it to finish or stop that process"
                 )
-            execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead one
-            execute(
-                conn,
-                "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at, "
-                "started) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mine.run_id, mine.token, mine.pid, mine.host, now, now, mine.started),
-            )
-        HELD.add(mine.token)
-        return mine
+            return _insert_lease(conn, run_id)
+
+    def acquire_new_run(
+        self,
+        experiment_id: str,
+        run_id: str | None = None,
+        name: Callable[[int], str] | None = None,
+    ) -> Lease:
+        """Choose a new run's id and hold it, in one write transaction, so that any number
+        of simultaneous starts of one experiment each get their own id: `name(1)`,
+        `name(2)`, ... (by default the experiment id, then -2, -3, ...). With `run_id`,
+        that id or an error saying why not."""
+        with self.write() as conn:
+            if run_id is not None:
+                if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
+                    holder = _live_holder(conn, run_id)
+                    if holder is not None:
+                        raise ExprofError(
+                            f"run {run_id!r} is being worked on by {holder.describe()}"
+                        )
+                    raise ExprofError(
+                        f"run {run_id!r} already exists; continue it with "
+                        f"`exprof resume {run_id}` or choose another --run-id"
+                    )
+                held = _live_holder(conn, run_id)
+                if held is not None:
+                    raise LeaseHeldError(f"run {run_id!r} is being worked on by {held.describe()}")
+                return _insert_lease(conn, run_id)
+            name = name or (lambda n: experiment_id if n == 1 else f"{experiment_id}-{n}")
+            return _insert_lease(conn, _next_run_id(conn, experiment_id, name))
 
     def heartbeat(self, lease: Lease) -> None:
         with self.write() as conn:
@@ -244,6 +284,51 @@ class Store(Queries, Checks):
             return _live_holder(conn, run_id)
 
 
+def _insert_lease(conn: Connection, run_id: str) -> Lease:
+    now = time.time()
+    pid = os.getpid()
+    mine = Lease(
+        run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
+    )
+    execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead holder's
+    execute(
+        conn,
+        "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at, started) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (mine.run_id, mine.token, mine.pid, mine.host, now, now, mine.started),
+    )
+    HELD.add(mine.token)
+    return mine
+
+
+def _next_run_id(conn: Connection, experiment_id: str, name: Callable[[int], str]) -> str:
+    """The first name(n) not taken by a run or by a live start in progress."""
+    pattern = (experiment_id, like_prefix(experiment_id) + "-%")
+    where = "WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'"
+    taken = {r[0] for r in execute(conn, f"SELECT run_id FROM runs {where}", pattern)}
+    for row in execute(conn, f"SELECT {_LEASE_COLUMNS} FROM leases {where}", pattern).all():
+        if Lease(*row).is_alive():
+            taken.add(row[0])
+    n = 1
+    while True:  # ends: each step past the first skips one of the `taken` ids
+        candidate = name(n)
+        if candidate not in taken and (
+            candidate.startswith(experiment_id) or not _id_taken(conn, candidate)
+        ):
+            return candidate
+        n += 1
+
+
+def _id_taken(conn: Connection, run_id: str) -> bool:
+    """For a name cut short (a long experiment id), which the prefix query cannot see."""
+    if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
+        return True
+    return _live_holder(conn, run_id) is not None
+
+
+_LEASE_COLUMNS = "run_id, token, pid, host, acquired_at, heartbeat_at, started"
+
+
 def _chain_head(conn: Connection, run_id: str, seq: int) -> str:
     """The hash of the run's event `seq` (empty before the first, or an unchained one)."""
     if seq == 0:
@@ -256,10 +341,7 @@ def _chain_head(conn: Connection, run_id: str, seq: int) -> str:
 
 def _live_holder(conn: Connection, run_id: str) -> Lease | None:
     row = execute(
-        conn,
-        "SELECT run_id, token, pid, host, acquired_at, heartbeat_at, started FROM leases "
-        "WHERE run_id = ?",
-        (run_id,),
+        conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
     ).fetchone()
     lease = Lease(*row) if row else None
     return lease if lease and lease.is_alive() else None
@@ -268,9 +350,10 @@ def _live_holder(conn: Connection, run_id: str) -> Lease | None:
 class _WriteTransaction:
     """`with store.write() as conn:` runs one BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, engine: Engine, location: str) -> None:
+    def __init__(self, engine: Engine, location: str, secret: str | None = None) -> None:
         self.engine = engine
         self.location = location
+        self.secret = secret
 
     def __enter__(self) -> Connection:
         self.conn = self.engine.connect().execution_options(immediate=True)
@@ -280,7 +363,7 @@ class _WriteTransaction:
         except OperationalError as exc:
             self.conn.close()
             raise ExprofError(
-                f"{self.location}: store is busy or unwritable: {_reason(exc)}"
+                f"{self.location}: store is busy or unwritable: {_reason(exc, self.secret)}"
             ) from None
         except BaseException:  # never leave a connection holding the write lock
             self.conn.close()
@@ -295,37 +378,53 @@ class _WriteTransaction:
                 self.tx.rollback()
         except OperationalError as failed:  # e.g. a full disk at commit
             raise ExprofError(
-                f"{self.location}: cannot write to the store: {_reason(failed)}"
+                f"{self.location}: cannot write to the store: {_reason(failed, self.secret)}"
             ) from None
         finally:
             self.conn.close()
         if isinstance(exc, OperationalError):  # read-only file, disk I/O error, ...
             raise ExprofError(
-                f"{self.location}: cannot write to the store: {_reason(exc)}"
+                f"{self.location}: cannot write to the store: {_reason(exc, self.secret)}"
             ) from None
 
 
-def upgrade(engine: Engine, location: str, current: str | None) -> None:
-    """Run the alembic migrations up to head; refuse a store from a newer exprof."""
+def upgrade(engine: Engine, location: str) -> None:
+    """Run the alembic migrations up to head, holding the store's write lock, so that
+    several processes creating one fresh store at once migrate it exactly once; refuse
+    a store from a newer exprof."""
     from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with engine.connect() as conn:
+        conn = conn.execution_options(immediate=True)
+        with conn.begin():
+            dialects.lock_writers(conn)
+            current = None
+            if inspect(conn).has_table("alembic_version"):
+                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            if current == SCHEMA_HEAD:
+                return  # another process migrated it while we waited for the lock
+            if current is not None:
+                _refuse_newer(location, current)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def _refuse_newer(location: str, revision: str) -> None:
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    script = ScriptDirectory.from_config(cfg)
-    if current is not None:
-        try:
-            script.get_revision(current)
-        except Exception:
-            raise ExprofError(
-                f"{location}: store has schema revision {current!r}, made by a newer exprof; "
-                "upgrade exprof"
-            ) from None
-    with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        conn.commit()
+    try:
+        ScriptDirectory.from_config(cfg).get_revision(revision)
+    except Exception:
+        raise ExprofError(
+            f"{location}: store has schema revision {revision!r}, made by a newer exprof; "
+            "upgrade exprof"
+        ) from None
 
 
 def migrations_dir() -> Path:
@@ -340,5 +439,7 @@ def migrations_dir() -> Path:
     return Path(exprof.migrations.__file__).parent
 
 
-def _reason(exc: DBAPIError) -> str:
-    return str(exc.orig) if exc.orig is not None else str(exc)
+def _reason(exc: DBAPIError, secret: str | None = None) -> str:
+    """The driver's own message, without the URL's password should it quote it."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return dialects.scrub(" ".join(text.split()), secret)  # one line, as errors are

@@ -77,14 +77,6 @@ class Queries:
         if not self.run_exists(run_id):
             raise ExprofError(f"{self.location}: no run {run_id!r} (see `exprof runs`)")
 
-    def run_ids_like(self, experiment_id: str) -> set[str]:
-        """The ids taken by this experiment's runs: the id itself and `<id>-...`."""
-        rows = self._all(
-            "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'",
-            (experiment_id, _like_prefix(experiment_id) + "-%"),
-        )
-        return {row[0] for row in rows}
-
     def latest_run_of(self, experiment_id: str) -> str | None:
         found = self._scalar(
             "SELECT run_id FROM runs WHERE experiment_id = ? "
@@ -262,5 +254,6 @@ _RUN_COLUMNS = (
 )
 
 
-def _like_prefix(text: str) -> str:
+def like_prefix(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': its own % and _ match only themselves."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

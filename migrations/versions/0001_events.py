@@ -24,14 +24,31 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),
     )
-    for action in ("UPDATE", "DELETE"):
+    # The database itself refuses to change an event: a trigger per action, both dialects.
+    postgres = op.get_context().dialect.name == "postgresql"
+    if postgres:
         op.execute(
-            f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events "
-            f"BEGIN SELECT RAISE(ABORT, 'events are immutable: {action} refused'); END"
+            "CREATE FUNCTION exprof_events_immutable() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION USING MESSAGE = "
+            "'events are immutable: ' || TG_OP || ' refused'; END $$"
         )
+    for action in ("UPDATE", "DELETE"):
+        if postgres:
+            op.execute(
+                f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events "
+                "FOR EACH ROW EXECUTE FUNCTION exprof_events_immutable()"
+            )
+        else:
+            op.execute(
+                f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events "
+                f"BEGIN SELECT RAISE(ABORT, 'events are immutable: {action} refused'); END"
+            )
 
 
 def downgrade() -> None:
-    op.execute("DROP TRIGGER events_no_update")
-    op.execute("DROP TRIGGER events_no_delete")
+    postgres = op.get_context().dialect.name == "postgresql"
+    for action in ("update", "delete"):
+        op.execute(f"DROP TRIGGER events_no_{action}" + (" ON events" if postgres else ""))
+    if postgres:
+        op.execute("DROP FUNCTION exprof_events_immutable()")
     op.drop_table("events")

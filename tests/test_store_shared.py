@@ -1,0 +1,102 @@
+"""One PostgreSQL store shared by two "machines" (two processes, each with its own
+--output-dir), as CI runners and colleagues' laptops would share it (issue 10, part 3).
+Everything must equal the same work done on SQLite, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pg_server
+from conftest import REPO, make_samples, write_experiment
+from exprof.export import FILES
+
+
+@pytest.fixture
+def pg_url(postgres_admin):
+    url, name = pg_server.fresh_database(postgres_admin)
+    yield url
+    pg_server.drop_database(postgres_admin, name)
+
+
+def _exprof(cwd: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("ANTHROPIC_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "exprof", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _two_machines(tmp_path: Path, db: str, tag: str) -> dict:
+    """main's run and a pull request's run, started at once from two output dirs; then
+    `runs` and `compare` from a third place. Returns what a user would see."""
+    samples, mocks = make_samples(300, refuse_every=7)
+    main_cfg = write_experiment(tmp_path / "main_cfg", samples, mocks, experiment_id="qa")
+    worse = {d: {**m, "completion": "answer"} for d, m in list(mocks.items())[1::3]}
+    pr_cfg = write_experiment(tmp_path / "pr_cfg", samples, {**mocks, **worse}, experiment_id="qa")
+    machines = [
+        _exprof(tmp_path, "run", "--config", str(cfg), "--run-id", run_id, "--db", db,
+                "--output-dir", str(tmp_path / f"{tag}-{run_id}-machine"), "--quiet")
+        for cfg, run_id in ((main_cfg, "main-1"), (pr_cfg, "pr-7"))
+    ]  # fmt: skip
+    for proc in machines:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    listing = _exprof(tmp_path, "runs", "--db", db, "--format", "json").communicate(timeout=120)
+    compare = _exprof(tmp_path, "compare", "main-1", "pr-7", "--db", db, "--format", "json")
+    compared, err = compare.communicate(timeout=120)
+    assert compare.returncode == 0, err
+    exports = {
+        run_id: {
+            name: (tmp_path / f"{tag}-{run_id}-machine" / run_id / name).read_bytes()
+            for name in FILES
+        }
+        for run_id in ("main-1", "pr-7")
+    }
+    return {
+        "runs": sorted(row["run_id"] for row in json.loads(listing[0])),
+        "compare": json.loads(compared),
+        "exports": exports,
+    }
+
+
+def test_two_machines_share_one_postgres_store_as_if_it_were_sqlite(tmp_path, pg_url):
+    shared = _two_machines(tmp_path, pg_url, "pg")
+    local = _two_machines(tmp_path, str(tmp_path / "local.db"), "sqlite")
+    assert shared["runs"] == ["main-1", "pr-7"]
+    assert shared["compare"]["metrics"]["fact_coverage"]["verdict"] == "regressed"
+    assert shared["compare"] == local["compare"]
+    assert shared["exports"] == local["exports"]  # byte-identical
+
+
+def test_postgres_store_commands_and_password_masking(tmp_path, pg_url, invoke):
+    """Every command works on a PostgreSQL URL, and none prints its password."""
+    samples, mocks = make_samples(30, missing_every=10)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    password = pg_server.PASSWORD
+    results = [
+        invoke("run", "--config", str(config), "--db", pg_url, "--quiet"),
+        invoke("resume", "exp", "--db", pg_url, "--quiet"),
+        invoke("runs", "--db", pg_url),
+        invoke("summarize", "exp", "--db", pg_url),
+        invoke("export", "exp", "--to", str(tmp_path / "x"), "--db", pg_url),
+        invoke("compare", "exp", "exp", "--db", pg_url),
+        invoke("report", "exp", "--db", pg_url),
+        invoke("doctor", "--db", pg_url),
+        invoke("db", "upgrade", "--db", pg_url),
+        invoke("summarize", "nope", "--db", pg_url),
+    ]
+    assert [r.exit_code for r in results] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    for result in results:
+        assert password not in result.output
+    assert "postgresql+psycopg://exprof:***@127.0.0.1" in results[-1].stderr
