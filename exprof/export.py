@@ -66,10 +66,7 @@ def check_export_dir(
 
 
 def _store_file(store: Store) -> Path | None:
-    url = store.engine.url
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(str(url.database))
-    return None
+    return store.file_path()
 
 
 def _is_export_of(out: Path, run_id: str) -> bool:

@@ -111,6 +111,13 @@ class Store(Queries, Checks):
         with self.write() as conn:  # a migration may have emptied the projections
             projections.catch_up(conn)
 
+    def file_path(self) -> Path | None:
+        """The store's database file (SQLite), or None for a server database."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(str(url.database))
+        return None
+
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
             if not inspect(conn).has_table("alembic_version"):
