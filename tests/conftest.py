@@ -71,8 +71,8 @@ def db_url(request, tmp_path) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(db_url) -> Store:
-    return Store.open(db_url, create=True)
+def store(tmp_path) -> Store:
+    return Store.open(store_url(None, tmp_path / "runs"), create=True)
 
 
 def write_experiment(folder: Path, samples: list[dict], mocks: dict, **config) -> Path:

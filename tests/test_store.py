@@ -29,6 +29,13 @@ from exprof.store.events import (
     SampleScored,
 )
 
+
+@pytest.fixture
+def store(db_url) -> Store:
+    """The store contract holds on both backends: SQLite and a real PostgreSQL."""
+    return Store.open(db_url, create=True)
+
+
 EXAMPLES = [
     RunStarted("r", "e", "mock", {"model": "m"}, "abc", 2, {}, "0.1.0"),
     DatasetChunk(0, [{"dialogue_id": "a", "system": "", "user": "u", "required_facts": []}]),
