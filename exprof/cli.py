@@ -214,6 +214,40 @@ def resume(
 
 
 @cli.command()
+@click.argument("run_id")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(readable=False),
+    help="A YAML whose metrics score the recorded responses.",
+)
+@store_options
+@click.option("--run-id", "new_run_id", help="Name the new run [default: the experiment's next].")
+@click.option("--quiet", is_flag=True, help="Hide the progress bar.")
+@output_options
+def rescore(
+    run_id: str,
+    config_path: str,
+    output_dir: str,
+    db: str | None,
+    new_run_id: str | None,
+    quiet: bool,
+    format_: str,
+) -> None:
+    """A new run scoring RUN_ID's recorded responses with FILE's metrics: no API call."""
+    from exprof.config import check_run_id, load_config
+    from exprof.runner import Runner
+
+    if new_run_id is not None:
+        check_run_id(new_run_id, "--run-id")
+    config = load_config(config_path)
+    store = open_store(db, output_dir)
+    result = Runner(store, output_dir, quiet=quiet).rescore(run_id, config, new_run_id)
+    _finish(result, format_, config.builtin_metrics)
+
+
+@cli.command()
 @click.argument("run_id", required=False)
 @click.option("--log-dir", type=click.Path(), help="Summarize an exported run directory instead.")
 @store_options

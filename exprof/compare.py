@@ -323,6 +323,12 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             f"temperature is configured differently ({a.get('temperature')} vs "
             f"{b.get('temperature')}) but neither run sent it"
         )
+    for x, y in ((a, b), (b, a)):
+        if y.get("rescore_of") and y.get("rescore_of") == x.get("run_id"):
+            del fields["mode"]  # the same answers: only the metrics scoring them differ
+            notes.append(
+                f"{y['run_id']} rescores {x['run_id']}'s recorded responses with other metrics"
+            )
     same = a.get("dataset_sha256") == b.get("dataset_sha256") and a.get("dataset_sha256")
     return {"fields": fields, "datasets_identical": bool(same), "notes": notes}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +18,7 @@ from typing import Any
 from exprof import __version__
 from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
+from exprof.clients.replay import ReplayClient
 from exprof.config import Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -30,18 +31,30 @@ from exprof.errors import (
 from exprof.export import check_export_dir, export_run
 from exprof.jsonio import dumps
 from exprof.render import Progress
-from exprof.scoring import custom, sample_events
+from exprof.scoring import custom, judge, sample_events
 from exprof.store.engine import Lease, Store
 from exprof.store.events import (
     Event,
+    JudgeScored,
+    RescoreStarted,
     RunFinished,
     RunInterrupted,
     RunResumed,
     RunStarted,
 )
-from exprof.store.record import SNAPSHOT_CHUNK, RunRecord, load_run, load_started, snapshot
+from exprof.store.record import (
+    SNAPSHOT_CHUNK,
+    RunRecord,
+    iter_samples,
+    load_run,
+    load_started,
+    recorded_responses,
+    rescore_source,
+    snapshot,
+)
 
 MOCK_BATCH = 2000  # mock samples per transaction; live runs commit as answers arrive
+JUDGE_BATCH = 200  # grader requests per transaction (and per wave of live requests)
 
 
 @dataclass(frozen=True)
@@ -100,17 +113,9 @@ class Runner:
         sends = mode == "live" and config.sends_temperature
         sent_params = {"temperature": config.temperature} if sends else {}
         digest = dataset_sha256(samples)
-        while True:
-            lease = self.store.acquire_new_run(
-                config.experiment_id, run_id, lambda n: auto_run_id(config.experiment_id, n)
-            )
-            chosen = lease.run_id
-            try:  # before any event is written: the run's export folder must be ours to fill
-                check_export_dir(self.output_dir / chosen, chosen, self.store)
-            except BaseException:
-                self.store.release_lease(lease)
-                raise
-            started = RunStarted(
+
+        def events(chosen: str) -> Iterator[Event]:
+            yield RunStarted(
                 chosen,
                 config.experiment_id,
                 mode,
@@ -121,29 +126,97 @@ class Runner:
                 __version__,
                 snapshot_chunk=SNAPSHOT_CHUNK,
             )
-            try:
-                chunks = snapshot(samples, mocks if mode == "mock" else None)
-                seq = self.store.append(chosen, itertools.chain([started], chunks), after_seq=0)
+            yield from snapshot(samples, mocks if mode == "mock" else None)
+
+        judge_specs = judge.specs(config.metrics)
+        if judge_specs:  # answers not received yet: assume each takes max_tokens
+            tasks = [t for s in samples for t in judge.tasks_for(judge_specs, s, "")]
+            self._announce(tasks, config.pricing, config.max_tokens)
+        chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
+        record = RunRecord(load_started(self.store, chosen), samples, mocks or {})
+        return self._execute(record, lease, seq, samples, concurrency, announce=False)
+
+    def rescore(self, source_run_id: str, config: Config, run_id: str | None = None) -> RunResult:
+        """A new run that answers every sample with the response `source_run_id` recorded,
+        scored with `config`'s metrics: no API call. The rest of `config` cannot change
+        recorded answers, so the source's config is kept; how `config` differs from it
+        is recorded in RescoreStarted."""
+        source = load_run(self.store, source_run_id)
+        old = source.started.config
+        applied = Config.from_dict({**old, "metrics": config.metrics}).to_dict()
+        new = config.to_dict()
+        diff = {k: {"a": old.get(k), "b": new.get(k)} for k in new if old.get(k) != new.get(k)}
+
+        def events(chosen: str) -> Iterator[Event]:
+            yield RunStarted(
+                chosen,
+                source.started.experiment_id,
+                "rescore",
+                applied,
+                source.started.dataset_sha256,
+                len(source.samples),
+                source.started.sent_params,
+                __version__,
+                snapshot_chunk=SNAPSHOT_CHUNK,
+            )
+            yield RescoreStarted(source_run_id, diff)
+            yield from snapshot(source.samples, None)
+
+        judge_specs = judge.specs(config.metrics)
+        if judge_specs:
+            if self._judge_mode(source_run_id) == "live":
+                from exprof.clients.credentials import require_credentials
+
+                require_credentials(f"rescore {source_run_id} with judge metrics")
+            answers = recorded_responses(self.store, source_run_id)
+            tasks = [
+                task
+                for sample in source.samples
+                if sample.dialogue_id in answers
+                for task in judge.tasks_for(judge_specs, sample, answers[sample.dialogue_id][0])
+            ]
+            self._announce(tasks, config.pricing)
+        chosen, lease, seq = self._begin(source.started.experiment_id, run_id, events)
+        record = RunRecord(load_started(self.store, chosen), source.samples, {})
+        return self._execute(record, lease, seq, source.samples, None, announce=False)
+
+    def _begin(
+        self, experiment_id: str, run_id: str | None, events: Callable[[str], Iterator[Event]]
+    ) -> tuple[str, Lease, int]:
+        """Take a run id (the given one, or the experiment's next) and record the run's
+        first events under its lease."""
+        while True:
+            lease = self.store.acquire_new_run(
+                experiment_id, run_id, lambda n: auto_run_id(experiment_id, n)
+            )
+            chosen = lease.run_id
+            try:  # before any event is written: the run's export folder must be ours to fill
+                check_export_dir(self.output_dir / chosen, chosen, self.store)
+                seq = self.store.append(chosen, events(chosen), after_seq=0)
             except ConcurrencyError:
                 self.store.release_lease(lease)
                 if run_id is not None:
                     raise ExprofError(f"run {run_id!r} already exists") from None
                 continue  # another process took this id first: take the next one
-            break
-        record = RunRecord(started, samples, mocks or {})
-        return self._execute(record, lease, seq, samples, concurrency)
+            except BaseException:
+                self.store.release_lease(lease)
+                raise
+            return chosen, lease, seq
 
     def resume(
         self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
     ) -> RunResult:
-        if load_started(self.store, run_id).mode == "live":
+        started = load_started(self.store, run_id)
+        if started.mode == "live" or (
+            judge.specs(started.config["metrics"]) and self._judge_mode(run_id) == "live"
+        ):
             from exprof.clients.credentials import require_credentials
 
             require_credentials(f"resume {run_id}")
         lease = self.store.acquire_lease(run_id)
         try:
             positions = self.store.pending_positions(run_id, retry_failed)
-            if not positions:
+            if not positions and not self._judge_tasks(run_id):
                 summary = export_run(self.store, run_id, self.output_dir / run_id)
                 self.store.release_lease(lease)
                 failed = summary["samples_failed"]
@@ -176,17 +249,21 @@ class Runner:
         seq: int,
         pending: list[Sample],
         concurrency: int | None,
+        announce: bool = True,
     ) -> RunResult:
         run_id = record.run_id
         began = time.monotonic()
         progress = Progress(len(pending), quiet=self.quiet)
         try:
-            if record.started.mode == "mock":
+            if record.started.mode in ("mock", "rescore"):
                 seq = self._run_mock(record, lease, seq, pending, progress)
             else:
                 from exprof.clients.live import run_live
 
                 seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
+            progress.close()
+            progress.enabled = False  # closed: the judge phase draws its own bar
+            seq = self._judge(record, seq, concurrency, announce)
         except KeyboardInterrupt:
             progress.close()
             seq = self.store.last_seq(run_id)
@@ -230,7 +307,10 @@ class Runner:
     def _run_mock(
         self, record: RunRecord, lease: Lease, seq: int, pending: list[Sample], progress: Progress
     ) -> int:
-        client = MockClient(record.mocks)
+        client: MockClient | ReplayClient = MockClient(record.mocks)
+        if record.started.mode == "rescore":
+            source = rescore_source(self.store, record.run_id).source_run_id
+            client = ReplayClient(source, recorded_responses(self.store, source))
         metrics = custom.build(record.config.metrics)
         done = errors = 0
         last_beat = time.monotonic()
@@ -250,6 +330,71 @@ class Runner:
                     self.store.heartbeat(lease)
                     last_beat = time.monotonic()
         return seq
+
+    def _judge(self, record: RunRecord, seq: int, concurrency: int | None, announce: bool) -> int:
+        """Grade every answer without a judge score yet, a batch at a time, recording each
+        grader request and reply; resumable like the answers themselves."""
+        specs = judge.specs(record.config.metrics)
+        tasks = self._judge_tasks(record.run_id) if specs else []
+        if not tasks:
+            return seq
+        if announce:
+            self._announce(tasks, record.config.pricing)
+        live = self._judge_mode(record.run_id) == "live"
+        width = concurrency or record.config.concurrency
+        progress = Progress(len(tasks), quiet=self.quiet)
+        errors = 0
+        with deferred_sigint() as interrupted:
+            for start in range(0, len(tasks), JUDGE_BATCH):
+                if interrupted():
+                    raise KeyboardInterrupt
+                chunk = tasks[start : start + JUDGE_BATCH]
+                if live:
+                    outcomes = judge.live_grade(chunk, record.config, width)
+                else:
+                    outcomes = judge.mock_grade(chunk, specs)
+                batch: list[Event] = []
+                for task, outcome in zip(chunk, outcomes, strict=True):
+                    batch.extend(judge.judge_events(task, outcome))
+                    errors += isinstance(outcome, Failure)
+                seq = self.store.append(record.run_id, batch, after_seq=seq)
+                progress.update(start + len(chunk), errors, "grading")
+        progress.close()
+        return seq
+
+    def _judge_tasks(self, run_id: str) -> list[judge.Task]:
+        """Grader requests owed: each answered sample under each judge metric, but those
+        already scored (a failed or unparsable grade is tried again)."""
+        specs = judge.specs(load_started(self.store, run_id).config["metrics"])
+        if not specs:
+            return []
+        answers = recorded_responses(self.store, run_id)
+        done = {
+            (stored.event.dialogue_id, stored.event.metric)
+            for stored in self.store.events(run_id, types=("judge_scored",))
+            if isinstance(stored.event, JudgeScored) and stored.event.value is not None
+        }
+        return [
+            task
+            for sample in iter_samples(self.store, run_id)
+            if sample.dialogue_id in answers
+            for task in judge.tasks_for(specs, sample, answers[sample.dialogue_id][0])
+            if (task.dialogue_id, task.metric) not in done
+        ]
+
+    def _judge_mode(self, run_id: str) -> str:
+        """mock or live: a rescore grades the way the run it rescores answered."""
+        mode = load_started(self.store, run_id).mode
+        while mode == "rescore":
+            run_id = rescore_source(self.store, run_id).source_run_id
+            mode = load_started(self.store, run_id).mode
+        return mode
+
+    def _announce(
+        self, tasks: list[judge.Task], pricing: dict[str, Any], answer_tokens: int = 0
+    ) -> None:
+        count, cost = judge.estimate(tasks, pricing, answer_tokens)
+        print(judge.announcement(count, cost, (t.model for t in tasks)), file=sys.stderr)
 
     # -- helpers ---------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
-from exprof.store.record import load_started
+from exprof.store.record import load_started, rescore_source
 
 
 def run_summary(store: Store, run_id: str) -> dict[str, Any]:
@@ -45,6 +45,8 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
         api_version=start.config["api_version"] if mode == "live" else None,
         sent_params=start.sent_params,
     )
+    if mode == "rescore":
+        summary["rescore_of"] = rescore_source(store, run_id).source_run_id
     summary.update(recorded.summary_fields(store, run_id, start.config))
     if failures:
         summary["failures_by_class"] = failures

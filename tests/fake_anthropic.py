@@ -8,6 +8,8 @@ not in `valid_keys` (401), a request-level parameter it rejects (400 naming it).
 Rate limits (`rpm`, `itpm`, `otpm`) are token buckets reported with the API's own
 headers, `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining,reset}`,
 and a 429 with `retry-after` (whole seconds, as the API sends) when one is empty.
+A grader prompt (a system prompt starting "You grade", as exprof's judge metrics send)
+is answered "Score: N", N from `judge_score` of the user text.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ class FakeState:
             if rng.random() < self.fault_rate:
                 return rng.choice(self.fault_kinds)
         return None
+
+
+def judge_score(user: str) -> int:
+    """The fake grader's score for a prompt: 1 to 5, fixed by the text."""
+    return 1 + zlib.crc32(user.encode()) % 5
 
 
 class Bucket:
@@ -244,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         refused = "REFUSE" in user
         text = "I'm sorry, I can't help with that." if refused else f"Answer: {user}"
+        if str(body.get("system", "")).startswith("You grade"):  # exprof's judge prompt
+            text = f"Score: {judge_score(user)}"
         output_tokens = len(text.split())
         with state.lock:
             state.successes += 1

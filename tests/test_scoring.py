@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import write_experiment
+from conftest import REPO, write_experiment
 from exprof.scoring import custom
 from exprof.store.engine import Store, store_url
 
@@ -283,3 +284,32 @@ def test_compare_uses_mcnemar_for_booleans_and_bootstrap_for_numbers(tmp_path, i
     by_dir = json.loads(invoke("compare", "runs/a", "runs/b", "--format", "json").stdout)
     assert by_dir["metrics"]["metrics.cites"] == cites
     assert by_dir["metrics"]["metrics.words"] == words
+
+
+def test_the_readme_examples_run(tmp_path, invoke):
+    """Writing a metric: the metrics list and the python example, as the README shows them."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Writing a metric", 1)[1].split("\n## ", 1)[0]
+    yaml_block, python_block = (
+        section.split("```yaml\n", 1)[1].split("```", 1)[0],
+        section.split("```python\n", 1)[1].split("```", 1)[0],
+    )
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "my_metrics.py").write_text(python_block)
+    (folder / "answer.schema.json").write_text('{"type": "object"}')
+    (folder / "judge_responses.json").write_text(json.dumps({"a": "Score: 4"}))
+    samples = [{"dialogue_id": "a", "system": "", "user": "u", "required_facts": ["wal"]}]
+    mocks = {"a": {"completion": "Please:\n1. the WAL, according to the docs", "metadata": {}}}
+    config = write_experiment(folder, samples, mocks, metrics=yaml.safe_load(yaml_block)["metrics"])
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"] == {
+        "cites": 1.0,
+        "covers_all": 0.0,
+        "has_steps": 1.0,
+        "valid_json": 0.0,
+        "concise": 1.0,
+        "polite": {"please": 1.0, "words_per_fact": 8.0},
+        "helpful": 4.0,
+    }

@@ -10,6 +10,7 @@ from typing import Any
 class Response:
     completion: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1  # API requests it took; 0 for an answer replayed from the store
 
 
 @dataclass(frozen=True)

@@ -197,12 +197,21 @@ def _parse_judge(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str
         path = next(
             (p for p in (base / path, Path.cwd() / path) if p.exists()), base / path
         ).resolve()
-    return {
+    spec: dict[str, Any] = {
         "rubric": rubric,
         "judge_model": model,
         "max_tokens": max_tokens,
         "judge_responses": str(path),
     }
+    if path.is_file():  # recorded with the run, as the mock's answers are
+        try:
+            replies = json.loads(read_text(path, "judge responses"))
+        except json.JSONDecodeError as exc:
+            raise ExprofError(f"{where}: {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        if not isinstance(replies, dict):
+            raise ExprofError(f"{where}: {path}: must be an object keyed by dialogue_id")
+        spec["mock_replies"] = replies
+    return spec
 
 
 _PARSERS: dict[str, Callable[[dict[Any, Any], str, SpecContext], dict[str, Any]]] = {

@@ -9,6 +9,7 @@ from typing import Any
 
 from exprof.scoring import custom
 from exprof.store.engine import Store
+from exprof.store.events import JudgeScored, SampleScored
 
 
 def metric_names(config: dict[str, Any]) -> list[str]:
@@ -23,22 +24,26 @@ def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, d
     if not names:
         return {}
     out: dict[str, dict[str, Any]] = {}
-    for ev in store.events(run_id, types=("sample_scored", "judge_scored")):
-        p = ev.payload
-        row = out.setdefault(p["dialogue_id"], {})
-        if ev.type == "sample_scored":
-            row.update(p.get("metrics") or {})
-            errors = p.get("metric_errors")
+    for stored in store.events(run_id, types=("sample_scored", "judge_scored")):
+        ev = stored.event
+        if isinstance(ev, SampleScored):
+            values, errors = ev.metrics or {}, ev.metric_errors or {}
+        elif isinstance(ev, JudgeScored):
+            values = {ev.metric: ev.value}
+            errors = {ev.metric: ev.error} if ev.error else {}
         else:
-            row[p["metric"]] = p["value"]
-            errors = {p["metric"]: p["error"]} if p.get("error") else None
-        if errors:
-            row.setdefault("metric_errors", {}).update(errors)
+            continue
+        row = out.setdefault(ev.dialogue_id, {})
+        row.update(values)
+        failed = row.setdefault("metric_errors", {})
+        for name in values:  # a later grade replaces an earlier failure
+            failed.pop(name, None)
+        failed.update(errors)
     # Config order, every metric present (None where a judge has not scored it yet).
     return {
         did: {
             **{name: row.get(name) for name in names},
-            **({"metric_errors": row["metric_errors"]} if "metric_errors" in row else {}),
+            **({"metric_errors": row["metric_errors"]} if row["metric_errors"] else {}),
         }
         for did, row in out.items()
     }

@@ -14,7 +14,13 @@ from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.store.engine import Store
-from exprof.store.events import DatasetChunk, MockChunk, RunStarted
+from exprof.store.events import (
+    DatasetChunk,
+    MockChunk,
+    RescoreStarted,
+    ResponseReceived,
+    RunStarted,
+)
 
 SNAPSHOT_CHUNK = 2000
 
@@ -91,3 +97,21 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
             assert isinstance(answers, MockChunk)
             mocks.update(answers.answers)
     return RunRecord(started, samples, mocks, partial=positions is not None)
+
+
+def recorded_responses(store: Store, run_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every answer the run received: dialogue_id -> (completion, metadata)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for stored in store.events(run_id, types=("response_received",), batch=5000):
+        event = stored.event
+        assert isinstance(event, ResponseReceived)
+        out[event.dialogue_id] = (event.completion, event.metadata)
+    return out
+
+
+def rescore_source(store: Store, run_id: str) -> RescoreStarted:
+    """A rescore run's source and config difference (its second event)."""
+    for stored in store.events(run_id, types=("rescore_started",)):
+        assert isinstance(stored.event, RescoreStarted)
+        return stored.event
+    raise ExprofError(f"{store.location}: run {run_id!r} is not a rescore run")

@@ -1,0 +1,172 @@
+"""Model-graded (`judge`) metrics (issue 9): the grader's prompt, its reply parsed to a
+score, the cost announced before any request, and the grading itself through the run's
+own client: the mock answers from the spec's `judge_responses`, a live run through the
+SDK. The runner records each grader request and reply as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from exprof.clients.outcome import Failure, Outcome, Response
+from exprof.config import Config
+from exprof.dataset import Sample
+from exprof.pricing import estimate_cost
+from exprof.scoring.custom import custom_specs
+from exprof.store.events import Event, JudgeRequestSent, JudgeScored
+
+SYSTEM = (
+    "You grade an assistant's answer against a rubric. Rubric: {rubric}\n"
+    "Reply with one line: 'Score: N', where N is the number the rubric asks for."
+)
+USER = "Prompt given to the assistant:\n{prompt}\n\nThe assistant's answer:\n{completion}"
+SCORE_RE = re.compile(r"score\s*[:=]\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+LEADING_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)\b")
+CHARS_PER_TOKEN = 4  # for the estimate only: recorded usage is what summaries report
+
+
+@dataclass(frozen=True)
+class Task:
+    """One grader request: a sample's answer under one judge metric."""
+
+    dialogue_id: str
+    metric: str
+    model: str
+    max_tokens: int
+    system: str
+    user: str
+
+
+def specs(metrics: Iterable[object]) -> list[dict[str, Any]]:
+    return custom_specs(metrics, "judge")
+
+
+def tasks_for(
+    judge_specs: Sequence[dict[str, Any]], sample: Sample, completion: str
+) -> Iterator[Task]:
+    prompt = f"{sample.system}\n\n{sample.user}" if sample.system else sample.user
+    for spec in judge_specs:
+        yield Task(
+            sample.dialogue_id,
+            spec["name"],
+            spec["judge_model"],
+            spec["max_tokens"],
+            SYSTEM.format(rubric=spec["rubric"]),
+            USER.format(prompt=prompt, completion=completion),
+        )
+
+
+def parse_score(reply: str) -> float:
+    """'Score: 4' anywhere in the reply (the last one wins), else a reply that starts
+    with a number; anything else is the metric's error for that sample."""
+    found = SCORE_RE.findall(reply)
+    match = found[-1] if found else None
+    if match is None:
+        leading = LEADING_NUMBER.match(reply)
+        match = leading.group(1) if leading else None
+    if match is None:
+        raise ValueError(f"no score in the grader's reply {reply[:80]!r}")
+    value = float(match)
+    if not math.isfinite(value):
+        raise ValueError(f"no finite score in the grader's reply {reply[:80]!r}")
+    return value
+
+
+def estimate(
+    tasks: Sequence[Task], pricing: dict[str, dict[str, float]], answer_tokens: int = 0
+) -> tuple[int, float | None]:
+    """How many grader requests, and their estimated cost in USD (None when a judge
+    model has no known price). `answer_tokens` stands in for answers not yet received."""
+    total = 0.0
+    for task in tasks:
+        tokens_in = (len(task.system) + len(task.user)) // CHARS_PER_TOKEN + answer_tokens
+        cost = estimate_cost(task.model, tokens_in, task.max_tokens, pricing)
+        if cost is None:
+            return len(tasks), None
+        total += cost
+    return len(tasks), round(total, 6)
+
+
+def announcement(count: int, cost: float | None, models: Iterable[str]) -> str:
+    price = f"~${cost:.4f}" if cost is not None else "cost unknown (no price for the model)"
+    return (
+        f"judge metrics: {count} grader request(s) to {', '.join(sorted(set(models)))}, "
+        f"estimated {price}"
+    )
+
+
+def judge_events(task: Task, outcome: Outcome) -> list[Event]:
+    """The grader's request and its reply (or failure), with the score parsed from it."""
+    sent = JudgeRequestSent(task.dialogue_id, task.metric, task.model, task.system, task.user)
+    value: float | None = None
+    error: str | None = None
+    if isinstance(outcome, Failure):
+        error = f"{outcome.error_class}: {outcome.message}"
+        return [sent, JudgeScored(task.dialogue_id, task.metric, None, {}, None, error)]
+    try:
+        value = parse_score(outcome.completion)
+    except ValueError as exc:
+        value, error = None, str(exc)
+    scored = JudgeScored(
+        task.dialogue_id, task.metric, outcome.completion, outcome.metadata, value, error
+    )
+    return [sent, scored]
+
+
+def mock_grade(tasks: Sequence[Task], judge_specs: Sequence[dict[str, Any]]) -> list[Outcome]:
+    """The mock grader: each spec's `judge_responses` replies, keyed by dialogue_id (a
+    string for every judge metric, or an object keyed by metric name)."""
+    replies = {spec["name"]: spec.get("mock_replies") for spec in judge_specs}
+    out: list[Outcome] = []
+    for task in tasks:
+        table = replies.get(task.metric)
+        entry = (table or {}).get(task.dialogue_id)
+        if isinstance(entry, dict):
+            entry = entry.get(task.metric)
+        if not isinstance(entry, str):
+            where = "no judge_responses file" if table is None else "no judge response"
+            out.append(
+                Failure("JudgeResponseMissing", f"{where} for {task.dialogue_id!r}", attempts=0)
+            )
+        else:
+            out.append(Response(entry, {}))
+    return out
+
+
+def live_grade(tasks: Sequence[Task], config: Config, concurrency: int) -> list[Outcome]:
+    """The grader through the SDK, as the run's own requests go: same retries, limits."""
+    from exprof.clients.limits import AdaptiveLimit
+    from exprof.clients.live import Halted, LiveClient
+
+    async def grade_all() -> list[Outcome]:
+        limiter = AdaptiveLimit(concurrency)
+        clients: dict[tuple[str, int], LiveClient] = {}
+        for task in tasks:
+            key = (task.model, task.max_tokens)
+            if key not in clients:
+                judge_config = Config.from_dict(
+                    {**config.to_dict(), "model": task.model, "max_tokens": task.max_tokens}
+                )
+                clients[key] = LiveClient(judge_config, limiter)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(task: Task) -> Outcome:
+            async with gate:
+                client = clients[(task.model, task.max_tokens)]
+                try:
+                    return await client.complete(Sample(task.dialogue_id, task.system, task.user))
+                except Halted:
+                    return Failure("Halted", "not sent: the grader failed for every request")
+
+        try:
+            return list(await asyncio.gather(*(one(t) for t in tasks)))
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    return asyncio.run(grade_all())
