@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -63,6 +64,13 @@ def top_option(help_text: str) -> Callable[..., Any]:
     return click.option(
         "--top", type=click.IntRange(min=0), default=10, show_default=True, help=help_text
     )
+
+
+poll_option = click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.001),
+    help="Batch runs: seconds between polls at first, backing off [default: batch_poll_s].",
+)
 
 
 def open_store(
@@ -140,6 +148,12 @@ def cli() -> None:
     help="Force the offline mock or the live API [default: live when ANTHROPIC_API_KEY is set].",
 )
 @click.option("--concurrency", type=int, help="Requests in flight (overrides the config).")
+@click.option(
+    "--batch/--no-batch",
+    default=None,
+    help="Send through the Message Batches API at half the price [default: the config's batch].",
+)
+@poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @output_options
 def run(
@@ -149,6 +163,8 @@ def run(
     run_id: str | None,
     mock: bool | None,
     concurrency: int | None,
+    batch: bool | None,
+    poll_interval: float | None,
     quiet: bool,
     format_: str,
 ) -> None:
@@ -161,15 +177,19 @@ def run(
     if run_id is not None:
         check_run_id(run_id, "--run-id")
     config = load_config(config_path)
+    if batch is not None:
+        config = dataclasses.replace(config, batch=batch)
     samples = load_dataset(config.dataset_path)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
+    if config.batch and not live:
+        click.echo("note: batch mode applies to live runs; the mock answers at once", err=True)
     if live:
         from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
-    runner = Runner(store, output_dir, quiet=quiet)
+    runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
     result = runner.run(
         config,
         samples,
@@ -191,6 +211,7 @@ def run(
     show_default=True,
     help="Send the samples that failed before again.",
 )
+@poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @output_options
 def resume(
@@ -199,6 +220,7 @@ def resume(
     db: str | None,
     concurrency: int | None,
     retry_failed: bool,
+    poll_interval: float | None,
     quiet: bool,
     format_: str,
 ) -> None:
@@ -207,7 +229,7 @@ def resume(
 
     _check_concurrency(concurrency)
     store = open_store(db, output_dir)
-    result = Runner(store, output_dir, quiet=quiet).resume(
+    result = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval).resume(
         run_id, concurrency=concurrency, retry_failed=retry_failed
     )
     _finish(result, format_)
@@ -291,6 +313,8 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         "geometric_mean",
         "next step",
     ]
+    if any(r.get("batches") for r in rows):  # batch runs: their batches' state and counts
+        headers.insert(-1, "batches")
     if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them
         headers.insert(-1, "metrics")
     click.echo(render([[_cell(r.get(h)) for h in headers] for r in rows], headers, format_, rows))
@@ -399,6 +423,20 @@ def report(
         refs, lambda: open_store(db, output_dir, readonly=True), output_dir, out, top
     )
     click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_id")
+@store_options
+def cancel(run_id: str, output_dir: str, db: str | None) -> None:
+    """Cancel a batch run's in-flight batches on purpose (not sent again on resume)."""
+    from exprof.batch_run import cancel_run
+
+    cancelled = cancel_run(open_store(db, output_dir), run_id)
+    click.echo(
+        f"cancelled {len(cancelled)} batch(es) of {run_id}: {', '.join(cancelled)}", err=True
+    )
+    click.echo(f"record what they finished with: exprof resume {run_id}", err=True)
 
 
 @cli.command()

@@ -41,6 +41,8 @@ OPTIONAL_KEYS = (
     "timeout_s",
     "api_version",
     "pricing",
+    "batch",
+    "batch_poll_s",
 )
 
 
@@ -61,6 +63,8 @@ class Config:
     timeout_s: float = DEFAULT_TIMEOUT_S
     api_version: str = SDK_API_VERSION
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
+    batch: bool = False  # send through the Message Batches API (issue 13)
+    batch_poll_s: float | None = None  # first poll interval; None: the batch runner's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +259,14 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["api_version"] = _string(raw["api_version"], where("api_version"))
     if "pricing" in raw:
         out["pricing"] = _pricing(raw["pricing"], where("pricing"))
+    if "batch" in raw:
+        if not isinstance(raw["batch"], bool):
+            raise ExprofError(
+                f"{where('batch')}: must be true or false, got {_describe(raw['batch'])}"
+            )
+        out["batch"] = raw["batch"]
+    if "batch_poll_s" in raw:
+        out["batch_poll_s"] = _number(raw["batch_poll_s"], where("batch_poll_s"), 0.001, None)
     return Config(**out)
 
 

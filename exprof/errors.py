@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_SAMPLES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class ExprofError(Exception):
@@ -23,3 +24,10 @@ class ConcurrencyError(ExprofError):
 
 class LeaseHeldError(ExprofError):
     """Another live process holds the run."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (record, release, print the resume hint) but with
+    exit code 143."""
+
+    exit_code = EXIT_TERMINATED

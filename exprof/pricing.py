@@ -20,6 +20,7 @@ PRICES_PER_MTOK: dict[str, dict[str, float]] = {
     "claude-3-opus": {"input": 15.0, "output": 75.0},
     "claude-3-haiku": {"input": 0.25, "output": 1.25},
 }
+BATCH_DISCOUNT = 0.5  # the Message Batches API bills every token at half the list price
 _DATED = re.compile(r"-(\d{8}|latest)$")
 
 

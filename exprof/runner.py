@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +92,17 @@ def dataset_sha256(samples: list[Sample]) -> str:
 class Runner:
     """Starts and resumes runs on a Store; usable from Python without the CLI."""
 
-    def __init__(self, store: Store, output_dir: str | Path, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        output_dir: str | Path,
+        quiet: bool = True,
+        poll_interval: float | None = None,
+    ) -> None:
         self.store = store
         self.output_dir = Path(output_dir)
         self.quiet = quiet
+        self.poll_interval = poll_interval  # batch runs: overrides the config's batch_poll_s
 
     # -- entry points ----------------------------------------------------------
 
@@ -238,7 +245,9 @@ class Runner:
         except BaseException:
             self.store.release_lease(lease)
             raise
-        return self._execute(record, lease, seq, record.samples, concurrency)
+        return self._execute(
+            record, lease, seq, record.samples, concurrency, positions=sorted(positions)
+        )
 
     # -- the work --------------------------------------------------------------
 
@@ -250,13 +259,29 @@ class Runner:
         pending: list[Sample],
         concurrency: int | None,
         announce: bool = True,
+        positions: Sequence[int] | None = None,
     ) -> RunResult:
+        """Send `pending`, the samples at dataset `positions` (ascending; default: all)."""
         run_id = record.run_id
         began = time.monotonic()
         progress = Progress(len(pending), quiet=self.quiet)
         try:
             if record.started.mode in ("mock", "rescore"):
                 seq = self._run_mock(record, lease, seq, pending, progress)
+            elif record.config.batch:
+                from exprof.batch_run import run_batch
+
+                seq = run_batch(
+                    self.store,
+                    lease,
+                    seq,
+                    record.config,
+                    run_id,
+                    range(len(pending)) if positions is None else positions,
+                    pending,
+                    progress,
+                    self.poll_interval,
+                )
             else:
                 from exprof.clients.live import run_live
 
@@ -264,7 +289,7 @@ class Runner:
             progress.close()
             progress.enabled = False  # closed: the judge phase draws its own bar
             seq = self._judge(record, seq, concurrency, announce)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             progress.close()
             seq = self.store.last_seq(run_id)
             self.store.append(
@@ -277,7 +302,7 @@ class Runner:
             return RunResult(
                 run_id,
                 summary,
-                EXIT_INTERRUPTED,
+                getattr(stop, "exit_code", EXIT_INTERRUPTED),  # 143 after SIGTERM
                 f"interrupted; continue with: exprof resume {run_id}",
             )
         except BaseException:

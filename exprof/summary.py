@@ -9,9 +9,10 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import export_complete, read_text
-from exprof.pricing import estimate_cost
+from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
+from exprof.store.batches import batch_state
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
 from exprof.store.record import load_started, rescore_source
@@ -60,6 +61,8 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
             summary["requests_per_second"] = round(requests / sum(durations), 1)
         cost = estimate_cost(config["model"], ok.input_tokens, ok.output_tokens, config["pricing"])
         summary["estimated_cost_usd"] = cost if cost is not None else "cost unknown"
+        if config.get("batch"):
+            summary.update(batch_costs(cost))
     if latencies:
         summary["latency_ms"] = {
             "p50": metrics.percentile(latencies, 50),
@@ -68,6 +71,14 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
             "max": latencies[-1],
         }
     return summary
+
+
+def batch_costs(full: float | None) -> dict[str, Any]:
+    """Batch runs pay BATCH_DISCOUNT of the list price: the cost, and what it saved."""
+    if full is None:
+        return {"batch": True}
+    cost = round(full * BATCH_DISCOUNT, 6)
+    return {"batch": True, "estimated_cost_usd": cost, "batch_saving_usd": round(full - cost, 6)}
 
 
 def read_exported_summary(log_dir: Path) -> dict[str, Any]:
@@ -115,9 +126,12 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         }
         row.update(metrics.aggregate(coverage_sum, refused, done))
         # Custom metric means, read from the events only for runs that have them.
-        custom = recorded.summary_fields(store, run_id, load_started(store, run_id).config)
+        config = load_started(store, run_id).config
+        custom = recorded.summary_fields(store, run_id, config)
         if custom:
             row["metrics"] = custom["metrics"]
+        if config.get("batch"):
+            row["batches"] = batch_state(store, run_id).describe()
         row["next step"] = next_step
         out.append(row)
     return out

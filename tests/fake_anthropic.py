@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from fake_batches import PREFIX as BATCHES
+from fake_batches import FakeBatches
+
 FAULTS = ("429", "529", "500", "drop", "hang")
 # Faults a script may name besides FAULTS: a credential echoed back (as a 401, as a
 # retryable 500, as a text body), a 403, a 400 naming a parameter and one about the sample.
@@ -140,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.startswith(BATCHES):
+            return self.server.batches.handle(self, "POST")
         state = self.server.state
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         user = body.get("messages", [{}])[0].get("content", "")
@@ -176,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         """/stats: the counters a benchmark in another process needs."""
+        if self.path.startswith(BATCHES):
+            return self.server.batches.handle(self, "GET")
         state = self.server.state
         self.request_id = "req_stats"
         self.answered = True
@@ -353,6 +360,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
     state: FakeState
+    batches: FakeBatches
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client killed mid-request (the crash tests) is expected, not news
@@ -364,11 +372,16 @@ class FakeAnthropic:
     def __init__(self, **settings: object) -> None:
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.state = FakeState(**settings)  # type: ignore[arg-type]
+        self.server.batches = FakeBatches()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def state(self) -> FakeState:
         return self.server.state
+
+    @property
+    def batches(self) -> FakeBatches:
+        return self.server.batches
 
     @property
     def url(self) -> str:

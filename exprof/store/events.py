@@ -164,6 +164,74 @@ class RunFinished(Event):
     duration_s: float
 
 
+@dataclass(frozen=True)
+class BatchIntent(Event):
+    """Written before a Message Batches create call (issue 13): which samples the batch
+    will carry, as [start, stop) position ranges, and a lower bound on its creation time,
+    so that a resume after a crash between the call and BatchSubmitted can find the batch
+    in the API's list (by creation time and request count) instead of paying again."""
+
+    type: ClassVar[str] = "batch_intent"
+    intent: int  # 1, 2, ... within the run; part of every custom_id it sends
+    ranges: list[list[int]]
+    requests: int
+    body_bytes: int
+    not_before: float  # epoch seconds, taken before the create call
+
+
+@dataclass(frozen=True)
+class BatchSubmitted(Event):
+    """The batch an intent created; `adopted` when a resume found it in the API's list."""
+
+    type: ClassVar[str] = "batch_submitted"
+    intent: int
+    batch_id: str
+    created_at: str
+    requests: int
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class BatchVoided(Event):
+    """An intent that created no batch (the create call failed, or a resume found nothing
+    in the list): its samples are sent again under a new intent."""
+
+    type: ClassVar[str] = "batch_voided"
+    intent: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchPolled(Event):
+    """A batch's processing status and request counts, when they changed (for `runs`)."""
+
+    type: ClassVar[str] = "batch_polled"
+    batch_id: str
+    status: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BatchEnded(Event):
+    """Every result of the batch is recorded (or queued to be sent again)."""
+
+    type: ClassVar[str] = "batch_ended"
+    batch_id: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BatchCancelled(Event):
+    """`exprof cancel`: these batches were cancelled on purpose, so their canceled
+    requests are recorded as failures instead of being sent again."""
+
+    type: ClassVar[str] = "batch_cancelled"
+    batch_ids: list[str]
+
+
+BATCH_EVENTS = (BatchIntent, BatchSubmitted, BatchVoided, BatchPolled, BatchEnded, BatchCancelled)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -180,6 +248,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RescoreStarted,
         RunInterrupted,
         RunFinished,
+        *BATCH_EVENTS,
     )
 }
 

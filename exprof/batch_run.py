@@ -1,0 +1,395 @@
+"""Batch runs (issue 13): samples go out as Message Batches at half the price, and no
+batch is ever lost to a crash.
+
+The protocol, in events: BatchIntent (which samples, and a clock reading) is committed
+before each create call, BatchSubmitted (the batch id) after it. A resume that finds an
+intent with neither a batch nor a void looks for its batch in the API's list, by
+creation time and request count, and adopts it (BatchSubmitted adopted=True) or voids
+the intent (BatchVoided) and sends its samples again. Ended batches are streamed,
+joined on custom_id and recorded through scoring.sample_events like any answer; then
+BatchEnded. A crash while ingesting only means the batch is read again: samples already
+recorded are skipped.
+
+The one remaining window: a batch that the API created but does not yet list (or lists
+with a creation time more than LIST_SKEW_S before our clock reading) when a resume
+reconciles its intent is voided and its samples are sent, and paid for, again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from exprof.clients.batch import (
+    BODY_OVERHEAD,
+    LIST_SKEW_S,
+    MAX_BYTES,
+    MAX_REQUESTS,
+    BatchClient,
+    BatchInfo,
+    api_errors,
+    create_body,
+    outcome_of,
+    parse_custom_id,
+    request_line,
+    run_tag,
+    stop_on,
+)
+from exprof.clients.credentials import require_credentials
+from exprof.clients.outcome import Failure
+from exprof.config import Config
+from exprof.dataset import Sample
+from exprof.errors import ConcurrencyError, ExprofError, Terminated
+from exprof.render import Progress
+from exprof.scoring import custom, sample_events
+from exprof.store.batches import Batch, BatchState, batch_state, iter_ranges, to_ranges
+from exprof.store.engine import Lease, Store
+from exprof.store.events import (
+    BatchCancelled,
+    BatchEnded,
+    BatchIntent,
+    BatchPolled,
+    BatchSubmitted,
+    BatchVoided,
+    Event,
+)
+from exprof.store.record import load_started
+
+DEFAULT_POLL_S = 5.0
+POLL_CAP_S = 60.0
+POLL_BACKOFF = 1.5
+INGEST_FLUSH = 5000  # events per transaction while ingesting results
+HEARTBEAT_S = 10.0
+POLL_EVENT_EVERY_S = 10.0  # a batch's changing counts are recorded at most this often
+
+
+class _Stop(Exception):
+    """A signal arrived: stop at this safe point."""
+
+
+@contextlib.contextmanager
+def signals_as_flags() -> Iterator[Callable[[], int | None]]:
+    """SIGINT and SIGTERM become a flag checked at safe points: waiting on a batch is
+    never cut inside a transaction, and never cancels the batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    caught: list[int] = []
+    handler = lambda signum, frame: caught.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: caught[0] if caught else None
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def run_batch(
+    store: Store,
+    lease: Lease,
+    seq: int,
+    config: Config,
+    run_id: str,
+    positions: Sequence[int],
+    pending: list[Sample],
+    progress: Progress,
+    poll_s: float | None = None,
+) -> int:
+    """Send `pending` (at dataset `positions`, ascending) as batches, wait, record the
+    results; return the run's last seq. Raises KeyboardInterrupt (Terminated for
+    SIGTERM) after a signal, once what has arrived is recorded."""
+    session = _BatchSession(store, lease, seq, config, run_id, positions, pending, progress)
+    session.poll_s = poll_s or config.batch_poll_s or DEFAULT_POLL_S
+    with signals_as_flags() as signalled:
+        session.signalled = signalled
+        try:
+            session.run()
+        except _Stop:
+            session.flush()
+            if signalled() == signal.SIGTERM:
+                raise Terminated from None
+            raise KeyboardInterrupt from None
+        finally:
+            session.client.close()
+    return session.seq
+
+
+class _BatchSession:
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        seq: int,
+        config: Config,
+        run_id: str,
+        positions: Sequence[int],
+        pending: list[Sample],
+        progress: Progress,
+    ) -> None:
+        self.store, self.lease, self.seq = store, lease, seq
+        self.config, self.run_id = config, run_id
+        self.positions, self.pending, self.progress = positions, pending, progress
+        self.owed = bytearray(b"\x01") * len(pending)  # by slot: no answer recorded yet
+        self.tag = run_tag(run_id)
+        self.metrics = custom.build(config.metrics)
+        self.client = BatchClient(config)
+        self.state: BatchState = batch_state(store, run_id)
+        self.arrived: list[Event] = []
+        self.done = self.errors = 0
+        self.poll_s = DEFAULT_POLL_S
+        self.signalled: Callable[[], int | None] = lambda: None
+        self.last_beat = time.monotonic()
+        self.polled_at: dict[str, float] = {}
+        self.last_info: dict[str, BatchInfo] = {}
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        for intent in self.state.unresolved:
+            self.reconcile(intent)
+        live = self.state.live_ranges()
+        queue = [p for p in self.positions if not live.contains(p)]
+        delay = self.poll_s
+        while queue or self.state.live:
+            if queue:
+                queue = self.submit(queue)
+                continue
+            ended = False
+            for batch in self.state.live:
+                info = self.poll(batch)
+                if info is not None and info.status == "ended":
+                    queue += self.ingest(batch, info)
+                    ended = True
+            self.show()
+            if ended or queue or not self.state.live:
+                delay = self.poll_s
+                continue
+            self.wait(delay)
+            delay = min(delay * POLL_BACKOFF, max(POLL_CAP_S, self.poll_s))
+
+    def submit(self, queue: list[int]) -> list[int]:
+        """Send one batch from the head of `queue` (split at the API's limits); return
+        the rest."""
+        self.check()
+        intent_no = self.state.next_intent
+        taken: list[int] = []
+        size = BODY_OVERHEAD
+        for pos in queue:
+            if len(taken) == MAX_REQUESTS:
+                break
+            grow = len(self.line(intent_no, pos)) + (1 if taken else 0)
+            if taken and size + grow > MAX_BYTES:
+                break
+            size += grow
+            taken.append(pos)
+        rest = queue[len(taken) :]
+        taken.sort()
+        intent = BatchIntent(intent_no, to_ranges(taken), len(taken), size, time.time())
+        self.append([intent])
+        self.state.intents[intent_no] = intent
+        body = create_body(self.line(intent_no, pos) for pos in taken)
+        try:
+            info = self.client.create(body)
+        except api_errors(self.client) as exc:
+            if self.client.describe_error(exc) is not None:
+                self.void(intent, "the create call was refused")
+                stop_on(self.client, exc)
+            # The call may have created the batch all the same: look before sending again.
+            if not self.reconcile(intent):
+                self.wait(self.poll_s)
+                return taken + rest
+            return rest
+        self.record_batch(intent, info, adopted=False)
+        return rest
+
+    def reconcile(self, intent: BatchIntent) -> bool:
+        """Adopt the batch an intent created, found in the API's list, or void it."""
+        claimed = set(self.state.batches)
+        best: BatchInfo | None = None
+        try:
+            for info in self.client.list_since(intent.not_before):
+                if info.batch_id in claimed or info.total != intent.requests:
+                    continue
+                if info.created_epoch < intent.not_before - LIST_SKEW_S:
+                    continue
+                gap = abs(info.created_epoch - intent.not_before)
+                if best is None or gap < abs(best.created_epoch - intent.not_before):
+                    best = info
+        except api_errors(self.client) as exc:
+            stop_on(self.client, exc)
+            raise ExprofError(
+                f"cannot list the Message Batches to check intent {intent.intent}: {exc}; "
+                f"resume again later: exprof resume {self.run_id}",
+                exit_code=1,
+            ) from None
+        if best is None:
+            self.void(intent, "not in the list of batches")
+            return False
+        self.record_batch(intent, best, adopted=True)
+        return True
+
+    def poll(self, batch: Batch) -> BatchInfo | None:
+        self.check()
+        try:
+            info = self.client.retrieve(batch.batch_id)
+        except api_errors(self.client) as exc:
+            stop_on(self.client, exc)
+            return None  # waited out: the next poll asks again
+        self.last_info[batch.batch_id] = info
+        now = time.monotonic()
+        changed = info.status != batch.status or info.counts != batch.counts
+        due = now - self.polled_at.get(batch.batch_id, 0.0) >= POLL_EVENT_EVERY_S
+        if changed and (due or info.status != batch.status) and info.status != "ended":
+            self.append([BatchPolled(batch.batch_id, info.status, info.counts)])
+            batch.status, batch.counts = info.status, dict(info.counts)
+            self.polled_at[batch.batch_id] = now
+        self.beat()
+        return info
+
+    def ingest(self, batch: Batch, info: BatchInfo) -> list[int]:
+        """Record an ended batch's results; return the positions to send again."""
+        cancelled = batch_state(self.store, self.run_id).batches[batch.batch_id].cancelled
+        intent = self.state.intents[batch.intent]
+        for result in self.client.results(batch.batch_id):
+            parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
+            if parsed is None or parsed[0] != batch.intent:
+                continue  # not a request of this batch: never ours to record
+            pos = parsed[1]
+            slot = self.slot(pos)
+            if slot is None or not self.owed[slot]:
+                continue  # recorded before a crash, or not owed in this session
+            body = result.get("result") or {}
+            attempts = 1 if body.get("type") == "succeeded" else self.state.attempts(pos)
+            outcome = outcome_of(body, self.config, attempts)
+            if outcome == "canceled" and cancelled:
+                outcome = Failure("batch_canceled", "cancelled with exprof cancel", None, attempts)
+            if isinstance(outcome, str):
+                continue  # left owed: sent again below
+            self.arrived.extend(sample_events(self.pending[slot], outcome, self.metrics))
+            self.owed[slot] = 0
+            self.done += 1
+            self.errors += isinstance(outcome, Failure)
+            if len(self.arrived) >= INGEST_FLUSH:
+                self.flush()
+                self.show()
+                self.check()
+        self.flush()
+        again = []
+        for pos in iter_ranges(intent.ranges):
+            slot = self.slot(pos)
+            if slot is not None and self.owed[slot]:
+                again.append(pos)
+        self.append([BatchEnded(batch.batch_id, info.counts)])
+        batch.ended, batch.status, batch.counts = True, "ended", dict(info.counts)
+        return again
+
+    # -- helpers -----------------------------------------------------------------
+
+    def line(self, intent_no: int, pos: int) -> bytes:
+        return request_line(self.config, self.tag, intent_no, pos, self.pending[self.slot(pos)])  # type: ignore[index]
+
+    def slot(self, pos: int) -> int | None:
+        """Where a dataset position sits in `pending`, if it is owed in this session."""
+        positions = self.positions
+        if isinstance(positions, range):
+            return pos - positions.start if pos in positions else None
+        k = bisect.bisect_left(positions, pos)
+        return k if k < len(positions) and positions[k] == pos else None
+
+    def record_batch(self, intent: BatchIntent, info: BatchInfo, adopted: bool) -> None:
+        self.append(
+            [BatchSubmitted(intent.intent, info.batch_id, info.created_at, info.total, adopted)]
+        )
+        self.state.batches[info.batch_id] = Batch(
+            intent.intent, info.batch_id, info.created_at, info.total
+        )
+
+    def void(self, intent: BatchIntent, reason: str) -> None:
+        self.append([BatchVoided(intent.intent, reason)])
+        self.state.voided.add(intent.intent)
+
+    def append(self, events: list[Event]) -> None:
+        self.flush()
+        self.commit(events)
+
+    def flush(self) -> None:
+        if self.arrived:
+            batch, self.arrived = self.arrived, []
+            self.commit(batch)
+        self.beat()
+
+    def commit(self, events: list[Event]) -> None:
+        try:
+            self.seq = self.store.append(self.run_id, events, after_seq=self.seq)
+        except ConcurrencyError:
+            # `exprof cancel` records its BatchCancelled while we hold the lease (the
+            # only other writer a lease admits): our events were rolled back whole, so
+            # append them after it.
+            self.seq = self.store.append(
+                self.run_id, events, after_seq=self.store.last_seq(self.run_id)
+            )
+
+    def beat(self) -> None:
+        if time.monotonic() - self.last_beat > HEARTBEAT_S:
+            self.store.heartbeat(self.lease)
+            self.last_beat = time.monotonic()
+
+    def check(self) -> None:
+        if self.signalled() is not None:
+            raise _Stop
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def show(self) -> None:
+        totals: dict[str, int] = {}
+        for batch in self.state.live:
+            info = self.last_info.get(batch.batch_id)
+            for key, value in (info.counts if info else {}).items():
+                totals[key] = totals.get(key, 0) + value
+        counts = " ".join(
+            f"{key} {totals.get(key, 0)}"
+            for key in ("processing", "succeeded", "errored", "expired")
+        )
+        self.progress.update(self.done, self.errors, f"batches {len(self.state.live)}: {counts}")
+
+
+def cancel_run(store: Store, run_id: str) -> list[str]:
+    """Cancel a batch run's in-flight batches on purpose; their canceled requests are
+    then recorded as failures, not sent again. Returns the batch ids cancelled."""
+    config = Config.from_dict(load_started(store, run_id).config)
+    if not config.batch:
+        raise ExprofError(f"run {run_id!r} is not a batch run: there is nothing to cancel")
+    require_credentials(f"cancel {run_id}")
+    state = batch_state(store, run_id)
+    live = [b.batch_id for b in state.live if not b.cancelled]
+    if not live:
+        raise ExprofError(f"run {run_id!r} has no batch in flight to cancel")
+    client = BatchClient(config)
+    try:
+        for batch_id in live:
+            try:
+                client.cancel(batch_id)
+            except api_errors(client) as exc:
+                stop_on(client, exc)
+                raise ExprofError(f"cannot cancel {batch_id}: {exc}", exit_code=1) from None
+    finally:
+        client.close()
+    # The worker waiting on the run (if any) appends too: take the next free seq.
+    for _ in range(50):
+        try:
+            store.append(run_id, [BatchCancelled(live)], after_seq=store.last_seq(run_id))
+            return live
+        except ConcurrencyError:
+            time.sleep(0.05)
+    raise ExprofError(f"run {run_id!r}: could not record the cancel; try again", exit_code=1)
