@@ -58,6 +58,7 @@ class FakeBatches:
     created: int = 0
     billed: int = 0
     submitted: int = 0
+    polls: int = 0  # retrieve calls
     body_sizes: list[int] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,6 +83,8 @@ class FakeBatches:
         if batch is None:
             return handler._error(404, "not_found_error", f"no batch {parts[0]}")
         if method == "GET" and len(parts) == 1:
+            with self.lock:
+                self.polls += 1
             return handler._send(200, self.describe(batch, handler))
         if method == "POST" and parts[1:] == ["cancel"]:
             with self.lock:

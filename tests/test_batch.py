@@ -177,6 +177,15 @@ def test_errors_past_max_retries_are_recorded_as_failures(tmp_path, fake, invoke
     assert server.batches.created == 2  # the first try and one retry
 
 
+def test_polls_back_off_from_the_poll_interval(tmp_path, fake, invoke):
+    server = fake()
+    server.batches.processing_s = 1.5
+    config = experiment(tmp_path, batch_samples(3), batch_poll_s=30)
+    assert invoke("run", "--config", str(config), "--poll-interval", "0.02").exit_code == 0
+    # Every 0.02 s would be ~75 polls; 30 s (the config, overridden) would be 2.
+    assert 4 <= server.batches.polls <= 20
+
+
 def test_batch_split_at_the_request_limit(tmp_path, fake, invoke, monkeypatch):
     import exprof.batch_run
 
@@ -327,6 +336,45 @@ def kill_loop_fake() -> FakeAnthropic:
     return server
 
 
+PHASES = {
+    "batch_intent": "submit",
+    "batch_voided": "submit",
+    "batch_submitted": "poll",
+    "batch_polled": "poll",
+    "batch_ended": "poll",
+    "run_resumed": "poll",
+    "request_sent": "ingest",
+    "response_received": "ingest",
+    "sample_scored": "ingest",
+    "sample_failed": "ingest",
+    "run_finished": "export",
+}
+
+WORK = str(tuple(t for t, phase in PHASES.items() if t != "run_resumed"))
+
+
+def kill_soon(proc: subprocess.Popen, db: Path, delay: float) -> str | None:
+    """SIGKILL `delay` s after the process writes its first batch or answer event (so
+    each life makes progress); return the phase its last event shows, or None when it
+    finished first."""
+    before = peek(db, "SELECT max(id) FROM events") or 0
+    progress = f"SELECT count(*) FROM events WHERE id > {before} AND type IN {WORK}"
+    deadline = time.monotonic() + 120
+    while not peek(db, progress):
+        if proc.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.01)
+    try:
+        proc.wait(timeout=delay)
+        return None
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    last = peek(db, "SELECT type FROM events ORDER BY id DESC LIMIT 1")
+    return PHASES.get(str(last), str(last))
+
+
 @pytest.mark.slow
 def test_kill_9_loop_never_loses_or_pays_twice(tmp_path):
     samples = batch_samples(400)
@@ -343,6 +391,7 @@ def test_kill_9_loop_never_loses_or_pays_twice(tmp_path):
         reference.__exit__()
     expected = exported(tmp_path / "ref" / "runs" / "r")
     rng = random.Random(13)
+    phases: dict[str, int] = {}
     kills = runs_done = 0
     while kills < 22:
         work = tmp_path / f"w{runs_done}"
@@ -358,25 +407,23 @@ def test_kill_9_loop_never_loses_or_pays_twice(tmp_path):
                     else ("run", "--config", str(config), "--run-id", "r")
                 )
                 proc = exprof(*args, cwd=work, env=env_for(server))
-                try:
-                    proc.wait(timeout=rng.uniform(0.3, 1.6))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                    kills += 1
-                    continue
-                status, err = finish(proc)
-                assert status == 0, err
-                break
+                phase = kill_soon(proc, db, rng.uniform(0.0, 0.8))
+                if phase is None:
+                    status, err = finish(proc)
+                    assert status == 0, err
+                    break
+                kills += 1
+                phases[phase] = phases.get(phase, 0) + 1
             status, err = finish(exprof("resume", "r", cwd=work, env=env_for(server)))
             assert status == 0, err
             assert exported(work / "runs" / "r") == expected
             # Nothing paid twice: the same batches, requests and bills as the uninterrupted run.
             assert (server.batches.created, server.batches.billed) == (ref_created, ref_billed)
+            assert server.batches.submitted == reference.batches.submitted
         finally:
             server.__exit__()
         runs_done += 1
     print(
-        f"kill loop: {kills} kills over {runs_done} run(s); each run {ref_created} batches, "
-        f"{ref_billed} requests billed for {len(samples)} samples"
+        f"kill loop: {kills} kills {phases} over {runs_done} run(s); each run {ref_created} "
+        f"batches created, {ref_billed} requests billed for {len(samples)} samples"
     )

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from exprof.clients.credentials import redact
+from exprof.clients.live import build_request
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
@@ -54,17 +55,12 @@ def parse_custom_id(value: str, tag: str) -> tuple[int, int] | None:
 
 
 def batch_params(config: Config, sample: Sample) -> dict[str, Any]:
-    """A batch request's params: the Messages body, sampling parameters only where the
-    configured API version takes them (the create call sends that version)."""
-    params: dict[str, Any] = {
-        "model": config.model,
-        "max_tokens": config.max_tokens,
-        "messages": [{"role": "user", "content": sample.user}],
-    }
-    if sample.system:
-        params["system"] = sample.system
-    if config.sends_temperature:
-        params["temperature"] = config.temperature
+    """A batch request's params: the live request's body, with sampling parameters (only
+    there where the configured API version takes them) moved into it; the create call
+    sends that version."""
+    params = build_request(config, sample)
+    params.pop("extra_headers", None)
+    params.update(params.pop("extra_body", {}))
     return params
 
 
