@@ -199,8 +199,9 @@ def test_batch_split_at_the_request_limit(tmp_path, fake, invoke, monkeypatch):
 
 
 @pytest.mark.slow
-def test_batch_split_at_256_mb_with_large_prompts(tmp_path, fake, invoke):
-    """Large synthetic prompts: 300 of 1 MB split into two bodies, each at most 256 MB."""
+def test_batch_split_at_256_mb_with_large_prompts(tmp_path, fake, invoke, monkeypatch):
+    """Large synthetic prompts: 215 of 1.25 MB split into two bodies, each at most 256 MB."""
+    monkeypatch.setenv("EXPROF_MAX_INPUT_BYTES", str(1 << 30))  # the dataset is ~270 MB
     server = fake()
     server.batches.processing_s = 0.0
     big = "word " * (1 << 18)  # 1.25 MB
