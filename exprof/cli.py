@@ -109,6 +109,13 @@ def echo_summary(
 class ExprofGroup(click.Group):
     """Turns expected failures into one `Error: ...` line and the SPEC's exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A shell cannot pass a NUL byte, but a program calling us can; every path
+        # function would then raise ValueError, so refuse it once, here.
+        if any("\x00" in arg for arg in args):
+            raise click.UsageError("an argument contains a NUL byte", ctx)
+        return super().parse_args(ctx, args)
+
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:

@@ -452,6 +452,18 @@ FLAG_CASES = [
         )
     ],
     ("export-unknown-to", ["export", "nope", "--to", "newdir"], "no run 'nope'"),
+    # a NUL byte (a caller, not a shell, can pass one): found by the CLI fuzz
+    *[
+        (f"nul-byte-{i}", args, "an argument contains a NUL byte")
+        for i, args in enumerate(
+            [
+                ["export", "exp", "--output-dir", "\x00"],
+                ["run", "--config", "e/config.yaml\x00"],
+                ["summarize", "--log-dir", "a\x00b"],
+                ["compare", "exp", "\x00"],
+            ]
+        )
+    ],
 ]
 
 
