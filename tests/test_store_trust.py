@@ -71,10 +71,7 @@ def one_run(tmp_path, invoke):
 
 def test_reading_commands_never_migrate_an_older_store(one_run, invoke):
     _, db = one_run
-    raw = sqlite3.connect(db)
-    raw.execute("UPDATE alembic_version SET version_num = '0002'")
-    raw.commit()
-    raw.close()
+    _sql(db, "UPDATE alembic_version SET version_num = '0002'")
     for args in (["runs"], ["summarize", "exp"], ["export", "exp"], ["doctor"]):
         result = invoke(*args)
         assert result.exit_code == 2
