@@ -14,6 +14,12 @@ from exprof.store import projections
 from exprof.store.engine import SCHEMA_HEAD, Store, store_url
 from exprof.store.events import (
     EVENT_TYPES,
+    BatchCancelled,
+    BatchEnded,
+    BatchIntent,
+    BatchPolled,
+    BatchSubmitted,
+    BatchVoided,
     DatasetChunk,
     JudgeRequestSent,
     JudgeScored,
@@ -52,6 +58,12 @@ EXAMPLES = [
     RescoreStarted("source", {"metrics": {"a": ["fact_coverage"], "b": ["fact_coverage"]}}),
     RunInterrupted("Ctrl-C"),
     RunFinished(1, 1, 2.5),
+    BatchIntent(1, [[0, 10], [12, 20]], 18, 4096, 1700000000.5),
+    BatchSubmitted(1, "msgbatch_01", "2026-01-01T00:00:00Z", 18, True),
+    BatchVoided(1, "never created"),
+    BatchPolled("msgbatch_01", "in_progress", {"processing": 18}),
+    BatchEnded("msgbatch_01", {"succeeded": 17, "errored": 1}),
+    BatchCancelled(["msgbatch_01"]),
 ]
 
 
