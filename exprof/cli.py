@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from exprof.errors import EXIT_INTERRUPTED, EXIT_USAGE, ExprofError
+from exprof.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    ExprofError,
+    Terminated,
+    interruption,
+)
 from exprof.render import FORMATS, render, safe_text
 
 METRICS_FIRST = ("fact_coverage", "refusal_rate", "geometric_mean")
@@ -118,18 +128,40 @@ class ExprofGroup(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except ExprofError as exc:
-            click.echo(f"Error: {safe_text(exc.message)}", err=True)
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except click.ClickException as exc:
-            click.echo(f"Error: {safe_text(exc.format_message())}", err=True)
-            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        with sigterm_as_interrupt():
+            try:
+                rv = super().main(*args, **kwargs)
+            except ExprofError as exc:
+                click.echo(f"Error: {safe_text(exc.message)}", err=True)
+                sys.exit(exc.exit_code)
+            except click.exceptions.Abort as exc:  # click's wrapping of a KeyboardInterrupt
+                if isinstance(exc.__cause__, Terminated):
+                    click.echo("Error: interrupted by SIGTERM", err=True)
+                    sys.exit(EXIT_TERMINATED)
+                click.echo("Error: interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            except click.ClickException as exc:
+                click.echo(f"Error: {safe_text(exc.format_message())}", err=True)
+                sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+            sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Terminated, a KeyboardInterrupt, wherever Ctrl-C would raise one,
+    instead of killing the process with no word; the runner defers both at unsafe points."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise interruption(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=ExprofGroup, context_settings={"help_option_names": ["-h", "--help"]})

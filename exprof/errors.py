@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_SAMPLES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM stopped
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ExprofError(Exception):
@@ -27,7 +30,21 @@ class LeaseHeldError(ExprofError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (record, release, print the resume hint) but with
-    exit code 143."""
+    """SIGTERM (what containers, CI runners and systemd send), handled as Ctrl-C is
+    (record, release, print the resume hint) but with exit code 143. A KeyboardInterrupt,
+    so every path that handles one handles both."""
 
     exit_code = EXIT_TERMINATED
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    """The exception that a stop signal becomes."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def stop_name(exc: BaseException) -> str:
+    return "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+
+
+def stop_exit_code(exc: BaseException) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED

@@ -22,11 +22,14 @@ from exprof.clients.replay import ReplayClient
 from exprof.config import Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SAMPLES_FAILED,
+    STOP_SIGNALS,
     ConcurrencyError,
     ExprofError,
+    interruption,
+    stop_exit_code,
+    stop_name,
 )
 from exprof.export import check_export_dir, export_run
 from exprof.jsonio import dumps
@@ -66,19 +69,31 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Turn Ctrl-C into a flag the caller checks at safe points, so that it can never
-    interrupt a transaction half-way (and leave its connection holding the write lock).
+def deferred_signals() -> Iterator[Callable[[], None]]:
+    """Turn Ctrl-C and SIGTERM into a flag, so that neither can interrupt a transaction
+    half-way (and leave its connection holding the write lock). The caller calls the
+    yielded check at safe points: it raises the signal's KeyboardInterrupt there. On
+    leaving, a signal caught since the last check is raised too, so none is lost.
     Outside the main thread, where handlers cannot be set, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: None
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def check() -> None:
+        if caught:
+            raise interruption(caught[0])
+
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+        for signum in STOP_SIGNALS
+    }
     try:
-        yield lambda: bool(caught)
+        yield check
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    check()
 
 
 def dataset_sha256(samples: list[Sample]) -> str:
@@ -224,7 +239,11 @@ class Runner:
         try:
             positions = self.store.pending_positions(run_id, retry_failed)
             if not positions and not self._judge_tasks(run_id):
-                summary = export_run(self.store, run_id, self.output_dir / run_id)
+                try:
+                    summary = export_run(self.store, run_id, self.output_dir / run_id)
+                except KeyboardInterrupt as stop:
+                    self.store.release_lease(lease)
+                    return self._stopped_exporting(run_id, stop)
                 self.store.release_lease(lease)
                 failed = summary["samples_failed"]
                 if failed:
@@ -266,58 +285,51 @@ class Runner:
         began = time.monotonic()
         progress = Progress(len(pending), quiet=self.quiet)
         try:
-            if record.started.mode in ("mock", "rescore"):
-                seq = self._run_mock(record, lease, seq, pending, progress)
-            elif record.config.batch:
-                from exprof.batch_run import run_batch
+            # Signals are flags throughout; the mock and the judge check between commits,
+            # the live session and the batch client take them themselves.
+            with deferred_signals() as check:
+                if record.started.mode in ("mock", "rescore"):
+                    seq = self._run_mock(record, lease, seq, pending, progress, check)
+                elif record.config.batch:
+                    from exprof.batch_run import run_batch
 
-                seq = run_batch(
-                    self.store,
-                    lease,
-                    seq,
-                    record.config,
-                    run_id,
-                    range(len(pending)) if positions is None else positions,
-                    pending,
-                    progress,
-                    self.poll_interval,
-                )
-            else:
-                from exprof.clients.live import run_live
+                    seq = run_batch(
+                        self.store,
+                        lease,
+                        seq,
+                        record.config,
+                        run_id,
+                        range(len(pending)) if positions is None else positions,
+                        pending,
+                        progress,
+                        self.poll_interval,
+                    )
+                else:
+                    from exprof.clients.live import run_live
 
-                seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
-            progress.close()
-            progress.enabled = False  # closed: the judge phase draws its own bar
-            seq = self._judge(record, seq, concurrency, announce)
+                    seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
+                progress.close()
+                progress.enabled = False  # closed: the judge phase draws its own bar
+                seq = self._judge(record, seq, concurrency, announce)
         except KeyboardInterrupt as stop:
             progress.close()
-            seq = self.store.last_seq(run_id)
-            self.store.append(
-                run_id,
-                [RunInterrupted("interrupted by Ctrl-C")],
-                after_seq=seq,
-            )
-            summary = self._export(record)
-            self.store.release_lease(lease)
-            return RunResult(
-                run_id,
-                summary,
-                getattr(stop, "exit_code", EXIT_INTERRUPTED),  # 143 after SIGTERM
-                f"interrupted; continue with: exprof resume {run_id}",
-            )
+            return self._interrupted(record, lease, stop)
         except BaseException:
             self.store.release_lease(lease)
             raise
         progress.close()
         try:
-            counts = self.store.sample_status_counts(run_id)
-            failed = counts.get("failed", 0)
-            self.store.append(
-                run_id,
-                [RunFinished(counts.get("ok", 0), failed, round(time.monotonic() - began, 3))],
-                after_seq=seq,
-            )
-            summary = self._export(record)
+            with deferred_signals():
+                counts = self.store.sample_status_counts(run_id)
+                failed = counts.get("failed", 0)
+                self.store.append(
+                    run_id,
+                    [RunFinished(counts.get("ok", 0), failed, round(time.monotonic() - began, 3))],
+                    after_seq=seq,
+                )
+            summary = self._export(record)  # a signal here abandons the export, see below
+        except KeyboardInterrupt as stop:
+            return self._stopped_exporting(run_id, stop)
         finally:
             self.store.release_lease(lease)
         if failed:
@@ -329,8 +341,45 @@ class Runner:
             )
         return RunResult(run_id, summary, EXIT_OK, f"run {run_id} complete")
 
+    def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:
+        """After Ctrl-C or SIGTERM: record the stop, export what there is, hand over."""
+        run_id = record.run_id
+        try:
+            with deferred_signals():  # a second signal must not cut this record short
+                seq = self.store.last_seq(run_id)
+                self.store.append(
+                    run_id, [RunInterrupted(f"interrupted by {stop_name(stop)}")], after_seq=seq
+                )
+            summary = self._export(record)
+        except KeyboardInterrupt as again:
+            return self._stopped_exporting(run_id, again)
+        finally:
+            self.store.release_lease(lease)
+        return RunResult(
+            run_id,
+            summary,
+            stop_exit_code(stop),
+            f"interrupted; continue with: exprof resume {run_id}",
+        )
+
+    def _stopped_exporting(self, run_id: str, stop: KeyboardInterrupt) -> RunResult:
+        """A signal during the export: what is recorded stands, and `resume` finishes
+        the export (it exports a run with nothing left to send)."""
+        return RunResult(
+            run_id,
+            {},
+            stop_exit_code(stop),
+            f"interrupted during the export; finish it with: exprof resume {run_id}",
+        )
+
     def _run_mock(
-        self, record: RunRecord, lease: Lease, seq: int, pending: list[Sample], progress: Progress
+        self,
+        record: RunRecord,
+        lease: Lease,
+        seq: int,
+        pending: list[Sample],
+        progress: Progress,
+        check_signals: Callable[[], None],
     ) -> int:
         client: MockClient | ReplayClient = MockClient(record.mocks)
         if record.started.mode == "rescore":
@@ -339,21 +388,19 @@ class Runner:
         metrics = custom.build(record.config.metrics)
         done = errors = 0
         last_beat = time.monotonic()
-        with deferred_sigint() as interrupted:
-            for start in range(0, len(pending), MOCK_BATCH):
-                if interrupted():  # Ctrl-C lands here, between commits, never inside one
-                    raise KeyboardInterrupt
-                batch: list[Event] = []
-                for sample in pending[start : start + MOCK_BATCH]:
-                    outcome = client.complete(sample)
-                    errors += isinstance(outcome, Failure)
-                    batch.extend(sample_events(sample, outcome, metrics))
-                seq = self.store.append(record.run_id, batch, after_seq=seq)
-                done = min(start + MOCK_BATCH, len(pending))
-                progress.update(done, errors)
-                if time.monotonic() - last_beat > 5:
-                    self.store.heartbeat(lease)
-                    last_beat = time.monotonic()
+        for start in range(0, len(pending), MOCK_BATCH):
+            check_signals()  # Ctrl-C / SIGTERM land here, between commits, never inside one
+            batch: list[Event] = []
+            for sample in pending[start : start + MOCK_BATCH]:
+                outcome = client.complete(sample)
+                errors += isinstance(outcome, Failure)
+                batch.extend(sample_events(sample, outcome, metrics))
+            seq = self.store.append(record.run_id, batch, after_seq=seq)
+            done = min(start + MOCK_BATCH, len(pending))
+            progress.update(done, errors)
+            if time.monotonic() - last_beat > 5:
+                self.store.heartbeat(lease)
+                last_beat = time.monotonic()
         return seq
 
     def _judge(self, record: RunRecord, seq: int, concurrency: int | None, announce: bool) -> int:
@@ -369,10 +416,9 @@ class Runner:
         width = concurrency or record.config.concurrency
         progress = Progress(len(tasks), quiet=self.quiet)
         errors = 0
-        with deferred_sigint() as interrupted:
+        with deferred_signals() as check:
             for start in range(0, len(tasks), JUDGE_BATCH):
-                if interrupted():
-                    raise KeyboardInterrupt
+                check()
                 chunk = tasks[start : start + JUDGE_BATCH]
                 if live:
                     outcomes = judge.live_grade(chunk, record.config, width)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -11,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import make_samples, write_experiment
 from exprof.clients.credentials import redact
 from exprof.clients.limits import AdaptiveLimit
 from exprof.store import projections
 from exprof.store.engine import Store, store_url
+from fake_anthropic import FakeAnthropic
 
 
 def experiment(tmp_path: Path, n: int, **config) -> Path:
@@ -220,44 +222,60 @@ def test_redact_masks_any_anthropic_key(monkeypatch):
     assert redact("a plainsecret and sk-ant-xyz_1-2 b") == "a [redacted] and sk-ant-[redacted] b"
 
 
-def test_ctrl_c_records_what_arrived_exits_130_and_resumes(tmp_path, fake):
-    server = fake(latency=0.2)
-    config = experiment(tmp_path, 200, concurrency=4)
-    env = {**os.environ}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exprof", "run", "--config", str(config), "--quiet"],
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exprof", *args, "--quiet"],
         cwd=tmp_path,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def stop_after(server: FakeAnthropic, successes: int, proc: subprocess.Popen, sig: int) -> str:
+    """Send `sig` once the server has answered `successes` requests; return stderr."""
     deadline = time.monotonic() + 30
-    while server.state.successes < 12 and time.monotonic() < deadline:
+    while server.state.successes < successes and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
-    assert "exprof resume exp" in stderr
+    return stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "what"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "interrupted")],
+)
+def test_ctrl_c_or_sigterm_records_what_arrived_and_resumes(tmp_path, fake, sig, code, what):
+    server = fake(latency=0.2)
+    config = experiment(tmp_path, 200, concurrency=4)
+    proc = start(tmp_path, "run", "--config", str(config))
+    stderr = stop_after(server, 12, proc, sig)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"{what}; continue with: exprof resume exp"
     db = tmp_path / "runs" / "exprof.db"
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = Store.open(store_url(None, "runs"))
+    assert store.lease("exp") is None  # released
     done = sum(response_counts().values())
     assert 12 <= done < 200
     with store.write() as conn:
         before = conn.exec_driver_sql("SELECT * FROM samples ORDER BY idx").all()
         projections.rebuild(conn)
         assert conn.exec_driver_sql("SELECT * FROM samples ORDER BY idx").all() == before
+    # A resume is stopped the same way.
+    resuming = start(tmp_path, "resume", "exp")
+    stderr = stop_after(server, server.state.successes + 8, resuming, sig)
+    assert resuming.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"{what}; continue with: exprof resume exp"
+    assert store.lease("exp") is None
+    done = sum(response_counts().values())
+    reasons = [e.payload["reason"] for e in store.events("exp", types=("run_interrupted",))]
+    assert reasons == [f"interrupted by {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'}"] * 2
     sent_before = server.state.requests
-    resumed = subprocess.run(
-        [sys.executable, "-m", "exprof", "resume", "exp", "--quiet", "--concurrency", "32"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = start(tmp_path, "resume", "exp", "--concurrency", "32")
+    _, stderr = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, stderr
     assert set(response_counts().values()) == {1} and len(response_counts()) == 200
     assert server.state.requests - sent_before == 200 - done
 

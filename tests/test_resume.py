@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_samples, write_experiment
+from exprof.errors import Terminated
 from exprof.store import projections
 from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
@@ -247,14 +248,55 @@ def start_and_catch(tmp_path: Path, config: Path, sig: int) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_then_resume_in_mock_mode(tmp_path, slow_mock_run):
-    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGINT)
-    code, err = finish(proc)
-    assert code == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted; continue with: exprof resume r"
-    [row] = listed_runs(tmp_path)
+STOPS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "interrupted")]
+
+
+@pytest.mark.parametrize(("sig", "code", "what"), STOPS)
+def test_ctrl_c_or_sigterm_then_resume_in_mock_mode(tmp_path, slow_mock_run, sig, code, what):
+    proc = start_and_catch(tmp_path, slow_mock_run, sig)
+    returned, err = finish(proc)
+    assert returned == code, err
+    assert err.strip().splitlines()[-1] == f"{what}; continue with: exprof resume r"
+    [row] = listed_runs(tmp_path)  # the lease is released: not "running"
     assert (row["status"], row["next step"]) == ("interrupted", "exprof resume r")
+    # The resume is stopped the same way, and resumed again.
+    db = tmp_path / "runs" / "exprof.db"
+    before = done_count(db)
+    resuming = exprof("resume", "r", cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while done_count(db) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    resuming.send_signal(sig)
+    returned, err = finish(resuming)
+    assert returned == code, err
+    assert err.strip().splitlines()[-1] == f"{what}; continue with: exprof resume r"
+    reasons = peek(
+        db, "SELECT group_concat(payload, '|') FROM events WHERE type = 'run_interrupted'"
+    )
+    assert str(reasons).count("Ctrl-C" if sig == signal.SIGINT else "SIGTERM") == 2
     assert_resume_gives_the_reference(tmp_path)
+
+
+@pytest.mark.parametrize(("sig", "code", "what"), STOPS)
+def test_a_signal_during_the_export_leaves_a_run_resume_finishes(
+    tmp_path, slow_mock_run, sig, code, what
+):
+    proc = exprof("run", "--config", str(slow_mock_run), "--run-id", "r", cwd=tmp_path)
+    db = tmp_path / "runs" / "exprof.db"
+    finished = "SELECT count(*) FROM events WHERE type = 'run_finished'"
+    deadline = time.monotonic() + 60
+    while not peek(db, finished) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)  # 60,000 samples take about a second to export
+    returned, err = finish(proc)
+    assert returned == code, err
+    assert err.strip().splitlines()[-1] == (
+        f"{what} during the export; finish it with: exprof resume r"
+    )
+    assert not (tmp_path / "runs" / "r" / "summary.json").exists()
+    code, err = finish(exprof("resume", "r", cwd=tmp_path))
+    assert code == 0, err
+    assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
 
 
 def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_run):
@@ -321,13 +363,18 @@ def test_resuming_a_complete_run_sends_nothing_and_re_exports(tmp_path, invoke, 
     assert json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())["mode"] == "live"
 
 
-def test_ctrl_c_in_mock_mode_waits_for_a_safe_point():
-    from exprof.runner import deferred_sigint
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)]
+)
+def test_ctrl_c_and_sigterm_wait_for_a_safe_point(signum, raised):
+    from exprof.runner import deferred_signals
 
-    before = signal.getsignal(signal.SIGINT)
-    with deferred_sigint() as interrupted:
-        assert not interrupted()
-        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt here: only a flag
+    before = signal.getsignal(signum)
+    with pytest.raises(raised) as caught, deferred_signals() as check:
+        check()
+        os.kill(os.getpid(), signum)  # no KeyboardInterrupt here: only a flag
         time.sleep(0.05)
-        assert interrupted()
-    assert signal.getsignal(signal.SIGINT) is before
+        check()  # the safe point: raised here
+    assert caught.type is raised
+    assert caught.traceback[-1].name == "check"
+    assert signal.getsignal(signum) is before

@@ -25,7 +25,7 @@ from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
-from exprof.errors import ExprofError
+from exprof.errors import STOP_SIGNALS, ExprofError, interruption
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
 from exprof.store.engine import Lease, Store
@@ -201,7 +201,7 @@ class _LiveSession:
         self.committed: asyncio.Future[None] | None = None
         self.crashed: list[BaseException] = []
         self.done = self.errors = 0
-        self.stopping = False
+        self.stopping: int | None = None  # the stop signal, once one arrives
         self.fatal: str | None = None  # the cause, once an error will hit every request
         self.last_beat = time.monotonic()
 
@@ -213,7 +213,11 @@ class _LiveSession:
         # concurrency; requests actually in flight by the adaptive limit, inside complete().
         workers = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        # The loop's handlers replace the runner's, and removing them would leave
+        # Python's defaults (SIGTERM: die at once), so the runner's are put back after.
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, signum)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(sample: Sample) -> None:
@@ -234,13 +238,13 @@ class _LiveSession:
         try:
             for sample in pending:
                 await workers.acquire()
-                if self.stopping or self.crashed or self.fatal:
+                if self.stopping is not None or self.crashed or self.fatal:
                     workers.release()
                     break
                 task = asyncio.create_task(one(sample))
                 tasks.add(task)
                 task.add_done_callback(self._settle(tasks))
-            while tasks and not (self.stopping or self.fatal):
+            while tasks and self.stopping is None and not self.fatal:
                 await asyncio.wait(set(tasks), timeout=0.2)
                 if not self.arrived:  # nothing answered for a while: still beat, so a
                     self._flush()  # stale heartbeat can mean a dead holder (leases.py)
@@ -248,7 +252,9 @@ class _LiveSession:
             if self.crashed:
                 raise self.crashed[0]
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum, handler in previous.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)
             self._flush()
             await client.close()
         if self.fatal:
@@ -258,8 +264,8 @@ class _LiveSession:
                 self.record.run_id, [RunInterrupted(reason)], after_seq=self.seq
             )
             raise ExprofError(self.fatal)
-        if self.stopping:
-            raise KeyboardInterrupt
+        if self.stopping is not None:
+            raise interruption(self.stopping)
         return self.seq
 
     def _settle(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
@@ -282,10 +288,11 @@ class _LiveSession:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
-    def _on_sigint(self) -> None:
-        if not self.stopping:
-            self.stopping = True
-            print("\nCtrl-C: finishing the requests in flight...", file=sys.stderr)
+    def _on_signal(self, signum: int) -> None:
+        if self.stopping is None:
+            self.stopping = signum
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n{name}: finishing the requests in flight...", file=sys.stderr)
 
     async def _record(self, events: list[Event]) -> None:
         """Queue a sample's events and wait until they are committed."""
