@@ -43,7 +43,9 @@ OPTIONAL_KEYS = (
     "pricing",
     "batch",
     "batch_poll_s",
+    "rate_limit",
 )
+RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Config:
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
     batch: bool = False  # send through the Message Batches API (issue 13)
     batch_poll_s: float | None = None  # first poll interval; None: the batch runner's default
+    rate_limit: dict[str, int] = field(default_factory=dict)  # a cap below the org's limits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,6 +270,8 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["batch"] = raw["batch"]
     if "batch_poll_s" in raw:
         out["batch_poll_s"] = _number(raw["batch_poll_s"], where("batch_poll_s"), 0.001, None)
+    if "rate_limit" in raw:
+        out["rate_limit"] = _rate_limit(raw["rate_limit"], where("rate_limit"))
     return Config(**out)
 
 
@@ -320,6 +325,19 @@ def _choices(value: object, where: str, allowed: tuple[str, ...]) -> list[str]:
         if item not in allowed:
             raise ExprofError(f"{where}: {item!r} is not one of {', '.join(allowed)}")
     return list(value)
+
+
+def _rate_limit(value: object, where: str) -> dict[str, int]:
+    """{rpm, itpm, otpm}: requests, input and output tokens per minute, each optional."""
+    keys = ", ".join(RATE_LIMIT_KEYS)
+    if not isinstance(value, dict) or not value:
+        raise ExprofError(f"{where}: must be a mapping of {keys} to a per-minute limit")
+    out = {}
+    for key, limit in value.items():
+        if key not in RATE_LIMIT_KEYS:
+            raise ExprofError(f"{where}: unknown key {str(key)!r}; the keys are {keys}")
+        out[key] = _integer(limit, f"{where}.{key}", minimum=1)
+    return out
 
 
 def _pricing(value: object, where: str) -> dict[str, dict[str, float]]:

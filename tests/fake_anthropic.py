@@ -57,6 +57,7 @@ class FakeState:
     burst_s: float = 1.0  # each bucket holds this many seconds of its refill
     buckets: dict[str, Bucket] = field(default_factory=dict)
     rate_limited: int = 0  # requests answered 429 by a bucket
+    output_tokens: int = 0  # in successful answers
     first_success: float | None = None
     last_success: float | None = None
     requests: int = 0
@@ -191,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "requests": state.requests,
                 "successes": state.successes,
                 "rate_limited": state.rate_limited,
+                "output_tokens": state.output_tokens,
                 "first_success": state.first_success,
                 "last_success": state.last_success,
             }
@@ -263,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         output_tokens = len(text.split())
         with state.lock:
             state.successes += 1
+            state.output_tokens += output_tokens
             now = time.monotonic()
             state.first_success = state.first_success or now
             state.last_success = now

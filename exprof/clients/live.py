@@ -21,7 +21,7 @@ from typing import Any
 
 from exprof.clients.credentials import redact
 from exprof.clients.fatal import fatal_cause
-from exprof.clients.limits import AdaptiveLimit
+from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
@@ -62,6 +62,10 @@ class LiveClient:
         self.anthropic = anthropic
         self.config = config
         self.limiter = limiter
+        self.pacer = pacer_for(config.model)  # shared by everything in this process
+        if config.rate_limit:
+            self.pacer.cap(config.rate_limit, time.monotonic())
+        self.gate = Gate(self.pacer)
         self.client = anthropic.AsyncAnthropic(
             base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
             max_retries=0,
@@ -73,31 +77,50 @@ class LiveClient:
         """The sample's Response or final Failure; raises Halted instead of sending once
         the run is halted, so that the sample stays pending."""
         request = build_request(self.config, sample)
+        chars = len(sample.user) + len(sample.system or "")
         attempts = 0
         while True:
             attempts += 1
             await self.limiter.acquire()  # every attempt, retries too, waits for a slot
-            if self.halted:
-                self.limiter.release()
-                raise Halted
-            started = time.perf_counter()
+            cost = self.pacer.estimate(chars, self.config.max_tokens)
+            settled = False
             try:
-                message = await self.client.messages.create(**request)
+                await self.gate.enter(cost)  # ... and for the rate limits
+                if self.halted:
+                    raise Halted
+                started = time.perf_counter()
+                raw = await self.client.messages.with_raw_response.create(**request)
+                message = await raw.parse()
             except self.anthropic.APIStatusError as exc:
-                retry = exc.status_code in RETRYABLE_STATUS
-                if exc.status_code == 429:
+                headers = exc.response.headers
+                informed = self.pacer.settle(cost, headers, time.monotonic())
+                settled = True
+                if exc.status_code == 429 and not informed:
+                    # No rate-limit headers to pace by: AIMD, and everyone waits it out.
                     self.limiter.on_rate_limited()
+                    self.pacer.hold(_retry_after(headers) or 0.0, time.monotonic())
+                retry = exc.status_code in RETRYABLE_STATUS
                 said = redact(_api_message(exc))
                 fatal = fatal_cause(exc.status_code, said, self.config.model)
                 failure = Failure(type(exc).__name__, said, exc.status_code, attempts, fatal)
-                headers = exc.response.headers
             except self.anthropic.APIConnectionError as exc:
                 retry, headers = True, None
                 failure = Failure(type(exc).__name__, redact(str(exc)), None, attempts)
             else:
+                usage = message.usage
+                self.pacer.settle(
+                    cost,
+                    raw.headers,
+                    time.monotonic(),
+                    usage=(usage.input_tokens, usage.output_tokens),
+                    chars=chars,
+                )
+                settled = True
                 self.limiter.on_success()
                 return self._response(message, attempts, time.perf_counter() - started)
             finally:
+                if not settled:  # no answer to learn from: only give the estimate back
+                    self.pacer.settle(cost, None, time.monotonic())
                 self.limiter.release()
             if failure.fatal:
                 self.halted = True
@@ -105,6 +128,10 @@ class LiveClient:
             if not retry or attempts > self.config.max_retries:
                 return failure
             await asyncio.sleep(_backoff(attempts, headers))
+
+    def status(self) -> str:
+        """For the progress bar: the rate limit holding the run back, or the AIMD limit."""
+        return self.pacer.status(time.monotonic()) or f"in-flight limit {self.limiter.limit}"
 
     def _response(self, message: Any, attempts: int, elapsed: float) -> Response:
         text = "".join(block.text for block in message.content if block.type == "text")
@@ -140,8 +167,8 @@ def _api_message(exc: Any) -> str:
     return str(exc.message)
 
 
-def _backoff(attempt: int, headers: Any) -> float:
-    """Honour retry-after(-ms) when the server sends it; else exponential with full jitter."""
+def _retry_after(headers: Any) -> float | None:
+    """The server's retry-after(-ms), in seconds, if it sent one."""
     if headers is not None:
         for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
             value = headers.get(name)
@@ -150,6 +177,15 @@ def _backoff(attempt: int, headers: Any) -> float:
                     return min(float(value) * scale, RETRY_AFTER_CAP_S)
                 except ValueError:
                     pass
+    return None
+
+
+def _backoff(attempt: int, headers: Any) -> float:
+    """Honour retry-after(-ms) exactly when the server sends it; else exponential with
+    full jitter."""
+    after = _retry_after(headers)
+    if after is not None:
+        return after
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
 
 
@@ -231,7 +267,7 @@ class _LiveSession:
                 await self._record(sample_events(sample, outcome, metrics))
                 self.done += 1
                 self.errors += isinstance(outcome, Failure)
-                self.progress.update(self.done, self.errors, f"in-flight limit {limiter.limit}")
+                self.progress.update(self.done, self.errors, client.status())
             finally:
                 workers.release()
 
