@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from test_live import experiment
 
-from exprof.clients.limits import RatePacer
+from exprof.clients.limits import RatePacer, pacer_for
 from exprof.clients.live import _backoff
 from fake_anthropic import Bucket
 
@@ -280,3 +280,12 @@ def test_a_bad_rate_limit_is_a_clean_error(tmp_path, invoke, value, error):
     assert result.exit_code == 2
     assert result.stderr == f"Error: {config}: {error}\n"
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_pacer_per_model_endpoint_and_cap_in_a_process():
+    shared = pacer_for("m", "http://127.0.0.1:1")
+    assert pacer_for("m", "http://127.0.0.1:1") is shared  # a matrix's cells, judge calls
+    assert pacer_for("other", "http://127.0.0.1:1") is not shared
+    capped = pacer_for("m", "http://127.0.0.1:1", {"rpm": 60})
+    assert capped is not shared and capped.buckets["requests"].limit == 60
+    assert shared.buckets == {}  # one config's cap never slows another config's run

@@ -17,12 +17,13 @@ holds the request's cost, so a run goes at the binding limit without crossing it
 - `rate_limit: {rpm, itpm, otpm}` in the config caps each limit below the org's, from
   the first request, for sharing a key.
 
-Sharing. There is one RatePacer per model in a process (`pacer_for`), so everything
-that runs at once there (the cells of a matrix, retries, several sessions) draws on
-the same buckets. Across processes (several workers on one key), each worker paces
-itself: the server's `remaining` counts every worker's spend, so each one's level is
-capped by what is really left and together they follow the server's bucket; a
-`rate_limit` cap is per process, so give each of N workers 1/N of the share.
+Sharing. There is one RatePacer per model (and endpoint, and `rate_limit` cap) in a
+process (`pacer_for`), so everything that runs at once there (the cells of a matrix,
+judge requests, retries, several sessions) draws on the same buckets. Across
+processes (several workers on one key), each worker paces itself: the server's
+`remaining` counts every worker's spend, so each one's level is capped by what is
+really left and together they follow the server's bucket; a `rate_limit` cap is per
+process, so give each of N workers 1/N of the share.
 """
 
 from __future__ import annotations
@@ -228,14 +229,21 @@ class Gate:
                 await asyncio.sleep(wait)
 
 
-_PACERS: dict[str, RatePacer] = {}
+_PACERS: dict[tuple[str, str, tuple[tuple[str, int], ...]], RatePacer] = {}
 _PACERS_LOCK = threading.Lock()
 
 
-def pacer_for(model: str) -> RatePacer:
-    """The process's one RatePacer for `model`."""
+def pacer_for(model: str, endpoint: str = "", caps: Mapping[str, int] | None = None) -> RatePacer:
+    """The process's one RatePacer for `model` at `endpoint` under `caps` (a config's
+    `rate_limit`), so that one config's cap never slows another config's run."""
+    key = (endpoint, model, tuple(sorted((caps or {}).items())))
     with _PACERS_LOCK:
-        return _PACERS.setdefault(model, RatePacer())
+        pacer = _PACERS.get(key)
+        if pacer is None:
+            pacer = _PACERS[key] = RatePacer()
+            if caps:
+                pacer.cap(caps, time.monotonic())
+        return pacer
 
 
 def _number(value: str | None) -> float | None:

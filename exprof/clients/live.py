@@ -62,12 +62,12 @@ class LiveClient:
         self.anthropic = anthropic
         self.config = config
         self.limiter = limiter
-        self.pacer = pacer_for(config.model)  # shared by everything in this process
-        if config.rate_limit:
-            self.pacer.cap(config.rate_limit, time.monotonic())
+        endpoint = os.environ.get("ANTHROPIC_BASE_URL") or ""
+        # Shared by everything in this process that calls this model there.
+        self.pacer = pacer_for(config.model, endpoint, config.rate_limit)
         self.gate = Gate(self.pacer)
         self.client = anthropic.AsyncAnthropic(
-            base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
+            base_url=endpoint or None,
             max_retries=0,
             timeout=config.timeout_s,
         )
