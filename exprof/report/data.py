@@ -15,7 +15,7 @@ from typing import Any
 from exprof.compare import Side
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
-from exprof.scoring.builtin import score
+from exprof.store.events import SampleFailed
 from exprof.store.record import iter_samples, load_started
 
 # Long answers are cut in the page (the full text is in the store and the exports), so
@@ -120,38 +120,31 @@ def run_data(side: Side) -> RunData:
     if side.store is None:
         return _dir_data(Path(side.label), side)
     store, run_id = side.store, side.summary["run_id"]
-    answers: dict[str, tuple[str, dict[str, Any]]] = {}
-    scores: dict[str, tuple[float, bool, list[str] | None]] = {}
-    failures: dict[str, tuple[str, str]] = {}
-    types = ("response_received", "sample_scored", "sample_failed")
-    for ev in store.events(run_id, types=types):
-        p = ev.payload
-        if ev.type == "response_received":
-            answers[p["dialogue_id"]] = (p["completion"], p.get("metadata") or {})
-        elif ev.type == "sample_scored":
-            scores[p["dialogue_id"]] = (p["fact_coverage"], p["refused"], p.get("facts_missing"))
-        else:
-            failures[p["dialogue_id"]] = (p["error_class"], p["message"])
+    # Answers with their recorded scores come from the samples projection; only the
+    # failures (few, normally) are read from their events.
+    answers = {r.response.dialogue_id: r for r in store.scored_responses(run_id)}
+    failures = {
+        ev.event.dialogue_id: (ev.event.error_class, ev.event.message)
+        for ev in store.events(run_id, types=(SampleFailed.type,))
+        if isinstance(ev.event, SampleFailed)
+    }
     custom = _custom_by_id(side)
     vocab = Vocab()
     rows = []
     for sample in iter_samples(store, run_id):
         did = sample.dialogue_id
-        answer, scored = answers.get(did), scores.get(did)
-        status = "ok" if answer else "failed" if did in failures else "pending"
-        facts = vocab.ids(sample.required_facts)
-        marks = None
+        scored = answers.get(did)
+        status = "ok" if scored else "failed" if did in failures else "pending"
+        answer = marks = None
         if scored is not None:
-            missing = scored[2]
-            if missing is None and answer is not None:  # scored before facts_missing existed
-                missing = score(answer[0], sample.required_facts)[1]
-            marks = (scored[0], scored[1], vocab.ids(missing or []))
+            answer = (scored.response.completion, scored.response.metadata)
+            marks = (scored.fact_coverage, scored.refused, vocab.ids(scored.facts_missing))
         rows.append(
             _row(
                 did,
                 status,
                 sample.user,
-                facts,
+                vocab.ids(sample.required_facts),
                 answer,
                 marks,
                 None if answer else failures.get(did),
