@@ -492,3 +492,35 @@ def test_custom_metric_values_in_chromium(browser, tmp_path, invoke):
     )
     assert chips == ["cites = true"]
     assert_clean(browser, url)
+
+
+def test_table_pages_sorts_and_filters_in_chromium(browser, tmp_path, invoke):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    samples, mocks = make_samples(120, refuse_every=10, missing_every=40)
+    run(invoke, write_experiment(tmp_path / "e", samples, mocks, experiment_id="paged"))
+    url = open_page(browser, Path(_report_path(invoke, "paged")))
+
+    def shown() -> list[str]:
+        return browser.execute_script(
+            "return Array.from(document.querySelectorAll('#rows-body td.id'), td => td.textContent)"
+        )
+
+    def count() -> str:
+        return browser.find_element(By.ID, "row-count").text
+
+    assert shown() == [f"d{i:05d}" for i in range(50)] and count() == "1–50 of 120"
+    browser.find_elements(By.CSS_SELECTOR, "#samples .toolbar.bottom button.next")[0].click()
+    assert shown()[0] == "d00050" and count() == "51–100 of 120"
+    header = browser.find_element(By.XPATH, "//th[text()='coverage']")
+    header.click()  # numbers sort high to low first; blanks (failed samples) stay last
+    assert count() == "1–50 of 120"
+    browser.find_elements(By.CSS_SELECTOR, "#samples button.next")[0].click()
+    browser.find_elements(By.CSS_SELECTOR, "#samples button.next")[0].click()
+    assert shown()[-3:] == ["d00000", "d00040", "d00080"]
+    Select(browser.find_element(By.ID, "status-filter")).select_by_value("refused")
+    WebDriverWait(browser, 30).until(lambda d: count() == "1–9 of 9 (filtered from 120)")
+    Select(browser.find_element(By.ID, "status-filter")).select_by_value("failed")
+    WebDriverWait(browser, 30).until(lambda d: shown() == ["d00000", "d00040", "d00080"])
+    assert_clean(browser, url)

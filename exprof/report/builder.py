@@ -149,12 +149,13 @@ def _run_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
             )
     total, done = summary.get("samples_total"), summary.get("samples_completed")
     failed = summary.get("samples_failed") or 0
+    of_total = f"of {total:,} · " if isinstance(total, int) else ""
     cards.append(
         {
             "id": "samples",
             "label": "samples answered",
-            "value": f"{done:,}/{total:,}" if isinstance(total, int) else fmt_value(done),
-            "detail": f"{failed:,} failed" if failed else "none failed",
+            "value": fmt_value(done if not isinstance(done, int) else f"{done:,}"),
+            "detail": of_total + (f"{failed:,} failed" if failed else "none failed"),
         }
     )
     cards.append(

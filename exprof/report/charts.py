@@ -54,7 +54,7 @@ def _bars(
         "height": HEIGHT,
         "bars": bars,
         "ticks": ticks,
-        "y_max": top,
+        "y_max": f"{top:,}",
         "base": PAD_TOP + plot_h,
         "left": PAD_LEFT,
         "top": PAD_TOP,

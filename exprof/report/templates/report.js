@@ -186,9 +186,9 @@
     var select = root.querySelector("#status-filter");
     var head = root.querySelector("thead tr");
     var body = root.querySelector("tbody");
-    var count = root.querySelector("#row-count");
-    var prev = root.querySelector("#prev");
-    var next = root.querySelector("#next");
+    var counts = root.querySelectorAll(".row-count");
+    var prevs = root.querySelectorAll("button.prev");
+    var nexts = root.querySelectorAll("button.next");
 
     view.filters.forEach(function (f) {
       var option = el("option", null, f[1]);
@@ -254,12 +254,19 @@
       });
       body.replaceChildren(frag);
       var total = state.shown.length;
-      count.textContent = total === 0 ? "no matching samples" :
+      var label = total === 0 ? "no matching samples" :
         (start + 1).toLocaleString("en-US") + "–" + (start + page.length).toLocaleString("en-US") +
         " of " + total.toLocaleString("en-US") +
         (total < rows.length ? " (filtered from " + rows.length.toLocaleString("en-US") + ")" : "");
-      prev.disabled = state.page === 0;
-      next.disabled = start + PAGE >= total;
+      counts.forEach(function (c) { c.textContent = label; });
+      prevs.forEach(function (b) { b.disabled = state.page === 0; });
+      nexts.forEach(function (b) { b.disabled = start + PAGE >= total; });
+    }
+
+    function turn(step, fromBottom) {
+      state.page += step;
+      draw();
+      if (fromBottom) root.scrollIntoView();
     }
 
     var timer = null;
@@ -268,8 +275,8 @@
       timer = setTimeout(function () { state.query = search.value; apply(); }, 120);
     });
     select.addEventListener("change", function () { state.filter = select.value; apply(); });
-    prev.addEventListener("click", function () { state.page -= 1; draw(); });
-    next.addEventListener("click", function () { state.page += 1; draw(); });
+    prevs.forEach(function (b, i) { b.addEventListener("click", function () { turn(-1, i > 0); }); });
+    nexts.forEach(function (b, i) { b.addEventListener("click", function () { turn(1, i > 0); }); });
     apply();
     root.setAttribute("data-ready", "true");
   }
