@@ -277,6 +277,23 @@ def test_errors_are_one_line_and_write_nothing(sample_config, invoke, args, mess
     assert sorted(p.name for p in Path("runs").rglob("*")) == before
 
 
+def test_a_broken_export_is_one_error_line(sample_config, invoke):
+    run(invoke, sample_config)
+    Path("runs/demo_run/responses.jsonl").write_text('{"dialogue_id": "wal-briefing"}\n{oops\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "exprof", "report", "runs/demo_run"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "Error: runs/demo_run/responses.jsonl: line 2: not an exprof responses line\n"
+    )
+    assert not Path("runs/demo_run/report.html").exists()
+
+
 def test_report_needs_no_sdk(sample_config, invoke, tmp_path):
     run(invoke, sample_config)
     script = (

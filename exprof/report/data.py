@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.compare import Side
+from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
 from exprof.store.events import SampleFailed
@@ -167,10 +168,20 @@ def _custom_by_id(side: Side) -> dict[str, dict[str, Any]]:
 
 
 def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    """An export's JSON Lines file, each line an object with a dialogue_id."""
     if not path.exists():
         return []
+    rows = []
     # "\n" only: U+2028 and friends are valid inside JSON strings (files.jsonl_lines)
-    return [loads(line) for _, line in jsonl_lines(read_text(path, what))]
+    for lineno, line in jsonl_lines(read_text(path, what)):
+        try:
+            row = loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("dialogue_id"), str):
+            raise ExprofError(f"{path}: line {lineno}: not an exprof {what} line")
+        rows.append(row)
+    return rows
 
 
 def _dir_data(path: Path, side: Side) -> RunData:
