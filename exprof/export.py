@@ -55,7 +55,8 @@ def check_export_dir(
     if force or _is_export_of(out, run_id):
         return
     try:
-        empty = next(out.iterdir(), None) is None
+        # `exprof report` may have put its pages into a run's folder before any export.
+        empty = all(_is_report_page(p.name) for p in out.iterdir())
     except OSError as exc:
         raise ExprofError(f"{out}: cannot read the export directory: {exc.strerror}") from None
     if not empty:
@@ -63,6 +64,10 @@ def check_export_dir(
             f"{out}: not empty and not an export of run {run_id!r}; "
             "choose another directory, or pass --force to write into it anyway"
         )
+
+
+def _is_report_page(name: str) -> bool:
+    return name == "report.html" or (name.startswith("compare-") and name.endswith(".html"))
 
 
 def _store_file(store: Store) -> Path | None:

@@ -234,6 +234,19 @@ def _report(invoke, *args: str) -> str:
     return Path(result.stdout.strip()).read_text(encoding="utf-8")
 
 
+def test_a_report_before_the_export_does_not_block_it(sample_config, invoke):
+    """A page written into a run's folder before any export (a run still going, or one
+    exported elsewhere) must not make the folder look like someone else's."""
+    run(invoke, sample_config)
+    shutil.rmtree("runs/demo_run")
+    assert invoke("report", "demo_run").exit_code == 0
+    Path("runs/demo_run/compare-x.html").write_text("<!doctype html>", encoding="utf-8")
+    result = invoke("export", "demo_run")
+    assert result.exit_code == 0, result.output
+    assert Path("runs/demo_run/summary.json").exists()
+    assert Path("runs/demo_run/report.html").exists()
+
+
 def test_out_option_and_atomic_write(sample_config, invoke, tmp_path):
     run(invoke, sample_config)
     result = invoke("report", "demo_run", "--out", "pages/new/demo.html")
