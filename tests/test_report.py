@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import KEY, REPO, make_samples, write_experiment
+from exprof.cli import cli
 from exprof.report.builder import build_report
 from exprof.store.engine import Store, store_url
 
@@ -305,6 +307,36 @@ def test_a_broken_export_is_one_error_line(sample_config, invoke):
         == "Error: runs/demo_run/responses.jsonl: line 2: not an exprof responses line\n"
     )
     assert not Path("runs/demo_run/report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("runs/exprof.db", "runs/exprof.db: exists and is not an exprof report"),
+        ("runs/demo_run/summary.json", "summary.json: exists and is not an exprof report"),
+        ("runs/demo_run/requests.jsonl/x.html", "cannot create the report's folder"),
+        ("a\x00b.html", "--out: a path cannot contain a NUL byte"),
+        ("runs", "runs: exists and is not a regular file"),
+    ],
+)
+def test_out_never_replaces_what_is_not_a_report(sample_config, invoke, out, message):
+    run(invoke, sample_config)
+
+    def files() -> tuple[dict[Path, bytes], str]:
+        """The export's bytes, and the store as `runs` lists it (its own files change as
+        SQLite reads and checkpoints them)."""
+        exports = {p: p.read_bytes() for p in Path("runs/demo_run").iterdir()}
+        return exports, invoke("runs", "--format", "json").stdout
+
+    before = files()
+    result = CliRunner().invoke(cli, ["report", "demo_run", "--out", out])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and message in result.output
+    assert result.output.count("\n") == 1
+    assert files() == before
+    # A page exprof wrote may be replaced, again and again.
+    assert invoke("report", "demo_run", "--out", "page.html").exit_code == 0
+    assert invoke("report", "demo_run", "--out", "page.html").exit_code == 0
 
 
 def test_report_needs_no_sdk(sample_config, invoke, tmp_path):

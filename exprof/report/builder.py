@@ -32,6 +32,7 @@ from exprof.report import charts
 from exprof.report.data import COLUMNS, RunData, completions, run_data
 
 COMPRESS_OVER = 2_000_000
+GENERATOR = b'<meta name="generator" content="exprof'  # in every page's head (base.html)
 FAILURES_LISTED = 200
 FLIPS_LISTED = 100
 ONLY_LISTED = 20
@@ -53,11 +54,12 @@ def build_report(
     """Write the report for one ref (a run page) or two (a compare page); return its path.
     A ref is a run id, an experiment id (its latest run) or an export directory."""
     sides = [load_side(ref, store_factory) for ref in refs]
+    target = Path(out) if out else default_out(sides, Path(output_dir))
+    check_target(target)
     if len(sides) == 1:
         html = run_page(run_data(sides[0]), compress_over)
     else:
         html = compare_page(sides[0], sides[1], top, compress_over)
-    target = Path(out) if out else default_out(sides, Path(output_dir))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -67,6 +69,24 @@ def build_report(
     except OSError as exc:
         raise ExprofError(f"{target}: cannot write the report: {exc.strerror}") from None
     return target
+
+
+def check_target(target: Path) -> None:
+    """Replace only a page exprof wrote: never the store, an export file, a folder or a
+    file of the user's that an --out typo happens to name."""
+    if "\x00" in str(target):
+        raise ExprofError("--out: a path cannot contain a NUL byte")
+    try:
+        if not target.exists() and not target.is_symlink():
+            return
+        if target.is_symlink() or not target.is_file():
+            raise ExprofError(f"{target}: exists and is not a regular file; choose another --out")
+        with target.open("rb") as f:
+            head = f.read(1024)
+    except OSError as exc:
+        raise ExprofError(f"{target}: cannot use it: {exc.strerror}") from None
+    if GENERATOR not in head:
+        raise ExprofError(f"{target}: exists and is not an exprof report; choose another --out")
 
 
 def default_out(sides: list[Side], output_dir: Path) -> Path:
