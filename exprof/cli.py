@@ -444,7 +444,7 @@ def compare_cmd(
 @cli.command()
 @click.argument("ref")
 @click.argument("ref_b", required=False)
-@click.option(  # a plain string: build_report checks the target (click.Path stats a NUL)
+@click.option(  # a plain string: build_report checks the target itself
     "--out",
     help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
 )

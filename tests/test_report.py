@@ -315,7 +315,7 @@ def test_a_broken_export_is_one_error_line(sample_config, invoke):
         ("runs/exprof.db", "runs/exprof.db: exists and is not an exprof report"),
         ("runs/demo_run/summary.json", "summary.json: exists and is not an exprof report"),
         ("runs/demo_run/requests.jsonl/x.html", "cannot create the report's folder"),
-        ("a\x00b.html", "--out: a path cannot contain a NUL byte"),
+        ("a\x00b.html", "contains a NUL byte"),
         ("runs", "runs: exists and is not a regular file"),
     ],
 )
