@@ -351,6 +351,17 @@ PHASES = {
     "run_finished": "export",
 }
 
+
+def runs_in(db: Path) -> int:
+    """The store's run count; a locked store (peek's None) is asked again."""
+    for _ in range(100):
+        count = peek(db, "SELECT count(*) FROM runs")
+        if count is not None or not db.exists():
+            return int(count or 0)
+        time.sleep(0.05)
+    return 0
+
+
 WORK = str(tuple(t for t, phase in PHASES.items() if t != "run_resumed"))
 
 
@@ -400,8 +411,9 @@ def test_kill_9_loop_never_loses_or_pays_twice(tmp_path):
         server = kill_loop_fake()
         try:
             db = work / "runs" / "exprof.db"
+            started = False
             while True:
-                started = peek(db, "SELECT count(*) FROM runs")  # else killed before it began
+                started = started or bool(runs_in(db))  # else killed before it began
                 args = (
                     ("resume", "r")
                     if started
