@@ -194,6 +194,7 @@ def cli() -> None:
 )
 @poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
+@click.option("--yes", is_flag=True, help="Run a matrix with more cells than the usual limit.")
 @output_options
 def run(
     config_path: str,
@@ -205,6 +206,7 @@ def run(
     batch: bool | None,
     poll_interval: float | None,
     quiet: bool,
+    yes: bool,
     format_: str,
 ) -> None:
     """Start a new run: send every sample, record it, export, print the summary."""
@@ -218,6 +220,10 @@ def run(
     config = load_config(config_path)
     if batch is not None:
         config = dataclasses.replace(config, batch=batch)
+    if config.matrix:
+        from exprof.experiment import check_size
+
+        check_size(config, yes)
     samples = load_dataset(config.dataset_path)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
     if config.batch and not live:
@@ -229,6 +235,12 @@ def run(
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
+    if config.matrix:
+        from exprof.experiment import run_experiment
+
+        mode = "live" if live else "mock"
+        found = run_experiment(runner, config, samples, mode, mocks, run_id, concurrency)
+        _finish_experiment(found, format_)
     result = runner.run(
         config,
         samples,
@@ -263,14 +275,19 @@ def resume(
     quiet: bool,
     format_: str,
 ) -> None:
-    """Continue a run that stopped early, sending only the samples still owed."""
+    """Continue a run that stopped early, sending only the samples still owed; given an
+    experiment id, continue every unfinished cell of the experiment."""
     from exprof.runner import Runner
 
     _check_concurrency(concurrency)
     store = open_store(db, output_dir)
-    result = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval).resume(
-        run_id, concurrency=concurrency, retry_failed=retry_failed
-    )
+    runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
+    if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
+        from exprof.experiment import resume_experiment
+
+        found = resume_experiment(runner, run_id, concurrency, retry_failed)
+        _finish_experiment(found, format_)
+    result = runner.resume(run_id, concurrency=concurrency, retry_failed=retry_failed)
     _finish(result, format_)
 
 
@@ -316,11 +333,19 @@ def rescore(
 def summarize(
     run_id: str | None, log_dir: str | None, output_dir: str, db: str | None, format_: str
 ) -> None:
-    """Print a run's metrics, from the store or from an export directory."""
+    """Print a run's metrics, from the store or from an export directory; given an
+    experiment id, one row per cell."""
     if (run_id is None) == (log_dir is None):
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
     from exprof.summary import read_exported_summary, run_summary
 
+    if run_id is not None and log_dir is None:
+        store = open_store(db, output_dir)
+        if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
+            from exprof.experiment import experiment_summary
+
+            _echo_cells(experiment_summary(store, run_id), format_)
+            return
     if log_dir is not None:
         summary = read_exported_summary(Path(log_dir))
     elif run_id is not None:
@@ -356,6 +381,8 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         headers.insert(-1, "batches")
     if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them
         headers.insert(-1, "metrics")
+    if any("cell" in r for r in rows):  # matrix cells' parameters (issue 12)
+        headers.insert(2, "cell")
     click.echo(render([[_cell(r.get(h)) for h in headers] for r in rows], headers, format_, rows))
 
 
@@ -385,7 +412,12 @@ def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: st
 
 @cli.command("compare")
 @click.argument("run_a")
-@click.argument("run_b")
+@click.argument("run_b", required=False)
+@click.option(
+    "--baseline",
+    help="RUN_A is an experiment: compare every cell with this one (name or run id), "
+    "Holm-corrected.",
+)
 @store_options
 @top_option("How many changed samples and flips to list.")
 @click.option(
@@ -416,7 +448,8 @@ def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: st
 @output_options
 def compare_cmd(
     run_a: str,
-    run_b: str,
+    run_b: str | None,
+    baseline: str | None,
     output_dir: str,
     db: str | None,
     top: int,
@@ -426,12 +459,23 @@ def compare_cmd(
     max_refusal_increase: float | None,
     format_: str,
 ) -> None:
-    """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips."""
+    """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips;
+    or, with --baseline, every cell of an experiment against one of them."""
     from exprof.compare import compare, gate, load_side
     from exprof.render import render_compare
 
     def store() -> Any:
         return open_store(db, output_dir, readonly=True)
+
+    if (run_b is None) == (baseline is None):
+        raise ExprofError("compare: give RUN_A RUN_B, or EXPERIMENT_ID --baseline CELL")
+    if baseline is not None:
+        from exprof.experiment import compare_to_baseline
+
+        found = compare_to_baseline(store(), run_a, baseline, resamples, seed)
+        _echo_baseline(found, format_)
+        return
+    assert run_b is not None
 
     result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
     click.echo(render_compare(result, format_, top))
@@ -514,6 +558,47 @@ def _cell(value: Any) -> Any:
 def _check_concurrency(value: int | None) -> None:
     if value is not None and value < 1:
         raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
+
+
+def _finish_experiment(result: Any, format_: str) -> None:
+    _echo_cells({"experiment_id": result.experiment_id, "cells": result.cells}, format_)
+    if format_ != "json":
+        click.echo(f"experiment id: {result.experiment_id}")
+    click.echo(result.message, err=True)
+    sys.exit(result.exit_code)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _echo_cells(found: dict[str, Any], format_: str) -> None:
+    """summarize EXPERIMENT_ID: one row per cell, each metric with its 95% CI."""
+    from exprof.render import fmt_value
+
+    headers = ["cell", "params", "status", "samples", "fact_coverage", "fact_coverage_ci95"]
+    headers += ["refusal_rate", "refusal_rate_ci95", "geometric_mean", "estimated_cost_usd"]
+    headers += ["latency_p50_ms"]
+    rows = [
+        [_params(c[h]) if h == "params" else fmt_value(c.get(h)) for h in headers]
+        for c in found["cells"]
+    ]
+    click.echo(render(rows, headers, format_, found))
+
+
+def _echo_baseline(found: dict[str, Any], format_: str) -> None:
+    from exprof.render import fmt_value
+
+    headers = ["cell", "params", "samples", "fact_coverage_delta", "fact_coverage_ci95"]
+    headers += ["fact_coverage_p", "fact_coverage_p_holm", "refusal_rate_delta"]
+    headers += ["refusal_mcnemar_p", "refusal_mcnemar_p_holm", "verdict"]
+    rows = [
+        [_params(c[h]) if h == "params" else fmt_value(c.get(h)) for h in headers]
+        for c in found["cells"]
+    ]
+    if format_ not in ("json", "csv"):
+        click.echo(f"baseline: {found['baseline']} (Holm-corrected over {len(rows)} comparisons)")
+    click.echo(render(rows, headers, format_, found))
 
 
 def _finish(result: Any, format_: str, first: tuple[str, ...] = METRICS_FIRST) -> None:

@@ -44,7 +44,24 @@ OPTIONAL_KEYS = (
     "batch",
     "batch_poll_s",
     "rate_limit",
+    "matrix",
+    "repeats",
+    "cache",
+    "budget_usd",
 )
+# The parameters a matrix may vary (issue 12), and the most cells run without --yes.
+MATRIX_KEYS = ("model", "temperature", "max_tokens", "system")
+MAX_CELLS = 24
+MAX_REPEATS = 1000
+# Experiment keys left out of the recorded config while at their default, so a config
+# without them records exactly what it did before they existed.
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "matrix": None,
+    "repeats": 1,
+    "cache": False,
+    "budget_usd": None,
+    "system": None,
+}
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 
 
@@ -68,9 +85,20 @@ class Config:
     batch: bool = False  # send through the Message Batches API (issue 13)
     batch_poll_s: float | None = None  # first poll interval; None: the batch runner's default
     rate_limit: dict[str, int] = field(default_factory=dict)  # a cap below the org's limits
+    # Issue 12. `matrix` maps a parameter to its values (system: name -> text); a cell's
+    # own config has no matrix and, when the matrix varies it, the cell's `system`.
+    matrix: dict[str, Any] | None = None
+    repeats: int = 1
+    cache: bool = False
+    budget_usd: float | None = None
+    system: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key, default in EXPERIMENT_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -219,14 +247,17 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
             hint = difflib.get_close_matches(str(key), known, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ExprofError(f"{path}: unknown key {str(key)!r}{suggestion}")
+    matrix = _matrix(raw["matrix"], f"{path}: matrix") if "matrix" in raw else None
     for key in REQUIRED_KEYS:
-        if key not in raw:
+        if key not in raw and not (matrix and key in matrix):
             raise ExprofError(f"{path}: missing required key {key!r}")
+    if matrix:  # a key the matrix varies needs no top-level value: the first cell's stands in
+        raw = {**{k: v[0] for k, v in matrix.items() if k != "system"}, **raw}
 
     def where(key: str) -> str:
         return f"{path}: {key}"
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"matrix": matrix}
     out["experiment_id"] = check_run_id(raw["experiment_id"], where("experiment_id"))
     out["model"] = _string(raw["model"], where("model"))
     out["max_tokens"] = _integer(raw["max_tokens"], where("max_tokens"), minimum=1)
@@ -272,7 +303,67 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["batch_poll_s"] = _number(raw["batch_poll_s"], where("batch_poll_s"), 0.001, None)
     if "rate_limit" in raw:
         out["rate_limit"] = _rate_limit(raw["rate_limit"], where("rate_limit"))
+    if "repeats" in raw:
+        out["repeats"] = _integer(raw["repeats"], where("repeats"), 1, MAX_REPEATS)
+    if "cache" in raw:
+        if not isinstance(raw["cache"], bool):
+            raise ExprofError(f"{where('cache')}: must be true or false, got {raw['cache']!r}")
+        out["cache"] = raw["cache"]
+    if "budget_usd" in raw:
+        out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
     return Config(**out)
+
+
+def _matrix(value: object, where: str) -> dict[str, Any]:
+    """`matrix:` as {parameter: [values]}, or for system {name: text}; every value is
+    checked as its top-level key would be, and an error names the key and the value."""
+    if not isinstance(value, dict) or not value:
+        raise ExprofError(f"{where}: must be a mapping of parameter to a list of values")
+    out: dict[str, Any] = {}
+    for key, values in value.items():
+        at = f"{where}.{key}"
+        if key not in MATRIX_KEYS:
+            hint = difflib.get_close_matches(str(key), MATRIX_KEYS, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ExprofError(
+                f"{at}: {str(key)!r} cannot vary (one of {', '.join(MATRIX_KEYS)}){suggestion}"
+            )
+        if key == "system":
+            out[key] = _matrix_systems(values, at)
+            continue
+        if not isinstance(values, list) or not values:
+            raise ExprofError(f"{at}: must be a non-empty list of values")
+        checked: list[Any] = []
+        for i, item in enumerate(values):
+            item_at = f"{at}[{i}]"
+            if key == "model":
+                checked.append(_string(item, item_at))
+            elif key == "temperature":
+                checked.append(_number(item, item_at, 0.0, 1.0))
+            else:
+                checked.append(_integer(item, item_at, minimum=1))
+            if checked[-1] in checked[:-1]:
+                raise ExprofError(f"{item_at}: {item!r} is listed twice")
+        out[key] = checked
+    return out
+
+
+def _matrix_systems(values: object, at: str) -> dict[str, str]:
+    """A list of system prompts (named s1, s2, ...) or a mapping of short name to text."""
+    if isinstance(values, list) and values:
+        values = {f"s{i + 1}": text for i, text in enumerate(values)}
+    if not isinstance(values, dict) or not values:
+        raise ExprofError(f"{at}: must be a non-empty list of prompts or a mapping name -> text")
+    out: dict[str, str] = {}
+    for name, text in values.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
+            raise ExprofError(
+                f"{at}: name {name!r} must be letters, digits, '_' or '-' (at most 32 chars)"
+            )
+        if not isinstance(text, str):
+            raise ExprofError(f"{at}.{name}: must be a string, got {_describe(text)}")
+        out[name] = text
+    return out
 
 
 def _resolve_lazily(value: str, config_dir: Path) -> Path:

@@ -129,7 +129,9 @@ class Runner:
         mocks: dict[str, dict[str, Any]] | None = None,
         run_id: str | None = None,
         concurrency: int | None = None,
+        cell: dict[str, Any] | None = None,
     ) -> RunResult:
+        """Start a run; `cell` places it in a matrix experiment (see exprof.experiment)."""
         # What actually goes over the wire: the mock sends nothing, and API 2026-10-21
         # rejects sampling parameters, so temperature is only sent under 2023-06-01.
         sends = mode == "live" and config.sends_temperature
@@ -147,6 +149,7 @@ class Runner:
                 sent_params,
                 __version__,
                 snapshot_chunk=SNAPSHOT_CHUNK,
+                cell=cell,
             )
             yield from snapshot(samples, mocks if mode == "mock" else None)
 

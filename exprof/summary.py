@@ -125,8 +125,11 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at)),
         }
         row.update(metrics.aggregate(coverage_sum, refused, done))
+        started = load_started(store, run_id)
+        if started.cell is not None:  # a matrix cell (issue 12): its parameters
+            row["cell"] = ", ".join(f"{k}={v}" for k, v in started.cell["params"].items())
         # Custom metric means, read from the events only for runs that have them.
-        config = load_started(store, run_id).config
+        config = started.config
         custom = recorded.summary_fields(store, run_id, config)
         if custom:
             row["metrics"] = custom["metrics"]

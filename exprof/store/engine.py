@@ -319,11 +319,19 @@ def _next_run_id(conn: Connection, experiment_id: str, name: Callable[[int], str
     n = 1
     while True:  # ends: each step past the first skips one of the `taken` ids
         candidate = name(n)
-        if candidate not in taken and (
-            candidate.startswith(experiment_id) or not _id_taken(conn, candidate)
+        if (
+            candidate not in taken
+            and (candidate.startswith(experiment_id) or not _id_taken(conn, candidate))
+            and not _has_events(conn, candidate)  # e.g. a matrix experiment's record
         ):
             return candidate
         n += 1
+
+
+def _has_events(conn: Connection, stream: str) -> bool:
+    return bool(
+        execute(conn, "SELECT 1 FROM events WHERE run_id = ? AND seq = 1", (stream,)).scalar()
+    )
 
 
 def _id_taken(conn: Connection, run_id: str) -> bool:

@@ -51,6 +51,15 @@ class RunStarted(Event):
     sent_params: dict[str, Any]
     exprof_version: str
     snapshot_chunk: int = 2000  # samples per DatasetChunk: chunk k holds k*n .. k*n+n-1
+    # A matrix cell's place (issue 12): {"experiment", "name", "params"}; absent from the
+    # payload of a run outside an experiment, which records exactly what it always did.
+    cell: dict[str, Any] | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = dict(self.__dict__)
+        if payload["cell"] is None:
+            del payload["cell"]
+        return payload
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,18 @@ class BatchCancelled(Event):
 BATCH_EVENTS = (BatchIntent, BatchSubmitted, BatchVoided, BatchPolled, BatchEnded, BatchCancelled)
 
 
+class ExperimentStarted(Event):
+    """A matrix experiment's record (issue 12), the first event of its own stream (keyed
+    by the experiment id): the config, the mode, and each cell's name, parameters and run
+    id, written before any cell starts so that resume knows every cell."""
+
+    type: ClassVar[str] = "experiment_started"
+    experiment_id: str
+    mode: str
+    config: dict[str, Any]
+    cells: list[dict[str, Any]]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -260,6 +281,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunInterrupted,
         RunFinished,
         *BATCH_EVENTS,
+        ExperimentStarted,
     )
 }
 

@@ -16,7 +16,14 @@ from sqlalchemy.engine import Engine
 from exprof.errors import ExprofError
 from exprof.jsonio import loads
 from exprof.store.dialects import execute
-from exprof.store.events import Event, ResponseReceived, RunFinished, RunStarted, from_row
+from exprof.store.events import (
+    Event,
+    ExperimentStarted,
+    ResponseReceived,
+    RunFinished,
+    RunStarted,
+    from_row,
+)
 
 FETCH = 5000  # rows per fetch when streaming a run's samples
 
@@ -233,6 +240,21 @@ class Queries:
     def event_at(self, event_id: int) -> Event:
         [(type_, payload)] = self._all("SELECT type, payload FROM events WHERE id = ?", (event_id,))
         return from_row(type_, loads(payload))
+
+    # -- experiments (issue 12) -------------------------------------------------
+
+    def experiment_record(self, experiment_id: str) -> ExperimentStarted | None:
+        """The matrix experiment recorded under this id, if there is one."""
+        rows = self._all(
+            "SELECT type, payload FROM events WHERE run_id = ? AND seq = 1 "
+            "AND type = 'experiment_started'",
+            (experiment_id,),
+        )
+        if not rows:
+            return None
+        record = from_row(rows[0][0], loads(rows[0][1]))
+        assert isinstance(record, ExperimentStarted)
+        return record
 
     def durations(self, run_id: str) -> list[float]:
         """The recorded duration of each session that finished the run."""

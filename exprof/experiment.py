@@ -1,0 +1,342 @@
+"""Matrix experiments (issue 12): one config, many cells, each cell a run of its own.
+
+`matrix:` maps parameters (model, temperature, max_tokens, system) to lists of values;
+every combination is a cell. The experiment is recorded first, as an ExperimentStarted
+event in a stream of its own keyed by the experiment id, listing each cell's name,
+parameters and run id; then the cells run one after another on the same Runner, so the
+concurrency limit is shared (never more than N requests in flight in all). A cell's run
+id is `<experiment id>.<cell name>`, and its RunStarted carries the cell, so `runs`,
+`summarize` and `compare` can group and label the cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from exprof.config import MAX_CELLS, Config, auto_run_id
+from exprof.dataset import Sample
+from exprof.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLES_FAILED,
+    ConcurrencyError,
+    ExprofError,
+)
+from exprof.pricing import estimate_cost
+from exprof.runner import Runner, RunResult
+from exprof.stats import bootstrap_means, bootstrap_p_value, cluster_mean_ci, holm
+from exprof.store.engine import Store
+from exprof.store.events import ExperimentStarted
+from exprof.store.record import load_run, load_started
+from exprof.summary import run_summary
+
+RUN_ID_MAX = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    params: dict[str, Any]  # the matrix's values; system by its short name
+    run_id: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    experiment_id: str
+    cells: list[dict[str, Any]]  # experiment_summary()'s rows
+    exit_code: int
+    message: str
+
+
+def plan_cells(config: Config, experiment_id: str) -> list[Cell]:
+    """Every combination of the matrix's values, in the order the config lists them."""
+    matrix = config.matrix or {}
+    keys = list(matrix)
+    choices = [list(matrix[k]) for k in keys]  # system: its names
+    cells = []
+    for combo in itertools.product(*choices):
+        params = dict(zip(keys, combo, strict=True))
+        name = ".".join(f"{_short(k)}-{_safe(v)}" for k, v in params.items())
+        cells.append(Cell(name, params, cell_run_id(experiment_id, name)))
+    return cells
+
+
+def cell_run_id(experiment_id: str, name: str) -> str:
+    """`<experiment>.<cell>`, a valid run id: a long one is cut and given a digest of
+    the whole so that two cells never share an id."""
+    run_id = f"{experiment_id}.{name}"
+    if len(run_id) <= RUN_ID_MAX:
+        return run_id
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:10]
+    return f"{run_id[: RUN_ID_MAX - 11]}.{digest}"
+
+
+def cell_config(config: Config, params: dict[str, Any]) -> Config:
+    """The config one cell runs with: the matrix's values in place, no matrix."""
+    changes: dict[str, Any] = {"matrix": None}
+    for key, value in params.items():
+        if key == "system":
+            changes["system"] = (config.matrix or {})["system"][value]
+        else:
+            changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
+def cell_samples(samples: list[Sample], config: Config) -> list[Sample]:
+    """A matrix `system` replaces each sample's system prompt; the cell's dataset
+    snapshot records the prompts as sent."""
+    if config.system is None:
+        return samples
+    return [dataclasses.replace(s, system=config.system) for s in samples]
+
+
+def check_size(config: Config, yes: bool) -> None:
+    n = len(plan_cells(config, config.experiment_id))
+    if n > MAX_CELLS and not yes:
+        raise ExprofError(f"matrix: {n} cells is more than {MAX_CELLS}; pass --yes to run them all")
+
+
+def run_experiment(
+    runner: Runner,
+    config: Config,
+    samples: list[Sample],
+    mode: str,
+    mocks: dict[str, dict[str, Any]] | None,
+    experiment_id: str | None = None,
+    concurrency: int | None = None,
+) -> ExperimentResult:
+    """Record the experiment, then run every cell."""
+    store = runner.store
+    if experiment_id is not None and store.experiment_record(experiment_id) is not None:
+        raise ExprofError(
+            f"experiment {experiment_id!r} already exists; continue it with "
+            f"`exprof resume {experiment_id}` or choose another --run-id"
+        )
+    # The experiment's id comes from the same family as its runs' (`exp`, `exp-2`, ...),
+    # chosen and held under the store's write lock like a run's, then recorded.
+    lease = store.acquire_new_run(
+        config.experiment_id, experiment_id, lambda n: auto_run_id(config.experiment_id, n)
+    )
+    chosen = lease.run_id
+    try:
+        cells = plan_cells(config, chosen)
+        taken = [c.run_id for c in cells if store.run_exists(c.run_id)]
+        if taken:
+            raise ExprofError(f"run {taken[0]!r} already exists; choose another --run-id")
+        record = ExperimentStarted(chosen, mode, config.to_dict(), [c.to_payload() for c in cells])
+        try:
+            store.append(chosen, [record], after_seq=0)
+        except ConcurrencyError:
+            raise ExprofError(f"experiment {chosen!r} already exists") from None
+    finally:
+        store.release_lease(lease)
+    return _run_cells(runner, record, samples, mocks, concurrency, resume=False)
+
+
+def resume_experiment(
+    runner: Runner, experiment_id: str, concurrency: int | None = None, retry_failed: bool = True
+) -> ExperimentResult:
+    """Continue every unfinished cell; a cell that never started starts now, from a
+    sibling's dataset snapshot (every cell records the same prompts, bar the system)."""
+    record = runner.store.experiment_record(experiment_id)
+    if record is None:
+        raise ExprofError(f"{runner.store.location}: no experiment {experiment_id!r}")
+    return _run_cells(runner, record, None, None, concurrency, resume=True, retry=retry_failed)
+
+
+def _run_cells(
+    runner: Runner,
+    record: ExperimentStarted,
+    samples: list[Sample] | None,
+    mocks: dict[str, dict[str, Any]] | None,
+    concurrency: int | None,
+    resume: bool,
+    retry: bool = True,
+) -> ExperimentResult:
+    store = runner.store
+    config = Config.from_dict(record.config)
+    exp = record.experiment_id
+    codes: list[int] = []
+    for payload in record.cells:
+        cell = Cell(payload["name"], payload["params"], payload["run_id"])
+        if resume and store.run_exists(cell.run_id):
+            result = runner.resume(cell.run_id, concurrency=concurrency, retry_failed=retry)
+        else:
+            if samples is None:
+                samples, mocks = _sibling_snapshot(store, record)
+            cfg = cell_config(config, cell.params)
+            result = runner.run(
+                cfg,
+                cell_samples(samples, cfg),
+                record.mode,
+                mocks=mocks,
+                run_id=cell.run_id,
+                concurrency=concurrency,
+                cell={"experiment": exp, "name": cell.name, "params": cell.params},
+            )
+        codes.append(result.exit_code)
+        if result.exit_code not in (EXIT_OK, EXIT_SAMPLES_FAILED):  # Ctrl-C, SIGTERM, ...
+            return _result(store, exp, result.exit_code, _stopped(result, exp))
+    if any(code == EXIT_SAMPLES_FAILED for code in codes):
+        return _result(
+            store,
+            exp,
+            EXIT_SAMPLES_FAILED,
+            f"some samples failed; retry them with: exprof resume {exp}",
+        )
+    return _result(store, exp, EXIT_OK, f"experiment {exp} complete: {len(codes)} cells")
+
+
+def _stopped(result: RunResult, exp: str) -> str:
+    interrupted = result.exit_code == EXIT_INTERRUPTED
+    what = "interrupted" if interrupted else f"stopped in cell {result.run_id}"
+    return f"{what}; continue with: exprof resume {exp}"
+
+
+def _result(store: Store, exp: str, code: int, message: str) -> ExperimentResult:
+    return ExperimentResult(exp, experiment_summary(store, exp)["cells"], code, message)
+
+
+def _sibling_snapshot(
+    store: Store, record: ExperimentStarted
+) -> tuple[list[Sample], dict[str, dict[str, Any]]]:
+    for payload in record.cells:
+        if store.run_exists(payload["run_id"]):
+            run = load_run(store, payload["run_id"])
+            return run.samples, run.mocks
+    raise ExprofError(
+        f"experiment {record.experiment_id} stopped before its first cell started; "
+        "run the config again"
+    )
+
+
+# -- reading an experiment back ----------------------------------------------------
+
+
+def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
+    """One row per cell: its parameters, each metric with its 95% CI, cost, latency."""
+    record = store.experiment_record(experiment_id)
+    if record is None:
+        raise ExprofError(f"{store.location}: no experiment {experiment_id!r}")
+    rows = []
+    for payload in record.cells:
+        row: dict[str, Any] = {"cell": payload["name"], "run_id": payload["run_id"]}
+        row["params"] = payload["params"]
+        if not store.run_exists(payload["run_id"]):
+            rows.append({**row, "status": "not started"})
+            continue
+        rows.append({**row, **_cell_metrics(store, payload["run_id"])})
+    return {"experiment_id": experiment_id, "mode": record.mode, "cells": rows}
+
+
+def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
+    summary = run_summary(store, run_id)
+    scores = store.sample_scores(run_id)
+    coverage = np.array([s[1] for s in scores], dtype=float)
+    refused = np.array([s[2] for s in scores], dtype=float)
+    out: dict[str, Any] = {
+        "status": summary["status"],
+        "samples": f"{summary['samples_completed']}/{summary['samples_total']}",
+    }
+    for name, values in (("fact_coverage", coverage), ("refusal_rate", refused)):
+        mean, lo, hi = cluster_mean_ci(values)
+        out[name] = round(mean, 4) if len(values) else None
+        # Both are proportions: an interval past [0, 1] says no more than its clipped self.
+        out[f"{name}_ci95"] = (
+            [round(max(lo, 0.0), 4), round(min(hi, 1.0), 4)]
+            if lo is not None and hi is not None
+            else None
+        )
+    out["geometric_mean"] = summary["geometric_mean"]
+    config = load_started(store, run_id).config
+    cost = estimate_cost(
+        config["model"], summary["input_tokens"], summary["output_tokens"], config["pricing"]
+    )
+    out["estimated_cost_usd"] = cost
+    out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
+    return out
+
+
+def find_cell(store: Store, experiment_id: str, ref: str) -> dict[str, Any]:
+    """A cell of the experiment by its name or its run id."""
+    record = store.experiment_record(experiment_id)
+    if record is None:
+        raise ExprofError(f"{store.location}: no experiment {experiment_id!r}")
+    for payload in record.cells:
+        if ref in (payload["name"], payload["run_id"]):
+            return payload
+    names = ", ".join(p["name"] for p in record.cells)
+    raise ExprofError(f"--baseline: no cell {ref!r} in {experiment_id} (cells: {names})")
+
+
+def compare_to_baseline(
+    store: Store, experiment_id: str, baseline: str, resamples: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Every cell against the baseline, paired by dialogue id, with Holm-corrected
+    p-values over the comparisons made (one family for coverage, one for refusals)."""
+    from exprof.compare import compare, load_side
+
+    base = find_cell(store, experiment_id, baseline)
+    record = store.experiment_record(experiment_id)
+    assert record is not None
+    base_side = load_side(base["run_id"], lambda: store)
+    rows = []
+    for payload in record.cells:
+        if payload["run_id"] == base["run_id"] or not store.run_exists(payload["run_id"]):
+            continue
+        result = compare(base_side, load_side(payload["run_id"], lambda: store), resamples, seed, 0)
+        cov, ref = result["metrics"]["fact_coverage"], result["metrics"]["refusal_rate"]
+        pairs = np.array([[r["coverage_a"], r["coverage_b"]] for r in result["per_sample"]])
+        means = bootstrap_means(pairs, resamples, seed)
+        rows.append(
+            {
+                "cell": payload["name"],
+                "run_id": payload["run_id"],
+                "params": payload["params"],
+                "samples": result["samples"]["common"],
+                "fact_coverage_delta": cov["delta"],
+                "fact_coverage_ci95": cov["ci95"],
+                "fact_coverage_p": round(bootstrap_p_value(means[:, 1] - means[:, 0]), 6),
+                "refusal_rate_delta": ref["delta"],
+                "refusal_mcnemar_p": ref.get("mcnemar_p"),
+            }
+        )
+    for key in ("fact_coverage_p", "refusal_mcnemar_p"):
+        present = [r for r in rows if r[key] is not None]
+        adjusted = holm([r[key] for r in present])
+        for r, corrected in zip(present, adjusted, strict=True):
+            r[f"{key}_holm"] = round(corrected, 6)
+    for r in rows:
+        p = r.get("fact_coverage_p_holm")
+        r["verdict"] = (
+            "no significant change"
+            if p is None or p >= 0.05
+            else "improved"
+            if r["fact_coverage_delta"] > 0
+            else "regressed"
+        )
+    return {
+        "experiment_id": experiment_id,
+        "baseline": base["name"],
+        "statistics": {"resamples": resamples, "seed": seed, "correction": "holm"},
+        "cells": rows,
+    }
+
+
+def _short(key: str) -> str:
+    return {"temperature": "t", "max_tokens": "mt", "system": "sys"}.get(key, key)
+
+
+def _safe(value: Any) -> str:
+    return _UNSAFE.sub("-", str(value)).strip("-") or "x"
