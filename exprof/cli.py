@@ -195,6 +195,11 @@ def cli() -> None:
 @poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @click.option("--yes", is_flag=True, help="Run a matrix with more cells than the usual limit.")
+@click.option(
+    "--repeats",
+    type=int,
+    help="Send every sample K times per cell (overrides the config's repeats).",
+)
 @output_options
 def run(
     config_path: str,
@@ -207,10 +212,11 @@ def run(
     poll_interval: float | None,
     quiet: bool,
     yes: bool,
+    repeats: int | None,
     format_: str,
 ) -> None:
     """Start a new run: send every sample, record it, export, print the summary."""
-    from exprof.config import check_run_id, load_config
+    from exprof.config import check_run_id, load_config, with_overrides
     from exprof.dataset import load_dataset, load_mock_responses
     from exprof.runner import Runner
 
@@ -220,6 +226,7 @@ def run(
     config = load_config(config_path)
     if batch is not None:
         config = dataclasses.replace(config, batch=batch)
+    config = with_overrides(config, repeats=repeats)
     if config.matrix:
         from exprof.experiment import check_size
 
@@ -579,6 +586,8 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
     headers = ["cell", "params", "status", "samples", "fact_coverage", "fact_coverage_ci95"]
     headers += ["refusal_rate", "refusal_rate_ci95", "geometric_mean", "estimated_cost_usd"]
     headers += ["latency_p50_ms"]
+    if any("repeats" in c for c in found["cells"]):
+        headers[4:4] = ["repeats", "pass_at_k", "pass_hat_k", "refusal_flips"]
     rows = [
         [_params(c[h]) if h == "params" else fmt_value(c.get(h)) for h in headers]
         for c in found["cells"]

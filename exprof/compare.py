@@ -76,7 +76,7 @@ def load_side(ref: str, store_factory: Any) -> Side:
             f"{store.location}: no run, experiment or export directory named {ref!r} "
             "(see `exprof runs`)"
         )
-    rows = store.sample_scores(run_id)
+    rows = _average_repeats(store.sample_scores(run_id))
     from exprof.summary import run_summary
 
     summary = run_summary(store, run_id)
@@ -86,12 +86,24 @@ def load_side(ref: str, store_factory: Any) -> Side:
         summary,
         ids,
         np.fromiter((r[1] for r in rows), dtype=float, count=len(rows)),
-        np.fromiter((r[2] for r in rows), dtype=bool, count=len(rows)),
+        np.fromiter((r[2] for r in rows), dtype=float, count=len(rows)),
         store=store,
         custom=_custom_columns(
             recorded.per_sample(store, run_id, load_started(store, run_id).config), ids, summary
         ),
     )
+
+
+def _average_repeats(rows: list[tuple[str, float, bool]]) -> list[tuple[str, float, float]]:
+    """One row per sample, its repeats averaged (issue 12): coverage and refusal rate are
+    then means over each sample's repeats, so compare pairs samples, not repeats."""
+    sums: dict[str, list[float]] = {}
+    for dialogue_id, coverage, refused in rows:
+        acc = sums.setdefault(dialogue_id, [0.0, 0.0, 0])
+        acc[0] += coverage
+        acc[1] += refused
+        acc[2] += 1
+    return [(d, c / k, r / k) for d, (c, r, k) in sums.items()]
 
 
 def _custom_columns(
@@ -165,8 +177,10 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
         geometric_mean(point["fact_coverage"][0], point["refusal_rate"][0]),
         geometric_mean(point["fact_coverage"][1], point["refusal_rate"][1]),
     )
-    flips_b_only = [d for d, x, y in zip(common, ref_a, ref_b, strict=True) if y and not x]
-    flips_a_only = [d for d, x, y in zip(common, ref_a, ref_b, strict=True) if x and not y]
+    # A sample with repeats counts as refused when most of its repeats were.
+    bin_a, bin_b = ref_a >= 0.5, ref_b >= 0.5
+    flips_b_only = [d for d, x, y in zip(common, bin_a, bin_b, strict=True) if y and not x]
+    flips_a_only = [d for d, x, y in zip(common, bin_a, bin_b, strict=True) if x and not y]
     p_value = mcnemar_exact(len(flips_a_only), len(flips_b_only))
 
     metrics: dict[str, dict[str, Any]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,15 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
     if "budget_usd" in raw:
         out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
     return Config(**out)
+
+
+def with_overrides(config: Config, repeats: int | None = None) -> Config:
+    """The config with the command line's experiment flags applied, each checked as its
+    config key is and named by its flag."""
+    changes: dict[str, Any] = {}
+    if repeats is not None:
+        changes["repeats"] = _integer(repeats, "--repeats", 1, MAX_REPEATS)
+    return replace(config, **changes) if changes else config
 
 
 def _matrix(value: object, where: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ class Sample:
     system: str
     user: str
     required_facts: tuple[str, ...] = ()
+    # Which repeat of the sample a request is (issue 12); never part of the snapshot.
+    repeat: int = 0
 
     def to_payload(self) -> dict[str, Any]:
         return {

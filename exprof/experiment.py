@@ -29,12 +29,11 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
-from exprof.pricing import estimate_cost
 from exprof.runner import Runner, RunResult
-from exprof.stats import bootstrap_means, bootstrap_p_value, cluster_mean_ci, holm
+from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted
-from exprof.store.record import load_run, load_started
+from exprof.store.record import load_run
 from exprof.summary import run_summary
 
 RUN_ID_MAX = 128
@@ -242,28 +241,18 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
 
 def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
     summary = run_summary(store, run_id)
-    scores = store.sample_scores(run_id)
-    coverage = np.array([s[1] for s in scores], dtype=float)
-    refused = np.array([s[2] for s in scores], dtype=float)
+    found = repeat_statistics(store.sample_scores(run_id))  # clustered CIs at any repeats
     out: dict[str, Any] = {
         "status": summary["status"],
         "samples": f"{summary['samples_completed']}/{summary['samples_total']}",
     }
-    for name, values in (("fact_coverage", coverage), ("refusal_rate", refused)):
-        mean, lo, hi = cluster_mean_ci(values)
-        out[name] = round(mean, 4) if len(values) else None
-        # Both are proportions: an interval past [0, 1] says no more than its clipped self.
-        out[f"{name}_ci95"] = (
-            [round(max(lo, 0.0), 4), round(min(hi, 1.0), 4)]
-            if lo is not None and hi is not None
-            else None
-        )
+    for name in ("fact_coverage", "refusal_rate"):
+        out[name], out[f"{name}_ci95"] = found[name], found[f"{name}_ci95"]
     out["geometric_mean"] = summary["geometric_mean"]
-    config = load_started(store, run_id).config
-    cost = estimate_cost(
-        config["model"], summary["input_tokens"], summary["output_tokens"], config["pricing"]
-    )
-    out["estimated_cost_usd"] = cost
+    if summary.get("repeats"):
+        for name in ("repeats", "pass_at_k", "pass_hat_k", "refusal_flips"):
+            out[name] = summary[name]
+    out["estimated_cost_usd"] = summary.get("estimated_cost_usd")  # live runs only
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out
 

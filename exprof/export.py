@@ -111,25 +111,33 @@ def export_run(
     defaults = (
         {"model": config.model, "temperature": config.temperature} if started.mode == "mock" else {}
     )
-    requested = store.requested_ids(run_id)
+    requested = store.requested_slots(run_id)
+    # With repeats (issue 12) every line is one (sample, repeat) and names its repeat;
+    # without, the lines are exactly what they were before repeats existed.
+    repeats = config.repeats
 
     def request_lines() -> Iterator[str]:
         for s in iter_samples(store, run_id) if samples is None else samples:
-            if s.dialogue_id in requested:
-                yield _line(
-                    {
-                        "dialogue_id": s.dialogue_id,
-                        "model": config.model,
-                        "temperature": config.temperature,
-                        "max_tokens": config.max_tokens,
-                        "prompt": {"system": s.system, "user": s.user},
-                    }
+            for repeat in range(repeats):
+                if (s.dialogue_id, repeat) not in requested:
+                    continue
+                line: dict[str, Any] = {"dialogue_id": s.dialogue_id}
+                if repeats > 1:
+                    line["repeat"] = repeat
+                line.update(
+                    model=config.model,
+                    temperature=config.temperature,
+                    max_tokens=config.max_tokens,
+                    prompt={"system": s.system, "user": s.user},
                 )
+                yield _line(line)
 
     write_atomic(out / "requests.jsonl", request_lines())
     scores: list[str] = []
     custom = recorded.per_sample(store, run_id, recorded_config)  # {} without custom metrics
-    responses = _response_lines(store, run_id, config.output_fields, defaults, scores, custom)
+    responses = _response_lines(
+        store, run_id, config.output_fields, defaults, scores, custom, config.repeats > 1
+    )
     write_atomic(out / "responses.jsonl", responses)
     write_atomic(out / "scores.jsonl", scores)
     summary = run_summary(store, run_id)
@@ -144,24 +152,32 @@ def _response_lines(
     defaults: dict[str, Any],
     scores: list[str],
     custom: dict[str, dict[str, Any]],
+    with_repeat: bool,
 ) -> Iterator[str]:
     """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
     with the metrics recorded for it and the names of the facts its answer missed."""
     for scored in store.scored_responses(run_id):
         response = scored.response
         line: dict[str, Any] = {"dialogue_id": response.dialogue_id}
+        first: dict[str, Any] = {"dialogue_id": response.dialogue_id}
+        if with_repeat:
+            line["repeat"] = first["repeat"] = response.repeat
         if "completion" in fields:
             line["completion"] = response.completion
         if "metadata" in fields:
             line.update(defaults)
             # Metadata never shadows the line's own fields (the mock loader refuses such
             # keys; a store from an older exprof may hold them).
-            line.update((k, v) for k, v in response.metadata.items() if k not in RESERVED_KEYS)
+            line.update(
+                (k, v)
+                for k, v in response.metadata.items()
+                if k not in RESERVED_KEYS and not (with_repeat and k == "repeat")
+            )
         yield _line(line)
         scores.append(
             _line(
                 {
-                    "dialogue_id": response.dialogue_id,
+                    **first,
                     "fact_coverage": scored.fact_coverage,
                     "refused": scored.refused,
                     "facts_missing": scored.facts_missing,

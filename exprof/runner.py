@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -104,6 +105,26 @@ def dataset_sha256(samples: list[Sample]) -> str:
     return digest.hexdigest()
 
 
+def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:
+    """Each sample `repeats` times, as distinct requests tagged with their repeat index
+    (issue 12); the samples themselves when there is one repeat."""
+    if repeats == 1:
+        return samples
+    return [dataclasses.replace(s, repeat=r) for s in samples for r in range(repeats)]
+
+
+def pending_pairs(samples: list[Sample], slots: set[int], repeats: int) -> list[Sample]:
+    """The (sample, repeat) pairs still owed, from their slots (position * repeats +
+    repeat) and the owed samples in dataset order (as load_run returns them)."""
+    if repeats == 1:
+        return samples
+    by_position = dict(zip(sorted({slot // repeats for slot in slots}), samples, strict=True))
+    return [
+        dataclasses.replace(by_position[slot // repeats], repeat=slot % repeats)
+        for slot in sorted(slots)
+    ]
+
+
 class Runner:
     """Starts and resumes runs on a Store; usable from Python without the CLI."""
 
@@ -159,7 +180,8 @@ class Runner:
             self._announce(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         record = RunRecord(load_started(self.store, chosen), samples, mocks or {})
-        return self._execute(record, lease, seq, samples, concurrency, announce=False)
+        pending = with_repeats(samples, config.repeats)
+        return self._execute(record, lease, seq, pending, concurrency, announce=False)
 
     def rescore(self, source_run_id: str, config: Config, run_id: str | None = None) -> RunResult:
         """A new run that answers every sample with the response `source_run_id` recorded,
@@ -257,7 +279,9 @@ class Runner:
                         f"nothing sent: {failed} failed sample(s) left alone (--no-retry-failed)",
                     )
                 return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
-            record = load_run(self.store, run_id, positions)
+            repeats = started.config.get("repeats", 1)
+            record = load_run(self.store, run_id, {slot // repeats for slot in positions})
+            pending = pending_pairs(record.samples, positions, repeats)
             seq = self.store.last_seq(run_id)
             seq = self.store.append(
                 run_id,
@@ -268,7 +292,7 @@ class Runner:
             self.store.release_lease(lease)
             raise
         return self._execute(
-            record, lease, seq, record.samples, concurrency, positions=sorted(positions)
+            record, lease, seq, pending, concurrency, positions=sorted(positions)
         )
 
     # -- the work --------------------------------------------------------------

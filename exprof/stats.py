@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +92,32 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def repeat_statistics(rows: list[tuple[str, float, bool]]) -> dict[str, Any]:
+    """Per-sample statistics over repeats, from (dialogue_id, coverage, refused) rows with
+    a sample's repeats next to each other: the metrics as means over samples (each the
+    mean of its repeats) with clustered 95% intervals, pass@k (some repeat passes: full
+    coverage, no refusal), pass^k (every repeat passes) and the refusal flips (samples
+    refused in one repeat and answered in another)."""
+    groups: dict[str, list[tuple[float, bool]]] = {}
+    for dialogue_id, coverage, refused in rows:
+        groups.setdefault(dialogue_id, []).append((coverage, refused))
+    coverage_means = np.array([np.mean([c for c, _ in g]) for g in groups.values()])
+    refusal_means = np.array([np.mean([r for _, r in g]) for g in groups.values()])
+    passes = [[c == 1.0 and not r for c, r in g] for g in groups.values()]
+    n = len(groups)
+    out: dict[str, Any] = {"samples": n}
+    for name, means in (("fact_coverage", coverage_means), ("refusal_rate", refusal_means)):
+        centre, lo, hi = cluster_mean_ci(means)
+        out[name] = round(centre, 4) if n else None
+        # Both are proportions: an interval past [0, 1] says no more than its clipped self.
+        out[f"{name}_ci95"] = (
+            [round(max(lo, 0.0), 4), round(min(hi, 1.0), 4)]
+            if lo is not None and hi is not None
+            else None
+        )
+    out["pass_at_k"] = round(sum(any(p) for p in passes) / n, 4) if n else None
+    out["pass_hat_k"] = round(sum(all(p) for p in passes) / n, 4) if n else None
+    out["refusal_flips"] = sum(1 for m in refusal_means if 0 < m < 1)
+    return out

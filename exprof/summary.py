@@ -13,6 +13,7 @@ from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
 from exprof.store.batches import batch_state
+from exprof.stats import repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
 from exprof.store.record import load_started, rescore_source
@@ -24,7 +25,8 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
     by_status = store.sample_stats(run_id)
     latencies = store.ok_latencies(run_id)
     failures = store.failures_by_class(run_id)
-    total, mode = run.samples_total, run.mode
+    # With repeats (issue 12) every (sample, repeat) pair is one unit of work.
+    total, mode = run.samples_total * run.repeats, run.mode
     ok = by_status.get("ok", StatusStats(0, 0.0, 0, 0, 0, 0, 0))
     completed = ok.count
     failed = by_status["failed"].count if "failed" in by_status else 0
@@ -48,6 +50,8 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
     )
     if mode == "rescore":
         summary["rescore_of"] = rescore_source(store, run_id).source_run_id
+    if run.repeats > 1:
+        summary.update(repeat_fields(store, run_id, run.repeats))
     summary.update(recorded.summary_fields(store, run_id, start.config))
     if failures:
         summary["failures_by_class"] = failures
@@ -79,6 +83,19 @@ def batch_costs(full: float | None) -> dict[str, Any]:
         return {"batch": True}
     cost = round(full * BATCH_DISCOUNT, 6)
     return {"batch": True, "estimated_cost_usd": cost, "batch_saving_usd": round(full - cost, 6)}
+
+
+def repeat_fields(store: Store, run_id: str, repeats: int) -> dict[str, Any]:
+    """A run with repeats: its metrics as means over samples, with 95% intervals that
+    count a sample's repeats as one cluster, and the per-sample repeat statistics."""
+    found = repeat_statistics(store.sample_scores(run_id))
+    coverage, refusal = found.pop("fact_coverage"), found.pop("refusal_rate")
+    fields: dict[str, Any] = {"repeats": repeats, "samples_answered": found.pop("samples")}
+    if coverage is not None and refusal is not None:
+        fields["fact_coverage"] = coverage
+        fields["refusal_rate"] = refusal
+        fields["geometric_mean"] = round(metrics.geometric_mean(coverage, refusal), 4)
+    return {**fields, **found}
 
 
 def read_exported_summary(log_dir: Path) -> dict[str, Any]:
@@ -121,7 +138,7 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
             "model": run.model,
             "mode": run.mode,
             "status": status,
-            "done": f"{done}/{run.samples_total}",
+            "done": f"{done}/{run.samples_total * run.repeats}",
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at)),
         }
         row.update(metrics.aggregate(coverage_sum, refused, done))

@@ -21,6 +21,7 @@ from exprof.store.events import (
     BatchSubmitted,
     BatchVoided,
     DatasetChunk,
+    ExperimentStarted,
     JudgeRequestSent,
     JudgeScored,
     MockChunk,
@@ -64,6 +65,12 @@ EXAMPLES = [
     BatchPolled("msgbatch_01", "in_progress", {"processing": 18}),
     BatchEnded("msgbatch_01", {"succeeded": 17, "errored": 1}),
     BatchCancelled(["msgbatch_01"]),
+    ExperimentStarted("e", "mock", {"model": "m"}, [{"name": "c", "params": {}, "run_id": "e.c"}]),
+    RunStarted("e.c", "e", "mock", {}, "abc", 2, {}, "0.1.0", cell={"name": "c", "params": {}}),
+    RequestSent("a", 1, 3),
+    ResponseReceived("a", "x", {}, 2),
+    SampleFailed("a", "RateLimitError", "slow down", 429, 3, 1),
+    SampleScored("a", 0.5, True, [], repeat=4),
 ]
 
 

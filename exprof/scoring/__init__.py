@@ -15,7 +15,8 @@ def sample_events(
 ) -> list[Event]:
     """The events that record one sample's request and its outcome, scored with the
     built-in metrics and `metrics`, the config's custom ones (see custom.build)."""
-    sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1))
+    repeat = sample.repeat
+    sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1), repeat)
     if isinstance(outcome, Failure):
         return [
             sent,
@@ -25,6 +26,7 @@ def sample_events(
                 outcome.message,
                 outcome.status,
                 outcome.attempts,
+                repeat,
             ),
         ]
     coverage, missing = builtin.score(outcome.completion, sample.required_facts)
@@ -36,6 +38,8 @@ def sample_events(
         )
     return [
         sent,
-        ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata),
-        SampleScored(sample.dialogue_id, coverage, refused, missing, values, errors or None),
+        ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata, repeat),
+        SampleScored(
+            sample.dialogue_id, coverage, refused, missing, values, errors or None, repeat
+        ),
     ]

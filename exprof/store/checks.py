@@ -87,5 +87,5 @@ class Checks:
 
 def _rows(conn: Any, table: str, run_id: str) -> list[tuple[Any, ...]]:
     """The run's rows in key order (`updated_at` follows its last event, also replayed)."""
-    rows = execute(conn, f"SELECT * FROM {table} WHERE run_id = ? ORDER BY 1, 2", (run_id,))
+    rows = execute(conn, f"SELECT * FROM {table} WHERE run_id = ? ORDER BY 1, 2, 3", (run_id,))
     return [tuple(r) for r in rows]

@@ -30,7 +30,7 @@ from exprof.store.queries import Queries, like_prefix
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
 

@@ -17,7 +17,10 @@ class Event:
 
     def to_payload(self) -> dict[str, Any]:
         # A shallow copy: asdict's deep copy costs more than the rest of a mock sample.
-        return dict(self.__dict__)
+        payload = dict(self.__dict__)
+        if payload.get("repeat") == 0:  # a run without repeats records what it always did
+            del payload["repeat"]
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Self:
@@ -94,6 +97,7 @@ class RequestSent(Event):
     type: ClassVar[str] = "request_sent"
     dialogue_id: str
     attempts: int = 1
+    repeat: int = 0  # which of the run's repeats of the sample (issue 12)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class ResponseReceived(Event):
     dialogue_id: str
     completion: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class SampleFailed(Event):
     message: str
     status: int | None = None
     attempts: int = 1
+    repeat: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,10 @@ class SampleScored(Event):
     # seed-only run records exactly what it always did.
     metrics: dict[str, Any] | None = None
     metric_errors: dict[str, str] | None = None
+    repeat: int = 0
 
     def to_payload(self) -> dict[str, Any]:
-        payload = dict(self.__dict__)
+        payload = super().to_payload()
         for key in ("metrics", "metric_errors"):
             if payload[key] is None:
                 del payload[key]
@@ -252,6 +259,7 @@ class BatchCancelled(Event):
 BATCH_EVENTS = (BatchIntent, BatchSubmitted, BatchVoided, BatchPolled, BatchEnded, BatchCancelled)
 
 
+@dataclass(frozen=True)
 class ExperimentStarted(Event):
     """A matrix experiment's record (issue 12), the first event of its own stream (keyed
     by the experiment id): the config, the mode, and each cell's name, parameters and run

@@ -98,7 +98,8 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
     overwrites an 'ok', and run-status changes keep their event order.
     """
     new_samples: list[tuple[Any, ...]] = []
-    changes: dict[tuple[str, str], dict[str, Any]] = {}
+    changes: dict[tuple[str, str, int], dict[str, Any]] = {}
+    repeats: dict[str, int] = {}  # per run, read once per batch
     failures: list[tuple[Any, ...]] = []
     statuses: list[tuple[str, str]] = []
     for stored in events:
@@ -106,20 +107,26 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
         if isinstance(ev, RunStarted):
             _insert_run(conn, stored, ev)
         elif isinstance(ev, DatasetChunk):
+            # One row per (sample, repeat); its idx is the slot position * k + repeat.
+            if stored.run_id not in repeats:
+                repeats[stored.run_id] = _repeats(conn, stored.run_id)
+            k = repeats[stored.run_id]
             new_samples.extend(
-                (stored.run_id, s["dialogue_id"], ev.start + i) for i, s in enumerate(ev.samples)
+                (stored.run_id, s["dialogue_id"], r, (ev.start + i) * k + r)
+                for i, s in enumerate(ev.samples)
+                for r in range(k)
             )
         elif isinstance(ev, RequestSent):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
             cols["requests"] = cols.get("requests", 0) + 1
         elif isinstance(ev, ResponseReceived):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
             cols.update(_response_columns(stored.id, ev))
         elif isinstance(ev, SampleScored):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id), {})
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
             cols.update(_score_columns(ev))
         elif isinstance(ev, SampleFailed):
-            failures.append((ev.error_class, ev.attempts, stored.run_id, ev.dialogue_id))
+            failures.append((ev.error_class, ev.attempts, stored.run_id, ev.dialogue_id, ev.repeat))
         elif isinstance(ev, RunResumed):
             statuses.append(("running", stored.run_id))
         elif isinstance(ev, RunInterrupted):
@@ -129,23 +136,27 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
     if new_samples:
         execute(
             conn,
-            "INSERT INTO samples (run_id, dialogue_id, idx, status, requests) "
-            "VALUES (?, ?, ?, 'pending', 0)",
+            "INSERT INTO samples (run_id, dialogue_id, repeat, idx, status, requests) "
+            "VALUES (?, ?, ?, ?, 'pending', 0)",
             new_samples,
         )
     by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for (run_id, dialogue_id), cols in changes.items():
-        by_shape.setdefault(tuple(cols), []).append((*cols.values(), run_id, dialogue_id))
+    for (run_id, dialogue_id, repeat), cols in changes.items():
+        by_shape.setdefault(tuple(cols), []).append((*cols.values(), run_id, dialogue_id, repeat))
     for shape, rows in by_shape.items():
         sets = ", ".join(
             "requests = requests + ?" if col == "requests" else f"{col} = ?" for col in shape
         )
-        execute(conn, f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ?", rows)
+        execute(
+            conn,
+            f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ? AND repeat = ?",
+            rows,
+        )
     if failures:
         execute(
             conn,
             "UPDATE samples SET status = 'failed', error_class = ?, attempts = ? "
-            "WHERE run_id = ? AND dialogue_id = ? AND status != 'ok'",
+            "WHERE run_id = ? AND dialogue_id = ? AND repeat = ? AND status != 'ok'",
             failures,
         )
     if statuses:
@@ -176,18 +187,25 @@ def _insert_run(conn: Connection, stored: StoredEvent, ev: RunStarted) -> None:
     execute(
         conn,
         "INSERT INTO runs (run_id, experiment_id, model, mode, status, samples_total, "
-        "created_at, updated_at, last_event_id) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+        "repeats, created_at, updated_at, last_event_id) "
+        "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
         (
             stored.run_id,
             ev.experiment_id,
             ev.config["model"],
             ev.mode,
             ev.samples_total,
+            ev.config.get("repeats", 1),
             stored.created_at,
             stored.created_at,
             stored.id,
         ),
     )
+
+
+def _repeats(conn: Connection, run_id: str) -> int:
+    found = execute(conn, "SELECT repeats FROM runs WHERE run_id = ?", (run_id,)).scalar()
+    return int(found or 1)
 
 
 def _response_columns(event_id: int, ev: ResponseReceived) -> dict[str, Any]:

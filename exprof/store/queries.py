@@ -37,6 +37,7 @@ class RunRow:
     status: str
     samples_total: int
     created_at: float
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class Queries:
         return {str(r[0]): int(r[1]) for r in rows}
 
     def pending_positions(self, run_id: str, retry_failed: bool) -> set[int]:
-        """Dataset indexes of the samples still owed a response."""
+        """Slots (dataset index * repeats + repeat) of the samples still owed a response."""
         owed = ("pending", "failed") if retry_failed else ("pending",)
         marks = ", ".join("?" * len(owed))
         rows = self._all(
@@ -166,15 +167,16 @@ class Queries:
         )
         return {int(row[0]) for row in rows}
 
-    def requested_ids(self, run_id: str) -> set[str]:
-        """Dialogue ids of the samples that were sent at least once."""
+    def requested_slots(self, run_id: str) -> set[tuple[str, int]]:
+        """(dialogue_id, repeat) of the pairs that were sent at least once."""
         rows = self._all(
-            "SELECT dialogue_id FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
+            "SELECT dialogue_id, repeat FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
         )
-        return {row[0] for row in rows}
+        return {(row[0], int(row[1])) for row in rows}
 
     def sample_scores(self, run_id: str) -> list[tuple[str, float, bool]]:
-        """(dialogue_id, fact_coverage, refused) of each answered sample, in dataset order."""
+        """(dialogue_id, fact_coverage, refused) of each answered sample, in dataset order;
+        with repeats, one row per answered (sample, repeat), a sample's repeats together."""
         rows = self._all(
             "SELECT dialogue_id, fact_coverage, refused FROM samples "
             "WHERE run_id = ? AND status = 'ok' ORDER BY idx",
@@ -272,7 +274,8 @@ class Queries:
 
 
 _RUN_COLUMNS = (
-    "SELECT run_id, experiment_id, model, mode, status, samples_total, created_at FROM runs"
+    "SELECT run_id, experiment_id, model, mode, status, samples_total, created_at, repeats "
+    "FROM runs"
 )
 
 
