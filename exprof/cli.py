@@ -200,6 +200,19 @@ def cli() -> None:
     type=int,
     help="Send every sample K times per cell (overrides the config's repeats).",
 )
+@click.option(
+    "--cache/--no-cache",
+    default=None,
+    help="Reuse the store's answer to an identical request instead of sending it.",
+)
+@click.option(
+    "--budget-usd", type=float, help="Stop dispatching once the recorded cost reaches this."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the requests, input tokens and cost it would take; write nothing.",
+)
 @output_options
 def run(
     config_path: str,
@@ -213,6 +226,9 @@ def run(
     quiet: bool,
     yes: bool,
     repeats: int | None,
+    cache: bool | None,
+    budget_usd: float | None,
+    dry_run: bool,
     format_: str,
 ) -> None:
     """Start a new run: send every sample, record it, export, print the summary."""
@@ -226,8 +242,8 @@ def run(
     config = load_config(config_path)
     if batch is not None:
         config = dataclasses.replace(config, batch=batch)
-    config = with_overrides(config, repeats=repeats)
-    if config.matrix:
+    config = with_overrides(config, repeats=repeats, cache=cache, budget_usd=budget_usd)
+    if config.matrix and not dry_run:
         from exprof.experiment import check_size
 
         check_size(config, yes)
@@ -239,6 +255,9 @@ def run(
         from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
+    if dry_run:
+        _echo_dry_run(config, samples, live, format_)
+        return
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
@@ -270,6 +289,11 @@ def run(
     help="Send the samples that failed before again.",
 )
 @poll_option
+@click.option(
+    "--budget-usd",
+    type=click.FloatRange(min=0),
+    help="A new budget for the run (or the experiment), replacing the recorded one.",
+)
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @output_options
 def resume(
@@ -279,6 +303,7 @@ def resume(
     concurrency: int | None,
     retry_failed: bool,
     poll_interval: float | None,
+    budget_usd: float | None,
     quiet: bool,
     format_: str,
 ) -> None:
@@ -292,9 +317,16 @@ def resume(
     if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
         from exprof.experiment import resume_experiment
 
-        found = resume_experiment(runner, run_id, concurrency, retry_failed)
+        found = resume_experiment(runner, run_id, concurrency, retry_failed, budget_usd)
         _finish_experiment(found, format_)
-    result = runner.resume(run_id, concurrency=concurrency, retry_failed=retry_failed)
+    budget = None
+    if budget_usd is not None:
+        from exprof.budget import Budget
+
+        budget = Budget(store, [run_id], budget_usd)
+    result = runner.resume(
+        run_id, concurrency=concurrency, retry_failed=retry_failed, budget=budget
+    )
     _finish(result, format_)
 
 
@@ -565,6 +597,29 @@ def _cell(value: Any) -> Any:
 def _check_concurrency(value: int | None) -> None:
     if value is not None and value < 1:
         raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
+
+
+def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str) -> None:
+    """--dry-run: requests, input tokens and cost per cell; nothing is written."""
+    from exprof.estimate import dry_run
+
+    counter = None
+    if live:
+        from exprof.clients.count import count_input_tokens
+
+        counter = count_input_tokens
+    found = dry_run(config, samples, counter)
+    headers = ["cell", "model", "requests", "input_tokens", "input_cost_usd", "max_cost_usd"]
+    rows = [[c[h] for h in headers] for c in found["cells"]]
+    rows.append(["total", "", found["requests"], found["input_tokens"]])
+    rows[-1] += [found["input_cost_usd"], found["max_cost_usd"]]
+    click.echo(render(rows, headers, format_, found))
+    if format_ != "json":
+        click.echo(
+            f"input tokens by {found['token_count']}; max_cost_usd counts every answer at "
+            "max_tokens. Nothing was sent or written.",
+            err=True,
+        )
 
 
 def _finish_experiment(result: Any, format_: str) -> None:

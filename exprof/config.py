@@ -314,12 +314,21 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
     return Config(**out)
 
 
-def with_overrides(config: Config, repeats: int | None = None) -> Config:
+def with_overrides(
+    config: Config,
+    repeats: int | None = None,
+    cache: bool | None = None,
+    budget_usd: float | None = None,
+) -> Config:
     """The config with the command line's experiment flags applied, each checked as its
     config key is and named by its flag."""
     changes: dict[str, Any] = {}
     if repeats is not None:
         changes["repeats"] = _integer(repeats, "--repeats", 1, MAX_REPEATS)
+    if cache is not None:
+        changes["cache"] = cache
+    if budget_usd is not None:
+        changes["budget_usd"] = float(_number(budget_usd, "--budget-usd", 0.0, None))
     return replace(config, **changes) if changes else config
 
 

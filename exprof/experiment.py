@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from exprof.budget import Budget
 from exprof.config import MAX_CELLS, Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -144,14 +145,20 @@ def run_experiment(
 
 
 def resume_experiment(
-    runner: Runner, experiment_id: str, concurrency: int | None = None, retry_failed: bool = True
+    runner: Runner,
+    experiment_id: str,
+    concurrency: int | None = None,
+    retry_failed: bool = True,
+    budget_usd: float | None = None,
 ) -> ExperimentResult:
     """Continue every unfinished cell; a cell that never started starts now, from a
     sibling's dataset snapshot (every cell records the same prompts, bar the system)."""
     record = runner.store.experiment_record(experiment_id)
     if record is None:
         raise ExprofError(f"{runner.store.location}: no experiment {experiment_id!r}")
-    return _run_cells(runner, record, None, None, concurrency, resume=True, retry=retry_failed)
+    return _run_cells(
+        runner, record, None, None, concurrency, resume=True, retry=retry_failed, limit=budget_usd
+    )
 
 
 def _run_cells(
@@ -162,15 +169,20 @@ def _run_cells(
     concurrency: int | None,
     resume: bool,
     retry: bool = True,
+    limit: float | None = None,
 ) -> ExperimentResult:
     store = runner.store
     config = Config.from_dict(record.config)
     exp = record.experiment_id
+    # One budget for the whole experiment: the recorded cost of all its cells.
+    limit = limit if limit is not None else config.budget_usd
+    run_ids = [payload["run_id"] for payload in record.cells]
+    budget = Budget(store, run_ids, limit) if limit is not None else None
     codes: list[int] = []
     for payload in record.cells:
         cell = Cell(payload["name"], payload["params"], payload["run_id"])
         if resume and store.run_exists(cell.run_id):
-            result = runner.resume(cell.run_id, concurrency=concurrency, retry_failed=retry)
+            result = runner.resume(cell.run_id, concurrency, retry, budget)
         else:
             if samples is None:
                 samples, mocks = _sibling_snapshot(store, record)
@@ -183,8 +195,11 @@ def _run_cells(
                 run_id=cell.run_id,
                 concurrency=concurrency,
                 cell={"experiment": exp, "name": cell.name, "params": cell.params},
+                budget=budget,
             )
         codes.append(result.exit_code)
+        if result.over_budget and budget is not None:
+            return _result(store, exp, result.exit_code, budget.message(exp))
         if result.exit_code not in (EXIT_OK, EXIT_SAMPLES_FAILED):  # Ctrl-C, SIGTERM, ...
             return _result(store, exp, result.exit_code, _stopped(result, exp))
     if any(code == EXIT_SAMPLES_FAILED for code in codes):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof import __version__
+from exprof.budget import Budget
 from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
 from exprof.clients.replay import ReplayClient
@@ -67,6 +68,7 @@ class RunResult:
     summary: dict[str, Any]
     exit_code: int
     message: str
+    over_budget: bool = False  # stopped by budget_usd (issue 12); resumable
 
 
 @contextlib.contextmanager
@@ -151,8 +153,12 @@ class Runner:
         run_id: str | None = None,
         concurrency: int | None = None,
         cell: dict[str, Any] | None = None,
+        budget: Budget | None = None,
     ) -> RunResult:
         """Start a run; `cell` places it in a matrix experiment (see exprof.experiment)."""
+        if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
+            # Batches address samples by dataset position: one request per sample.
+            raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
         # What actually goes over the wire: the mock sends nothing, and API 2026-10-21
         # rejects sampling parameters, so temperature is only sent under 2023-06-01.
         sends = mode == "live" and config.sends_temperature
@@ -180,8 +186,12 @@ class Runner:
             self._announce(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         record = RunRecord(load_started(self.store, chosen), samples, mocks or {})
+        if budget is None and config.budget_usd is not None:
+            budget = Budget(self.store, [chosen], config.budget_usd)
         pending = with_repeats(samples, config.repeats)
-        return self._execute(record, lease, seq, pending, concurrency, announce=False)
+        return self._execute(
+            record, lease, seq, pending, concurrency, announce=False, budget=budget
+        )
 
     def rescore(self, source_run_id: str, config: Config, run_id: str | None = None) -> RunResult:
         """A new run that answers every sample with the response `source_run_id` recorded,
@@ -251,8 +261,13 @@ class Runner:
             return chosen, lease, seq
 
     def resume(
-        self, run_id: str, concurrency: int | None = None, retry_failed: bool = True
+        self,
+        run_id: str,
+        concurrency: int | None = None,
+        retry_failed: bool = True,
+        budget: Budget | None = None,
     ) -> RunResult:
+        """Continue a run; `budget` replaces the recorded budget_usd, if any."""
         started = load_started(self.store, run_id)
         if started.mode == "live" or (
             judge.specs(started.config["metrics"]) and self._judge_mode(run_id) == "live"
@@ -291,8 +306,11 @@ class Runner:
         except BaseException:
             self.store.release_lease(lease)
             raise
+        limit = started.config.get("budget_usd")
+        if budget is None and limit is not None:
+            budget = Budget(self.store, [run_id], limit)
         return self._execute(
-            record, lease, seq, pending, concurrency, positions=sorted(positions)
+            record, lease, seq, pending, concurrency, positions=sorted(positions), budget=budget
         )
 
     # -- the work --------------------------------------------------------------
@@ -306,10 +324,17 @@ class Runner:
         concurrency: int | None,
         announce: bool = True,
         positions: Sequence[int] | None = None,
+        budget: Budget | None = None,
     ) -> RunResult:
         """Send `pending`, the samples at dataset `positions` (ascending; default: all)."""
         run_id = record.run_id
         began = time.monotonic()
+        if record.config.cache:
+            try:
+                seq, pending = self._reuse(record, seq, pending)
+            except BaseException:
+                self.store.release_lease(lease)
+                raise
         progress = Progress(len(pending), quiet=self.quiet)
         try:
             # Signals are flags throughout; the mock and the judge check between commits,
@@ -334,7 +359,9 @@ class Runner:
                 else:
                     from exprof.clients.live import run_live
 
-                    seq = run_live(self.store, record, lease, seq, pending, concurrency, progress)
+                    # The budget counts live spending only: the mock costs nothing.
+                    todo = pending if budget is None else budget.within(pending)
+                    seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
                 progress.close()
                 progress.enabled = False  # closed: the judge phase draws its own bar
                 seq = self._judge(record, seq, concurrency, announce)
@@ -345,6 +372,8 @@ class Runner:
             self.store.release_lease(lease)
             raise
         progress.close()
+        if budget is not None and budget.reached:
+            return self._over_budget(record, lease, budget)
         try:
             with deferred_signals():
                 counts = self.store.sample_status_counts(run_id)
@@ -493,6 +522,40 @@ class Runner:
     ) -> None:
         count, cost = judge.estimate(tasks, pricing, answer_tokens)
         print(judge.announcement(count, cost, (t.model for t in tasks)), file=sys.stderr)
+
+    def _over_budget(self, record: RunRecord, lease: Lease, budget: Budget) -> RunResult:
+        """Stopped by the budget: recorded as interrupted, so that resume continues it."""
+        run_id = record.run_id
+        try:
+            message = budget.message(run_id)
+            seq = self.store.last_seq(run_id)
+            self.store.append(run_id, [RunInterrupted(message)], after_seq=seq)
+            summary = self._export(record)
+        finally:
+            self.store.release_lease(lease)
+        return RunResult(run_id, summary, EXIT_SAMPLES_FAILED, message, over_budget=True)
+
+    def _reuse(
+        self, record: RunRecord, seq: int, pending: list[Sample]
+    ) -> tuple[int, list[Sample]]:
+        """Record the answers the store already holds for identical requests (issue 12);
+        return the new seq and the samples still to send."""
+        from exprof.cache import find_answers
+
+        found = find_answers(self.store, record.started, pending)
+        if not found:
+            return seq, pending
+        metrics = custom.build(record.config.metrics)
+        events: list[Event] = []
+        rest = []
+        for sample in pending:
+            hit = found.get((sample.dialogue_id, sample.repeat))
+            if hit is None:
+                rest.append(sample)
+            else:
+                events.extend(sample_events(sample, hit[1], metrics, reused_from=hit[0]))
+        seq = self.store.append(record.run_id, events, after_seq=seq)
+        return seq, rest
 
     # -- helpers ---------------------------------------------------------------
 

@@ -12,8 +12,8 @@ from exprof.files import export_complete, read_text
 from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
-from exprof.store.batches import batch_state
 from exprof.stats import repeat_statistics
+from exprof.store.batches import batch_state
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
 from exprof.store.record import load_started, rescore_source
@@ -52,6 +52,13 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
         summary["rescore_of"] = rescore_source(store, run_id).source_run_id
     if run.repeats > 1:
         summary.update(repeat_fields(store, run_id, run.repeats))
+    reused, reused_in, reused_out = store.reused_stats(run_id)
+    if reused:  # answers taken from the store (issue 12): what they would have cost
+        summary["responses_reused"] = reused
+        avoided = estimate_cost(
+            start.config["model"], reused_in, reused_out, start.config["pricing"]
+        )
+        summary["cost_avoided_usd"] = avoided if mode == "live" else None
     summary.update(recorded.summary_fields(store, run_id, start.config))
     if failures:
         summary["failures_by_class"] = failures

@@ -61,6 +61,7 @@ class FakeState:
     first_success: float | None = None
     last_success: float | None = None
     requests: int = 0
+    token_counts: int = 0  # messages.count_tokens calls, not counted in requests
     successes: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -151,6 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
         user = body.get("messages", [{}])[0].get("content", "")
         if isinstance(user, list):
             user = "".join(part.get("text", "") for part in user)
+        if self.path.split("?")[0] == "/v1/messages/count_tokens":
+            return self._count_tokens(state, body, user)
         with state.lock:
             state.requests += 1
             state.in_flight += 1
@@ -171,6 +174,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(state, body, user, attempt)
         finally:
             self._leave_flight()
+
+    def _count_tokens(self, state: FakeState, body: dict, user: str) -> None:
+        """messages.count_tokens: free, not a message request; the same count the answers
+        report, plus the system prompt's words."""
+        self.request_id = "req_count"
+        self.answered = True
+        with state.lock:
+            state.token_counts += 1
+        system = body.get("system") or ""
+        if isinstance(system, list):
+            system = "".join(part.get("text", "") for part in system)
+        self._send(200, {"input_tokens": len(user.split()) + len(system.split()) + 3})
 
     def _leave_flight(self) -> None:
         """Called before the answer's bytes go out, so a client that has its answer never

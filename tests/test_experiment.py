@@ -451,3 +451,148 @@ def test_compare_of_cells_with_repeats_averages_them(tmp_path, invoke):
     assert found["samples"]["common"] == 12  # samples, not 36 (sample, repeat) pairs
     assert found["metrics"]["fact_coverage"]["delta"] == 0.0
     assert found["metrics"]["refusal_rate"]["a"] == pytest.approx(0.25)  # d0, d5, d10
+
+
+# -- cache: reuse of recorded answers ------------------------------------------------
+
+
+def test_cached_rerun_sends_nothing_and_repeat_i_reuses_only_repeat_i(tmp_path, invoke, fake):
+    server = fake(latency=0.0)
+    config = write_experiment(tmp_path, *make_samples(6), repeats=2)
+    first = invoke("run", "--config", str(config), "--quiet", "--run-id", "a", "--format", "json")
+    assert first.exit_code == 0, first.output
+    assert server.state.requests == 12
+    # Three repeats with the cache: repeats 0 and 1 are reused, repeat 2 is new.
+    more = invoke(
+        "run",
+        "--config",
+        str(config),
+        "--quiet",
+        "--cache",
+        "--repeats",
+        "3",
+        "--run-id",
+        "b",
+        "--format",
+        "json",
+    )
+    assert more.exit_code == 0, more.output
+    assert server.state.requests == 12 + 6
+    assert json_out(more)["responses_reused"] == 12
+    # Again: every answer is in the store now, so nothing is sent at all.
+    again = invoke(
+        "run",
+        "--config",
+        str(config),
+        "--quiet",
+        "--cache",
+        "--repeats",
+        "3",
+        "--run-id",
+        "c",
+        "--format",
+        "json",
+    )
+    summary = json_out(again)
+    assert server.state.requests == 18
+    assert summary["responses_reused"] == 18 and summary["samples_completed"] == 18
+    assert summary["cost_avoided_usd"] > 0
+    assert summary["input_tokens"] == summary["output_tokens"] == 0  # nothing paid for
+    assert "estimated_cost_usd" in summary and summary["estimated_cost_usd"] == 0
+    store = open_store(tmp_path)
+    originals = {
+        e.id: (e.run_id, e.payload["dialogue_id"], e.payload.get("repeat", 0))
+        for e in store.events(types=("response_received",))
+    }
+    reused = list(store.events("c", ("response_reused",)))
+    assert len(reused) == 18
+    for ev in reused:  # each points at the first record of the same (sample, repeat)
+        run, dialogue, repeat = originals[ev.payload["source_event_id"]]
+        assert (dialogue, repeat) == (ev.payload["dialogue_id"], ev.payload.get("repeat", 0))
+        assert run == ("a" if repeat < 2 else "b")
+    assert not list(store.events("c", ("request_sent",)))
+    lines_a = read_lines(tmp_path / "runs" / "a" / "responses.jsonl")
+    lines_c = read_lines(tmp_path / "runs" / "c" / "responses.jsonl")
+    assert [r for r in lines_c if r["repeat"] < 2] == lines_a  # the same answers, scored alike
+    assert len(read_lines(tmp_path / "runs" / "c" / "requests.jsonl")) == 18
+
+
+def test_cache_never_reuses_a_different_request(tmp_path, invoke, fake):
+    server = fake(latency=0.0)
+    config = write_experiment(tmp_path, *make_samples(4))
+    invoke("run", "--config", str(config), "--quiet", "--run-id", "a")
+    other = write_experiment(tmp_path / "o", *make_samples(4), max_tokens=99, cache=True)
+    result = invoke("run", "--config", str(other), "--quiet", "--run-id", "b", "--format", "json")
+    assert result.exit_code == 0 and "responses_reused" not in json_out(result)
+    assert server.state.requests == 8
+    off = invoke("run", "--config", str(config), "--quiet", "--run-id", "c")
+    assert off.exit_code == 0 and server.state.requests == 12  # off by default
+
+
+# -- dry run ---------------------------------------------------------------------
+
+
+def test_dry_run_counts_requests_and_cost_and_writes_nothing(tmp_path, invoke):
+    config = matrix_config(tmp_path, n=7, repeats=5)
+    result = invoke("run", "--config", str(config), "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json_out(result)
+    assert found["requests"] == 6 * 7 * 5 and len(found["cells"]) == 6
+    assert found["token_count"] == "heuristic"
+    # make_samples: system "sys", user "question i": ceil(len / 4) + 8 per request.
+    per_cell = sum(math.ceil((3 + len(f"question {i}")) / 4) + 8 for i in range(7)) * 5
+    assert [c["input_tokens"] for c in found["cells"]] == [per_cell] * 6
+    opus = found["cells"][0]
+    assert opus["input_cost_usd"] == pytest.approx(per_cell * 15 / 1e6, abs=1e-6)
+    assert opus["max_cost_usd"] == pytest.approx(opus["input_cost_usd"] + 35 * 100 * 75 / 1e6)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_live_dry_run_counts_tokens_with_the_api_and_sends_no_message(tmp_path, invoke, fake):
+    server = fake()
+    config = matrix_config(tmp_path, n=5)
+    result = invoke("run", "--config", str(config), "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json_out(result)
+    assert found["token_count"] == "messages.count_tokens"
+    assert found["cells"][0]["input_tokens"] == 5 * (1 + 2 + 3)  # "sys", "question i", +3
+    assert server.state.requests == 0
+    assert server.state.token_counts == 2 * 5  # per model, per distinct prompt
+    assert not (tmp_path / "runs").exists()
+
+
+# -- budget ----------------------------------------------------------------------
+
+
+def test_budget_stops_then_resume_with_a_larger_one_finishes(tmp_path, invoke, fake):
+    server = fake(latency=0.0)
+    n = 30
+    config = write_experiment(tmp_path, *make_samples(n), concurrency=1, budget_usd=0.003)
+    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert first.exit_code == 1
+    assert "budget reached" in first.stderr and "exprof resume exp --budget-usd" in first.stderr
+    summary = json_out(first)
+    assert 0 < summary["samples_completed"] < n
+    assert summary["estimated_cost_usd"] >= 0.003
+    sent = server.state.requests
+    listing = json.loads(invoke("runs", "--format", "json").stdout)
+    assert listing[0]["status"] == "interrupted"
+    same = invoke("resume", "exp", "--quiet")  # the recorded budget: still reached
+    assert same.exit_code == 1 and server.state.requests == sent
+    more = invoke("resume", "exp", "--quiet", "--budget-usd", "10", "--format", "json")
+    assert more.exit_code == 0, more.output
+    assert json_out(more)["samples_completed"] == n
+    assert server.state.requests == n  # nothing sent twice
+
+
+def test_budget_spans_the_cells_of_an_experiment(tmp_path, invoke, fake):
+    fake(latency=0.0)
+    # Ten claude-3-opus answers from the fake cost $0.003: the budget ends in cell 2.
+    config = matrix_config(tmp_path, n=10, concurrency=1, budget_usd=0.0045)
+    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert first.exit_code == 1 and "exprof resume exp --budget-usd" in first.stderr
+    statuses = [c["status"] for c in json_out(first)["cells"]]
+    assert statuses == ["complete", "incomplete"] + ["not started"] * 4
+    done = invoke("resume", "exp", "--quiet", "--budget-usd", "100", "--format", "json")
+    assert done.exit_code == 0, done.output
+    assert {c["status"] for c in json_out(done)["cells"]} == {"complete"}

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from exprof.clients.credentials import redact
@@ -194,7 +194,7 @@ def run_live(
     record: RunRecord,
     lease: Lease,
     seq: int,
-    pending: list[Sample],
+    pending: Iterable[Sample],
     concurrency: int | None,
     progress: Progress,
 ) -> int:
@@ -241,7 +241,7 @@ class _LiveSession:
         self.fatal: str | None = None  # the cause, once an error will hit every request
         self.last_beat = time.monotonic()
 
-    async def run(self, pending: list[Sample]) -> int:
+    async def run(self, pending: Iterable[Sample]) -> int:
         limiter = AdaptiveLimit(self.concurrency)
         client = LiveClient(self.record.config, limiter)
         metrics = custom.build(self.record.config.metrics)

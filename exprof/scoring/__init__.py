@@ -7,14 +7,26 @@ from collections.abc import Sequence
 from exprof.clients.outcome import Failure, Outcome
 from exprof.dataset import Sample
 from exprof.scoring import builtin, custom
-from exprof.store.events import Event, RequestSent, ResponseReceived, SampleFailed, SampleScored
+from exprof.store.events import (
+    Event,
+    RequestSent,
+    ResponseReceived,
+    ResponseReused,
+    SampleFailed,
+    SampleScored,
+)
 
 
 def sample_events(
-    sample: Sample, outcome: Outcome, metrics: Sequence[custom.Metric] = ()
+    sample: Sample,
+    outcome: Outcome,
+    metrics: Sequence[custom.Metric] = (),
+    reused_from: int | None = None,
 ) -> list[Event]:
     """The events that record one sample's request and its outcome, scored with the
-    built-in metrics and `metrics`, the config's custom ones (see custom.build)."""
+    built-in metrics and `metrics`, the config's custom ones (see custom.build). With
+    `reused_from`, the outcome is the answer recorded by that event, taken instead of
+    sending (issue 12): no request, a ResponseReused, and the scores as usual."""
     repeat = sample.repeat
     sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1), repeat)
     if isinstance(outcome, Failure):
@@ -36,10 +48,14 @@ def sample_events(
         values, errors = custom.evaluate(
             metrics, sample.to_payload(), outcome.completion, outcome.metadata
         )
+    scored = SampleScored(
+        sample.dialogue_id, coverage, refused, missing, values, errors or None, repeat
+    )
+    if reused_from is not None:
+        args = (sample.dialogue_id, outcome.completion, outcome.metadata, repeat)
+        return [ResponseReused(*args, source_event_id=reused_from), scored]
     return [
         sent,
         ResponseReceived(sample.dialogue_id, outcome.completion, outcome.metadata, repeat),
-        SampleScored(
-            sample.dialogue_id, coverage, refused, missing, values, errors or None, repeat
-        ),
+        scored,
     ]

@@ -272,6 +272,16 @@ class ExperimentStarted(Event):
     cells: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class ResponseReused(ResponseReceived):
+    """An answer taken from the store instead of sent (issue 12, `cache: true`): the
+    identical request's recorded answer, copied, with the id of the event that first
+    recorded it. It counts as the sample's response everywhere a response does."""
+
+    type: ClassVar[str] = "response_reused"
+    source_event_id: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -290,6 +300,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunFinished,
         *BATCH_EVENTS,
         ExperimentStarted,
+        ResponseReused,
     )
 }
 

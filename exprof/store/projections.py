@@ -19,6 +19,7 @@ from exprof.store.events import (
     DatasetChunk,
     RequestSent,
     ResponseReceived,
+    ResponseReused,
     RunFinished,
     RunInterrupted,
     RunResumed,
@@ -219,6 +220,7 @@ def _response_columns(event_id: int, ev: ResponseReceived) -> dict[str, Any]:
         "attempts": _int_or_none(meta.get("attempts")),
         "response_event_id": event_id,
         "error_class": None,
+        "reused": 1 if isinstance(ev, ResponseReused) else None,
     }
 
 

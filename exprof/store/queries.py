@@ -123,8 +123,11 @@ class Queries:
 
     def sample_stats(self, run_id: str) -> dict[str, StatusStats]:
         rows = self._all(
+            # A reused answer's tokens were not paid for again (issue 12): not counted.
             "SELECT status, count(*), sum(fact_coverage), sum(refused), "
-            "sum(input_tokens), sum(output_tokens), sum(attempts), count(attempts) "
+            "sum(CASE WHEN reused = 1 THEN 0 ELSE input_tokens END), "
+            "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END), "
+            "sum(attempts), count(attempts) "
             "FROM samples WHERE run_id = ? GROUP BY status",
             (run_id,),
         )
@@ -168,9 +171,12 @@ class Queries:
         return {int(row[0]) for row in rows}
 
     def requested_slots(self, run_id: str) -> set[tuple[str, int]]:
-        """(dialogue_id, repeat) of the pairs that were sent at least once."""
+        """(dialogue_id, repeat) of the pairs that were sent at least once, or answered
+        from the store (a reused answer stands for its identical request)."""
         rows = self._all(
-            "SELECT dialogue_id, repeat FROM samples WHERE run_id = ? AND requests > 0", (run_id,)
+            "SELECT dialogue_id, repeat FROM samples WHERE run_id = ? "
+            "AND (requests > 0 OR reused = 1)",
+            (run_id,),
         )
         return {(row[0], int(row[1])) for row in rows}
 
@@ -244,6 +250,33 @@ class Queries:
         return from_row(type_, loads(payload))
 
     # -- experiments (issue 12) -------------------------------------------------
+
+    def reused_stats(self, run_id: str) -> tuple[int, int, int]:
+        """Answers reused from the store: how many, and their input and output tokens."""
+        row = self._all(
+            "SELECT count(*), sum(input_tokens), sum(output_tokens) FROM samples "
+            "WHERE run_id = ? AND status = 'ok' AND reused = 1",
+            (run_id,),
+        )[0]
+        return int(row[0]), int(row[1] or 0), int(row[2] or 0)
+
+    def runs_of_model(self, model: str, mode: str) -> list[str]:
+        """Runs that asked this model in this mode: where an identical request may be."""
+        rows = self._all(
+            "SELECT run_id FROM runs WHERE model = ? AND mode = ? ORDER BY created_at, run_id",
+            (model, mode),
+        )
+        return [str(r[0]) for r in rows]
+
+    def answered_slots(self, run_id: str) -> list[tuple[int, int, int]]:
+        """(dataset position, repeat, response event id) of each answered pair."""
+        rows = self._all(
+            "SELECT r.repeats, s.idx, s.repeat, s.response_event_id "
+            "FROM samples s JOIN runs r ON r.run_id = s.run_id "
+            "WHERE s.run_id = ? AND s.status = 'ok'",
+            (run_id,),
+        )
+        return [(int(idx) // int(k), int(rep), int(ev)) for k, idx, rep, ev in rows]
 
     def experiment_record(self, experiment_id: str) -> ExperimentStarted | None:
         """The matrix experiment recorded under this id, if there is one."""

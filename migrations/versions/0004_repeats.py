@@ -1,5 +1,6 @@
-"""Repeats (issue 12): a sample's row in the projection is one (sample, repeat) pair, and
-each run records how many repeats it sends.
+"""Repeats and reuse (issue 12): a sample's row in the projection is one (sample, repeat)
+pair, each run records how many repeats it sends, and a row says whether its answer was
+reused from the store rather than sent.
 
 `samples` is keyed by (run_id, dialogue_id, repeat) and its `idx` becomes the pair's
 slot, position * repeats + repeat (the dataset position itself when repeats is 1). The
@@ -39,6 +40,7 @@ def upgrade() -> None:
         sa.Column("response_event_id", sa.Integer),
         sa.Column("error_class", sa.Text),
         sa.Column("facts_missing", sa.Text),
+        sa.Column("reused", sa.Integer),  # 1 when the answer was reused, not sent
         sqlite_with_rowid=False,
     )
     op.create_index("ix_samples_run_idx", "samples", ["run_id", "idx"], unique=True)

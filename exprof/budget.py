@@ -1,0 +1,64 @@
+"""`budget_usd` (issue 12): stop dispatching once the recorded cost reaches a limit.
+
+The cost is what the store says was spent: the tokens of the answers recorded for the
+runs under the budget (all the cells of an experiment), priced by the pricing table;
+reused answers cost nothing. Requests already in flight when the limit is reached still
+land, so a run may end a few requests past it; none is dispatched after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from exprof.pricing import estimate_cost
+from exprof.store.engine import Store
+from exprof.store.record import load_started
+
+CHECK_EVERY_S = 0.05  # the cost is read from the store at most this often
+T = TypeVar("T")
+
+
+class Budget:
+    def __init__(self, store: Store, run_ids: list[str], limit_usd: float) -> None:
+        self.store = store
+        self.run_ids = run_ids
+        self.limit_usd = limit_usd
+        self.reached = False
+        self._checked = 0.0
+
+    def spent(self) -> float:
+        total = 0.0
+        for run_id in self.run_ids:
+            if not self.store.run_exists(run_id):
+                continue
+            config = load_started(self.store, run_id).config
+            ok = self.store.sample_stats(run_id).get("ok")
+            if ok is not None:
+                cost = estimate_cost(
+                    config["model"], ok.input_tokens, ok.output_tokens, config["pricing"]
+                )
+                total += cost or 0.0
+        return total
+
+    def check(self) -> bool:
+        """True once the limit is reached (read again at most every CHECK_EVERY_S)."""
+        now = time.monotonic()
+        if not self.reached and now - self._checked >= CHECK_EVERY_S:
+            self._checked = now
+            self.reached = self.spent() >= self.limit_usd
+        return self.reached
+
+    def within(self, items: Iterable[T]) -> Iterator[T]:
+        """The items, until the limit is reached."""
+        for item in items:
+            if self.check():
+                return
+            yield item
+
+    def message(self, resume_id: str) -> str:
+        return (
+            f"budget reached: ${self.spent():.4f} recorded of ${self.limit_usd:g}; "
+            f"continue with a larger one: exprof resume {resume_id} --budget-usd AMOUNT"
+        )

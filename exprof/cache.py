@@ -1,0 +1,69 @@
+"""Reusing recorded answers (issue 12, `cache: true`): the cache is the event store.
+
+A request is identical to a recorded one when the model, the parameters actually sent,
+the system prompt, the user prompt, max_tokens and the API version are the same, and so
+is the repeat index: repeat i reuses only repeat i of an earlier run, so K repeats stay
+K independent draws. The reused answer is recorded as a ResponseReused event pointing at
+the event that first recorded it, and scored as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from exprof.clients.outcome import Response
+from exprof.dataset import Sample
+from exprof.store.engine import Store
+from exprof.store.events import ResponseReceived, ResponseReused, RunStarted
+from exprof.store.record import iter_samples
+
+
+def _key(system: str, user: str, repeat: int) -> str:
+    return hashlib.sha256(f"{repeat}\x00{system}\x00{user}".encode()).hexdigest()
+
+
+def _same_request(a: RunStarted, b: RunStarted) -> bool:
+    """Model, sent parameters, max_tokens and API version equal (a mock run sends no
+    API version, so two mock runs match on the rest)."""
+    ca, cb = a.config, b.config
+    return (
+        a.mode == b.mode
+        and ca["model"] == cb["model"]
+        and ca["max_tokens"] == cb["max_tokens"]
+        and a.sent_params == b.sent_params
+        and (a.mode == "mock" or ca["api_version"] == cb["api_version"])
+    )
+
+
+def find_answers(
+    store: Store, started: RunStarted, pending: Iterable[Sample]
+) -> dict[tuple[str, int], tuple[int, Response]]:
+    """For each pending (dialogue_id, repeat) whose identical request was answered in an
+    earlier run: the id of the event that first recorded the answer, and the answer."""
+    wanted = {_key(s.system, s.user, s.repeat): (s.dialogue_id, s.repeat) for s in pending}
+    found: dict[tuple[str, int], int] = {}
+    for run_id in store.runs_of_model(started.config["model"], started.mode):
+        if run_id == started.run_id or len(found) == len(wanted):
+            continue
+        other = store.run_started(run_id)
+        if other is None or not _same_request(started, other):
+            continue
+        answered: dict[int, list[tuple[int, int]]] = {}
+        for position, repeat, event_id in store.answered_slots(run_id):
+            answered.setdefault(position, []).append((repeat, event_id))
+        if not answered:
+            continue
+        for position, sample in enumerate(iter_samples(store, run_id)):
+            for repeat, event_id in answered.get(position, ()):
+                slot = wanted.get(_key(sample.system, sample.user, repeat))
+                if slot is not None and slot not in found:
+                    found[slot] = event_id
+    out: dict[tuple[str, int], tuple[int, Response]] = {}
+    for slot, event_id in found.items():
+        event = store.event_at(event_id)
+        assert isinstance(event, ResponseReceived)
+        # Point at the answer's first record, not at an earlier reuse of it.
+        source = event.source_event_id if isinstance(event, ResponseReused) else event_id
+        out[slot] = (source, Response(event.completion, event.metadata))
+    return out
