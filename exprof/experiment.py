@@ -301,8 +301,11 @@ def compare_to_baseline(
             continue
         result = compare(base_side, load_side(payload["run_id"], lambda: store), resamples, seed, 0)
         cov, ref = result["metrics"]["fact_coverage"], result["metrics"]["refusal_rate"]
-        pairs = np.array([[r["coverage_a"], r["coverage_b"]] for r in result["per_sample"]])
-        means = bootstrap_means(pairs, resamples, seed)
+        p_value = None
+        if result["statistics"]["meaningful"]:  # as compare: no p from a handful of samples
+            pairs = np.array([[r["coverage_a"], r["coverage_b"]] for r in result["per_sample"]])
+            means = bootstrap_means(pairs, resamples, seed)
+            p_value = round(bootstrap_p_value(means[:, 1] - means[:, 0]), 6)
         rows.append(
             {
                 "cell": payload["name"],
@@ -311,7 +314,7 @@ def compare_to_baseline(
                 "samples": result["samples"]["common"],
                 "fact_coverage_delta": cov["delta"],
                 "fact_coverage_ci95": cov["ci95"],
-                "fact_coverage_p": round(bootstrap_p_value(means[:, 1] - means[:, 0]), 6),
+                "fact_coverage_p": p_value,
                 "refusal_rate_delta": ref["delta"],
                 "refusal_mcnemar_p": ref.get("mcnemar_p"),
             }

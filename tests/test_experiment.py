@@ -456,6 +456,11 @@ def test_compare_of_cells_with_repeats_averages_them(tmp_path, invoke):
 # -- cache: reuse of recorded answers ------------------------------------------------
 
 
+def cached_run(invoke, config: Path, run_id: str):
+    args = ("--cache", "--repeats", "3", "--run-id", run_id, "--format", "json")
+    return invoke("run", "--config", str(config), "--quiet", *args)
+
+
 def test_cached_rerun_sends_nothing_and_repeat_i_reuses_only_repeat_i(tmp_path, invoke, fake):
     server = fake(latency=0.0)
     config = write_experiment(tmp_path, *make_samples(6), repeats=2)
@@ -463,36 +468,12 @@ def test_cached_rerun_sends_nothing_and_repeat_i_reuses_only_repeat_i(tmp_path, 
     assert first.exit_code == 0, first.output
     assert server.state.requests == 12
     # Three repeats with the cache: repeats 0 and 1 are reused, repeat 2 is new.
-    more = invoke(
-        "run",
-        "--config",
-        str(config),
-        "--quiet",
-        "--cache",
-        "--repeats",
-        "3",
-        "--run-id",
-        "b",
-        "--format",
-        "json",
-    )
+    more = cached_run(invoke, config, "b")
     assert more.exit_code == 0, more.output
     assert server.state.requests == 12 + 6
     assert json_out(more)["responses_reused"] == 12
     # Again: every answer is in the store now, so nothing is sent at all.
-    again = invoke(
-        "run",
-        "--config",
-        str(config),
-        "--quiet",
-        "--cache",
-        "--repeats",
-        "3",
-        "--run-id",
-        "c",
-        "--format",
-        "json",
-    )
+    again = cached_run(invoke, config, "c")
     summary = json_out(again)
     assert server.state.requests == 18
     assert summary["responses_reused"] == 18 and summary["samples_completed"] == 18
@@ -596,3 +577,40 @@ def test_budget_spans_the_cells_of_an_experiment(tmp_path, invoke, fake):
     done = invoke("resume", "exp", "--quiet", "--budget-usd", "100", "--format", "json")
     assert done.exit_code == 0, done.output
     assert {c["status"] for c in json_out(done)["cells"]} == {"complete"}
+
+
+def test_upgrade_from_0003_rebuilds_samples_per_repeat(tmp_path, invoke):
+    """A 0003 store's samples have no repeat column: 0004 rebuilds them from the events,
+    and the exports of a run made before are unchanged."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from exprof.store.engine import migrations_dir
+
+    config = write_experiment(tmp_path, *make_samples(5, missing_every=4))
+    invoke("run", "--config", str(config), "--quiet")
+    before = (tmp_path / "runs" / "exp" / "scores.jsonl").read_bytes()
+    store = open_store(tmp_path)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    db = tmp_path / "runs" / "exprof.db"
+    raw = sqlite3.connect(db)
+    assert "repeat" not in [r[1] for r in raw.execute("PRAGMA table_info(samples)")]
+    raw.close()
+    reopened = open_store(tmp_path)  # upgrades to head and catches the projections up
+    assert reopened.revision() == "0004"
+    assert reopened.sample_status_counts("exp") == {"ok": 3, "failed": 2}
+    assert invoke("export", "exp").exit_code == 0
+    assert (tmp_path / "runs" / "exp" / "scores.jsonl").read_bytes() == before
+    assert invoke("doctor").exit_code == 0
+
+
+def test_baseline_compare_gives_no_p_value_from_a_handful_of_samples(tmp_path, invoke):
+    config = matrix_config(tmp_path, n=5, matrix={"model": ["a", "b"]})
+    invoke("run", "--config", str(config), "--quiet")
+    found = json_out(invoke("compare", "exp", "--baseline", "model-a", "--format", "json"))
+    [cell] = found["cells"]
+    assert cell["fact_coverage_p"] is None and cell["verdict"] == "no significant change"

@@ -20,14 +20,13 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    op.drop_index("ix_samples_run_idx", table_name="samples")
-    op.drop_table("samples")
-    op.create_table(
-        "samples",
+def _columns(*key: sa.Column) -> list[sa.Column]:
+    """The samples table's columns as 0003 left them, with `key` after the run and
+    dialogue ids."""
+    return [
         sa.Column("run_id", sa.Text, primary_key=True),
         sa.Column("dialogue_id", sa.Text, primary_key=True),
-        sa.Column("repeat", sa.Integer, primary_key=True, autoincrement=False),
+        *key,
         sa.Column("idx", sa.Integer, nullable=False),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("requests", sa.Integer, nullable=False),
@@ -40,6 +39,15 @@ def upgrade() -> None:
         sa.Column("response_event_id", sa.Integer),
         sa.Column("error_class", sa.Text),
         sa.Column("facts_missing", sa.Text),
+    ]
+
+
+def upgrade() -> None:
+    op.drop_index("ix_samples_run_idx", table_name="samples")
+    op.drop_table("samples")
+    op.create_table(
+        "samples",
+        *_columns(sa.Column("repeat", sa.Integer, primary_key=True, autoincrement=False)),
         sa.Column("reused", sa.Integer),  # 1 when the answer was reused, not sent
         sqlite_with_rowid=False,
     )
@@ -56,24 +64,7 @@ def downgrade() -> None:
         batch.drop_column("repeats")
     op.drop_index("ix_samples_run_idx", table_name="samples")
     op.drop_table("samples")
-    op.create_table(
-        "samples",
-        sa.Column("run_id", sa.Text, primary_key=True),
-        sa.Column("dialogue_id", sa.Text, primary_key=True),
-        sa.Column("idx", sa.Integer, nullable=False),
-        sa.Column("status", sa.Text, nullable=False),
-        sa.Column("requests", sa.Integer, nullable=False),
-        sa.Column("fact_coverage", sa.Float),
-        sa.Column("refused", sa.Integer),
-        sa.Column("input_tokens", sa.Integer),
-        sa.Column("output_tokens", sa.Integer),
-        sa.Column("latency_ms", sa.Float),
-        sa.Column("attempts", sa.Integer),
-        sa.Column("response_event_id", sa.Integer),
-        sa.Column("error_class", sa.Text),
-        sa.Column("facts_missing", sa.Text),
-        sqlite_with_rowid=False,
-    )
+    op.create_table("samples", *_columns(), sqlite_with_rowid=False)
     op.create_index("ix_samples_run_idx", "samples", ["run_id", "idx"], unique=True)
     for table in ("runs", "projection_positions"):
         op.execute(f"DELETE FROM {table}")
