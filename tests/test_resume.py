@@ -112,7 +112,7 @@ def assert_consistent(db: Path | str, run_id: str, n: int) -> None:
         projections.rebuild(conn)
         rebuilt = conn.exec_driver_sql("SELECT * FROM samples ORDER BY run_id, idx").all()
     assert rebuilt == incremental
-    assert sum(1 for row in incremental if row[3] == "ok") == n
+    assert sum(1 for row in incremental if row.status == "ok") == n
 
 
 def the_store(tmp_path: Path, db_url: str) -> tuple[Path | str, tuple[str, ...]]:
