@@ -28,6 +28,7 @@ from exprof.store.events import (
     RequestSent,
     RescoreStarted,
     ResponseReceived,
+    ResponseReused,
     RunFinished,
     RunInterrupted,
     RunResumed,
@@ -71,6 +72,7 @@ EXAMPLES = [
     ResponseReceived("a", "x", {}, 2),
     SampleFailed("a", "RateLimitError", "slow down", 429, 3, 1),
     SampleScored("a", 0.5, True, [], repeat=4),
+    ResponseReused("a", "x", {"output_tokens": 2}, 1, source_event_id=7),
 ]
 
 
