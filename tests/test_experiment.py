@@ -600,7 +600,8 @@ def test_upgrade_from_0003_rebuilds_samples_per_repeat(tmp_path, invoke):
     raw = sqlite3.connect(db)
     assert "repeat" not in [r[1] for r in raw.execute("PRAGMA table_info(samples)")]
     raw.close()
-    reopened = open_store(tmp_path)  # upgrades to head and catches the projections up
+    assert invoke("db", "upgrade").exit_code == 0  # to head, the projections caught up
+    reopened = open_store(tmp_path)
     assert reopened.revision() == "0004"
     assert reopened.sample_status_counts("exp") == {"ok": 3, "failed": 2}
     assert invoke("export", "exp").exit_code == 0
