@@ -311,7 +311,7 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["cache"] = raw["cache"]
     if "budget_usd" in raw:
         out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
-    return Config(**out)
+    return _check_batch(Config(**out))
 
 
 def with_overrides(
@@ -329,7 +329,15 @@ def with_overrides(
         changes["cache"] = cache
     if budget_usd is not None:
         changes["budget_usd"] = float(_number(budget_usd, "--budget-usd", 0.0, None))
-    return replace(config, **changes) if changes else config
+    return _check_batch(replace(config, **changes) if changes else config)
+
+
+def _check_batch(config: Config) -> Config:
+    """Batches address samples by dataset position, one request each: no repeats, and
+    no reuse or budget check between requests (yet)."""
+    if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
+        raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
+    return config
 
 
 def _matrix(value: object, where: str) -> dict[str, Any]:

@@ -156,9 +156,6 @@ class Runner:
         budget: Budget | None = None,
     ) -> RunResult:
         """Start a run; `cell` places it in a matrix experiment (see exprof.experiment)."""
-        if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
-            # Batches address samples by dataset position: one request per sample.
-            raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
         # What actually goes over the wire: the mock sends nothing, and API 2026-10-21
         # rejects sampling parameters, so temperature is only sent under 2023-06-01.
         sends = mode == "live" and config.sends_temperature

@@ -615,3 +615,12 @@ def test_baseline_compare_gives_no_p_value_from_a_handful_of_samples(tmp_path, i
     found = json_out(invoke("compare", "exp", "--baseline", "model-a", "--format", "json"))
     [cell] = found["cells"]
     assert cell["fact_coverage_p"] is None and cell["verdict"] == "no significant change"
+
+
+def test_batch_mode_with_repeats_is_refused_before_anything_is_written(tmp_path, invoke, fake):
+    fake()
+    config = write_experiment(tmp_path, *make_samples(3), batch=True, repeats=2)
+    refused = CliResult(invoke("run", "--config", str(config), "--quiet"))
+    assert refused.code == 2
+    assert "batch: cannot be combined with repeats, cache or budget_usd" in refused.stderr
+    assert not (tmp_path / "runs").exists()
