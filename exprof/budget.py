@@ -16,7 +16,8 @@ from exprof.pricing import estimate_cost
 from exprof.store.engine import Store
 from exprof.store.record import load_started
 
-CHECK_EVERY_S = 0.05  # the cost is read from the store at most this often
+CHECK_EVERY_S = 0.05  # far from the limit, the cost is read from the store at most this often
+NEAR_LIMIT = 0.5  # from this share of the limit on, it is read before every dispatch
 T = TypeVar("T")
 
 
@@ -27,27 +28,34 @@ class Budget:
         self.limit_usd = limit_usd
         self.reached = False
         self._checked = 0.0
+        self._spent = 0.0
+        self._prices: dict[str, tuple[str, dict]] = {}
 
     def spent(self) -> float:
         total = 0.0
         for run_id in self.run_ids:
             if not self.store.run_exists(run_id):
                 continue
-            config = load_started(self.store, run_id).config
+            if run_id not in self._prices:
+                config = load_started(self.store, run_id).config
+                self._prices[run_id] = (config["model"], config["pricing"])
+            model, pricing = self._prices[run_id]
             ok = self.store.sample_stats(run_id).get("ok")
             if ok is not None:
-                cost = estimate_cost(
-                    config["model"], ok.input_tokens, ok.output_tokens, config["pricing"]
-                )
+                cost = estimate_cost(model, ok.input_tokens, ok.output_tokens, pricing)
                 total += cost or 0.0
         return total
 
     def check(self) -> bool:
-        """True once the limit is reached (read again at most every CHECK_EVERY_S)."""
+        """True once the limit is reached. Far from it the store is read at most every
+        CHECK_EVERY_S; near it, before every dispatch, so that fast answers (a whole cell
+        can finish within one interval) never carry a run past the limit."""
         now = time.monotonic()
-        if not self.reached and now - self._checked >= CHECK_EVERY_S:
+        near = self._spent >= self.limit_usd * NEAR_LIMIT
+        if not self.reached and (near or now - self._checked >= CHECK_EVERY_S):
             self._checked = now
-            self.reached = self.spent() >= self.limit_usd
+            self._spent = self.spent()
+            self.reached = self._spent >= self.limit_usd
         return self.reached
 
     def within(self, items: Iterable[T]) -> Iterator[T]:
