@@ -148,6 +148,18 @@ def _verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
     return "no significant change"
 
 
+def _metric_row(va: float, vb: float, verdict: str | None) -> dict[str, Any]:
+    """A metric's A, B and change; the CI and verdict are filled in by the caller."""
+    return {
+        "a": round(va, 4),
+        "b": round(vb, 4),
+        "delta": round(vb - va, 4),
+        "relative": _relative(va, vb),
+        "ci95": None,
+        "verdict": verdict,
+    }
+
+
 def _relative(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or a == 0:
         return None
@@ -194,14 +206,7 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
             "geometric_mean": gm[:, 1] - gm[:, 0],
         }
     for name, (va, vb) in point.items():
-        row: dict[str, Any] = {
-            "a": round(va, 4),
-            "b": round(vb, 4),
-            "delta": round(vb - va, 4),
-            "relative": _relative(va, vb),
-            "ci95": None,
-            "verdict": None,
-        }
+        row = _metric_row(va, vb, None)
         if meaningful:
             lo, hi = np.percentile(deltas[name], [2.5, 97.5])
             row["ci95"] = [round(float(lo), 4), round(float(hi), 4)]
@@ -287,15 +292,8 @@ def _custom_metric(pairs: list[tuple[Any, Any]], resamples: int, seed: int) -> d
     n = len(pairs)
     values = np.array(pairs, dtype=float).reshape(n, 2)
     va, vb = (float(values[:, 0].mean()), float(values[:, 1].mean())) if n else (0.0, 0.0)
-    row: dict[str, Any] = {
-        "a": round(va, 4),
-        "b": round(vb, 4),
-        "delta": round(vb - va, 4),
-        "relative": _relative(va, vb),
-        "ci95": None,
-        "verdict": f"not meaningful: {n} samples with values (< {MIN_SAMPLES})",
-        "samples": n,
-    }
+    row = _metric_row(va, vb, f"not meaningful: {n} samples with values (< {MIN_SAMPLES})")
+    row["samples"] = n
     if n < MIN_SAMPLES:
         return row
     means = bootstrap_means(values, resamples, seed)
