@@ -532,16 +532,33 @@ def compare_cmd(
     help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
 )
 @top_option("Compare: how many changed samples to show side by side.")
+@click.option(
+    "--baseline",
+    help="REF is a matrix experiment: compare every cell with this one (name or run id) "
+    "[default: the first cell].",
+)
 @store_options
 def report(
-    ref: str, ref_b: str | None, out: str | None, top: int, output_dir: str, db: str | None
+    ref: str,
+    ref_b: str | None,
+    out: str | None,
+    top: int,
+    baseline: str | None,
+    output_dir: str,
+    db: str | None,
 ) -> None:
-    """One self-contained HTML page for a run, or a compare of two (ids or export dirs)."""
+    """One self-contained HTML page for a run, a compare of two (ids or export dirs), or
+    a matrix experiment."""
     from exprof.report.builder import build_report
 
     refs = [ref] if ref_b is None else [ref, ref_b]
     path = build_report(
-        refs, lambda: open_store(db, output_dir, readonly=True), output_dir, out, top
+        refs,
+        lambda: open_store(db, output_dir, readonly=True),
+        output_dir,
+        out,
+        top,
+        baseline=baseline,
     )
     click.echo(safe_text(path))
 

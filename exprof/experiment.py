@@ -267,6 +267,8 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
     if summary.get("repeats"):
         for name in ("repeats", "pass_at_k", "pass_hat_k", "refusal_flips"):
             out[name] = summary[name]
+    if summary.get("metrics"):  # custom metrics (issue 9): their means, as in summarize
+        out["metrics"] = summary["metrics"]
     out["estimated_cost_usd"] = summary.get("estimated_cost_usd")  # live runs only
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out
@@ -285,10 +287,17 @@ def find_cell(store: Store, experiment_id: str, ref: str) -> dict[str, Any]:
 
 
 def compare_to_baseline(
-    store: Store, experiment_id: str, baseline: str, resamples: int = 10_000, seed: int = 0
+    store: Store,
+    experiment_id: str,
+    baseline: str,
+    resamples: int = 10_000,
+    seed: int = 0,
+    detail: bool = False,
 ) -> dict[str, Any]:
     """Every cell against the baseline, paired by dialogue id, with Holm-corrected
-    p-values over the comparisons made (one family for coverage, one for refusals)."""
+    p-values over the comparisons made (one family for coverage, one for refusals).
+    With `detail`, each row also keeps compare()'s `metrics` (every metric's delta, CI
+    and uncorrected verdict), which the report draws."""
     from exprof.compare import compare, load_side
 
     base = find_cell(store, experiment_id, baseline)
@@ -317,6 +326,7 @@ def compare_to_baseline(
                 "fact_coverage_p": p_value,
                 "refusal_rate_delta": ref["delta"],
                 "refusal_mcnemar_p": ref.get("mcnemar_p"),
+                **({"metrics": result["metrics"]} if detail else {}),
             }
         )
     for key in ("fact_coverage_p", "refusal_mcnemar_p"):

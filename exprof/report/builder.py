@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import os
 from collections.abc import Callable
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
@@ -30,6 +32,7 @@ from exprof.jsonio import dumps
 from exprof.render import fmt_value
 from exprof.report import charts
 from exprof.report.data import COLUMNS, RunData, completions, run_data
+from exprof.report.matrix import experiment_context
 
 COMPRESS_OVER = 2_000_000
 GENERATOR = b'<meta name="generator" content="exprof'  # in every page's head (base.html)
@@ -50,9 +53,16 @@ def build_report(
     out: str | Path | None = None,
     top: int = 10,
     compress_over: int = COMPRESS_OVER,
+    baseline: str | None = None,
 ) -> Path:
-    """Write the report for one ref (a run page) or two (a compare page); return its path.
-    A ref is a run id, an experiment id (its latest run) or an export directory."""
+    """Write the report for one ref (a run page, or an experiment page for a matrix
+    experiment's id) or two (a compare page); return its path. A ref is a run id, an
+    experiment id or an export directory; a plain experiment id means its latest run."""
+    store = _experiment_store(refs[0], store_factory) if len(refs) == 1 else None
+    if store is not None:
+        return _experiment_report(store, refs[0], Path(output_dir), out, baseline)
+    if baseline is not None:
+        raise ExprofError("--baseline: give a matrix experiment's id (see `exprof runs`)")
     sides = [load_side(ref, store_factory) for ref in refs]
     target = Path(out) if out else default_out(sides, Path(output_dir))
     check_target(target)
@@ -60,6 +70,10 @@ def build_report(
         html = run_page(run_data(sides[0]), compress_over)
     else:
         html = compare_page(sides[0], sides[1], top, compress_over)
+    return _write(target, html)
+
+
+def _write(target: Path, html: str) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -69,6 +83,37 @@ def build_report(
     except OSError as exc:
         raise ExprofError(f"{target}: cannot write the report: {exc.strerror}") from None
     return target
+
+
+def _experiment_store(ref: str, store_factory: Callable[[], Any]) -> Any:
+    """The store, when ref names a matrix experiment (and no run or export directory)."""
+    path = Path(ref)
+    if path.is_dir() and (path / "summary.json").exists():
+        return None
+    store = store_factory()
+    if store.run_exists(ref) or store.experiment_record(ref) is None:
+        return None
+    return store
+
+
+def _experiment_report(
+    store: Any, experiment_id: str, output_dir: Path, out: str | Path | None, baseline: str | None
+) -> Path:
+    """<output-dir>/<experiment_id>/report.html by default, a folder beside its cells'
+    (each cell's exports go to <output-dir>/<run id>/); a cell's run page, where one has
+    been written there, is linked."""
+    target = Path(out) if out else output_dir / experiment_id / "report.html"
+    check_target(target)
+    record = store.experiment_record(experiment_id)
+    links = {}
+    for payload in record.cells:
+        page = output_dir / payload["run_id"] / "report.html"
+        if page.is_file():
+            links[payload["run_id"]] = quote(
+                Path(os.path.relpath(page.resolve(), target.resolve().parent)).as_posix()
+            )
+    context = experiment_context(store, experiment_id, baseline, links)
+    return _write(target, _render("experiment.html", context, {}, COMPRESS_OVER))
 
 
 def check_target(target: Path) -> None:

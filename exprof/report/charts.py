@@ -120,7 +120,9 @@ def ci_bars(metrics: dict[str, dict[str, Any]]) -> dict | None:
         return None
     reach = max(max(abs(m["ci95"][0]), abs(m["ci95"][1]), abs(m["delta"])) for _, m in rows)
     reach = reach * 1.15 or 0.01
-    left, right, row_h = 150, WIDTH + 120, 34
+    # Room for the longest name on the left (an experiment's cell names run long).
+    left = max(150, round(16 + 6.6 * max(len(name) for name, _ in rows)))
+    right, row_h = left + WIDTH - 30, 34
     mid = (left + right) / 2
 
     def x(v: float) -> float:
@@ -186,3 +188,26 @@ def scatter(pairs: Sequence[tuple[float, float]], grid: int = 20) -> dict | None
             }
         )
     return {"size": size, "pad": pad, "far": size - pad, "points": points}
+
+
+HEAT_STEPS = 8  # classes heat-0 (worst in its column) .. heat-8 (best), in report.css
+
+
+def heat_classes(values: Sequence[float | None], higher_is_better: bool) -> list[str]:
+    """Each value's colour class, scaled within its own column: the column's worst value
+    gets heat-0 and its best heat-HEAT_STEPS. Classes rather than inline styles, because
+    the page's Content-Security-Policy admits only our one stylesheet. A column whose
+    values are all equal is "heat-same"; a missing value "heat-none"."""
+    present = [v for v in values if v is not None]
+    lo, hi = (min(present), max(present)) if present else (0.0, 0.0)
+    out = []
+    for v in values:
+        if v is None:
+            out.append("heat-none")
+        elif hi == lo:
+            out.append("heat-same")
+        else:
+            share = (v - lo) / (hi - lo)
+            share = share if higher_is_better else 1 - share
+            out.append(f"heat-{round(share * HEAT_STEPS)}")
+    return out
