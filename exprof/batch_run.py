@@ -18,11 +18,8 @@ reconciles its intent is voided and its samples are sent, and paid for, again.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from exprof.clients.batch import (
     BODY_OVERHEAD,
@@ -43,9 +40,10 @@ from exprof.clients.credentials import require_credentials
 from exprof.clients.outcome import Failure
 from exprof.config import Config
 from exprof.dataset import Sample
-from exprof.errors import ConcurrencyError, ExprofError, Terminated
+from exprof.errors import ConcurrencyError, ExprofError
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
+from exprof.signals import deferred_signals
 from exprof.store.batches import Batch, BatchState, batch_state, iter_ranges, to_ranges
 from exprof.store.engine import Lease, Store
 from exprof.store.events import (
@@ -67,27 +65,6 @@ HEARTBEAT_S = 10.0
 POLL_EVENT_EVERY_S = 10.0  # a batch's changing counts are recorded at most this often
 
 
-class _Stop(Exception):
-    """A signal arrived: stop at this safe point."""
-
-
-@contextlib.contextmanager
-def signals_as_flags() -> Iterator[Callable[[], int | None]]:
-    """SIGINT and SIGTERM become a flag checked at safe points: waiting on a batch is
-    never cut inside a transaction, and never cancels the batch."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    caught: list[int] = []
-    handler = lambda signum, frame: caught.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: caught[0] if caught else None
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
 def run_batch(
     store: Store,
     lease: Lease,
@@ -104,15 +81,13 @@ def run_batch(
     SIGTERM) after a signal, once what has arrived is recorded."""
     session = _BatchSession(store, lease, seq, config, run_id, positions, pending, progress)
     session.poll_s = poll_s or config.batch_poll_s or DEFAULT_POLL_S
-    with signals_as_flags() as signalled:
-        session.signalled = signalled
+    with deferred_signals() as check:
+        session.check_signals = check
         try:
             session.run()
-        except _Stop:
-            session.flush()
-            if signalled() == signal.SIGTERM:
-                raise Terminated from None
-            raise KeyboardInterrupt from None
+        except KeyboardInterrupt:
+            session.flush()  # what has arrived is recorded before the stop goes up
+            raise
         finally:
             session.client.close()
     return session.seq
@@ -141,7 +116,7 @@ class _BatchSession:
         self.arrived: list[Event] = []
         self.done = self.errors = 0
         self.poll_s = DEFAULT_POLL_S
-        self.signalled: Callable[[], int | None] = lambda: None
+        self.check_signals: Callable[[], None] = lambda: None  # set by run_batch
         self.last_beat = time.monotonic()
         self.polled_at: dict[str, float] = {}
         self.last_info: dict[str, BatchInfo] = {}
@@ -339,8 +314,8 @@ class _BatchSession:
             self.last_beat = time.monotonic()
 
     def check(self) -> None:
-        if self.signalled() is not None:
-            raise _Stop
+        """A safe point: raises the stop signal caught since the last one."""
+        self.check_signals()
 
     def wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,10 +23,8 @@ from exprof.dataset import Sample
 from exprof.errors import (
     EXIT_OK,
     EXIT_SAMPLES_FAILED,
-    STOP_SIGNALS,
     ConcurrencyError,
     ExprofError,
-    interruption,
     stop_exit_code,
     stop_name,
 )
@@ -37,6 +32,7 @@ from exprof.export import check_export_dir, export_run
 from exprof.jsonio import dumps
 from exprof.render import Progress
 from exprof.scoring import custom, judge, sample_events
+from exprof.signals import deferred_signals
 from exprof.store.engine import Lease, Store
 from exprof.store.events import (
     Event,
@@ -69,34 +65,6 @@ class RunResult:
     exit_code: int
     message: str
     over_budget: bool = False  # stopped by budget_usd (issue 12); resumable
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[Callable[[], None]]:
-    """Turn Ctrl-C and SIGTERM into a flag, so that neither can interrupt a transaction
-    half-way (and leave its connection holding the write lock). The caller calls the
-    yielded check at safe points: it raises the signal's KeyboardInterrupt there. On
-    leaving, a signal caught since the last check is raised too, so none is lost.
-    Outside the main thread, where handlers cannot be set, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    caught: list[int] = []
-
-    def check() -> None:
-        if caught:
-            raise interruption(caught[0])
-
-    previous = {
-        signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-        for signum in STOP_SIGNALS
-    }
-    try:
-        yield check
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    check()
 
 
 def dataset_sha256(samples: list[Sample]) -> str:

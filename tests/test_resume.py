@@ -367,7 +367,7 @@ def test_resuming_a_complete_run_sends_nothing_and_re_exports(tmp_path, invoke, 
     ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)]
 )
 def test_ctrl_c_and_sigterm_wait_for_a_safe_point(signum, raised):
-    from exprof.runner import deferred_signals
+    from exprof.signals import deferred_signals
 
     before = signal.getsignal(signum)
     with pytest.raises(raised) as caught, deferred_signals() as check:

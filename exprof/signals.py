@@ -1,0 +1,43 @@
+"""Ctrl-C and SIGTERM as flags checked at safe points, for every loop that writes.
+
+A stop signal must never cut a transaction half-way (and leave its connection holding
+the write lock), nor cancel a Message Batch: while `deferred_signals` is active a
+signal only sets a flag, and the caller's check raises it where stopping is safe.
+The mock loop, the judge and the batch loop all use this one context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+from exprof.errors import STOP_SIGNALS, interruption
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[Callable[[], None]]:
+    """Turn Ctrl-C and SIGTERM into a flag. The caller calls the yielded check at safe
+    points: it raises the signal's KeyboardInterrupt (Terminated for SIGTERM) there.
+    On leaving, a signal caught since the last check is raised too, so none is lost.
+    Outside the main thread, where handlers cannot be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    caught: list[int] = []
+
+    def check() -> None:
+        if caught:
+            raise interruption(caught[0])
+
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+        for signum in STOP_SIGNALS
+    }
+    try:
+        yield check
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    check()
