@@ -2,15 +2,20 @@
 
     python benchmarks/bench_report.py --samples 100000 [--browser]
 
+    python benchmarks/bench_report.py --experiment [--samples 2000 --repeats 5]
+
 Target (issue #12): a 100k-sample run's page <= 25 MB. With --browser (and chromium
 plus chromedriver installed), headless Chromium also opens the run page and the time
-until its table is ready, and one search over every sample, are measured.
+until its table is ready, and one search over every sample, are measured. With
+--experiment, the experiment page of bench_experiment's matrix (6 cells x 5 repeats x
+2,000 mock samples) is built instead: wall and CPU seconds, peak RSS, page size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_experiment import MATRIX  # noqa: E402
 from bench_run import machine, timed  # noqa: E402
 from generate import generate  # noqa: E402
 
@@ -64,12 +70,54 @@ def browser_figures(page: Path, query: str) -> dict[str, float]:
         driver.quit()
 
 
+def cpu_timed(argv: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + sys) and peak RSS (MB) of one exprof command:
+    on a shared machine the CPU time is the figure that does not move with the load."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, rss, _ = timed(argv, cwd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, rss
+
+
+def experiment_figures(samples: int, repeats: int, work: Path) -> dict[str, object]:
+    """The experiment page of bench_experiment's matrix: build time and page size."""
+    config = generate(samples, work / "data", experiment_id="mx")
+    config.write_text(config.read_text() + f"repeats: {repeats}\n" + MATRIX)
+    timed(["run", "--config", str(config), "--quiet"], work)
+    wall, cpu, rss = min(cpu_timed(["report", "mx"], work) for _ in range(3))
+    page = work / "runs" / "mx" / "report.html"
+    return {
+        "machine": machine(),
+        "cells": 6,
+        "repeats": repeats,
+        "samples": samples,
+        "requests": 6 * samples * repeats,
+        "experiment_report_build_s": round(wall, 2),
+        "experiment_report_cpu_s": round(cpu, 2),
+        "experiment_report_peak_rss_mb": round(rss, 1),
+        "experiment_report_kb": round(page.stat().st_size / 1024, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5, help="--experiment: repeats per cell")
     parser.add_argument("--browser", action="store_true", help="also open the page in Chromium")
+    parser.add_argument(
+        "--experiment", action="store_true", help="time the experiment page instead"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="exprof-report-bench-"))
+    if args.experiment:
+        try:
+            found = experiment_figures(args.samples or 2000, args.repeats, work)
+            print(json.dumps(found, indent=2))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    args.samples = args.samples or 100_000
     try:
         a = generate(args.samples, work / "a", seed=1, experiment_id="a")
         b = generate(args.samples, work / "b", seed=2, experiment_id="b")

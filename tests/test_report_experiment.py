@@ -116,6 +116,7 @@ def test_heatmap_shows_every_cell_its_parameters_and_what_summarize_prints(tmp_p
         assert row["fact coverage"][1] == str(cell["fact_coverage"])
         assert row["refusal rate"][1] == str(cell["refusal_rate"])
         assert row["pass@k"][1] == str(cell["pass_at_k"])
+        assert row["refusal flips"][1] == str(cell["refusal_flips"]) == "0"
         assert row["long_answer"][1] == str(cell["metrics"]["long_answer"])
         # every cell answered alike (the mock): each column is one colour
         assert row["fact coverage"][0] == "num heat-same"
@@ -175,6 +176,32 @@ def test_live_cells_colour_cost_and_link_their_run_pages(tmp_path, invoke, fake)
     assert '<a href="../exp.model-claude-3-haiku/report.html">' in cells
     assert "<code>exprof report exp.model-claude-3-opus</code>" in cells
     assert KEY not in html
+
+
+def test_a_stopped_experiment_shows_its_cells_not_started(tmp_path, invoke, fake):
+    fake(latency=0.0)
+    samples, mocks = make_samples(10)
+    matrix = {"model": ["claude-3-opus", "claude-3-haiku"], "temperature": [0.0, 0.5, 1.0]}
+    # Ten claude-3-opus answers from the fake cost $0.003: the budget ends in cell 2.
+    config = write_experiment(
+        tmp_path / "e", samples, mocks, matrix=matrix, concurrency=1, budget_usd=0.0045
+    )
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    _, html = report(invoke, "exp")
+    _, rows = heatmap(html)
+    statuses = [r["cell"][1].removeprefix(name).strip() for name, r in rows.items()]
+    assert statuses == ["", "incomplete"] + ["not started"] * 4
+    last = rows["model-claude-3-haiku.t-1.0"]
+    assert last["fact coverage"] == ("num heat-none", "–") and last["temperature"][1] == "1.0"
+    part = section(html, "baseline")
+    assert "<b>model-claude-3-opus.t-0.0</b>" in part
+    # cell 2 shares fewer than 10 samples with the baseline: no interval, and why
+    assert 'id="vs-model-claude-3-opus.t-0.5"' in part and "not meaningful" in part
+    bad = invoke("report", "exp", "--baseline", "model-claude-3-haiku.t-1.0")
+    assert bad.exit_code == 2
+    assert (
+        bad.stderr == "Error: --baseline: cell 'model-claude-3-haiku.t-1.0' has not started yet\n"
+    )
 
 
 def test_every_value_is_escaped(tmp_path, invoke):

@@ -17,6 +17,7 @@ import numpy as np
 WIDTH, HEIGHT = 460, 170
 PAD_LEFT, PAD_BOTTOM, PAD_TOP = 44, 26, 10
 BINS = 24
+NAME_CHARS = 40  # the longest name a CI chart prints whole
 
 
 def _fmt(value: float) -> str:
@@ -120,8 +121,10 @@ def ci_bars(metrics: dict[str, dict[str, Any]]) -> dict | None:
         return None
     reach = max(max(abs(m["ci95"][0]), abs(m["ci95"][1]), abs(m["delta"])) for _, m in rows)
     reach = reach * 1.15 or 0.01
-    # Room for the longest name on the left (an experiment's cell names run long).
-    left = max(150, round(16 + 6.6 * max(len(name) for name, _ in rows)))
+    # Room for the longest name on the left (an experiment's cell names run long), up to
+    # NAME_CHARS; a longer one is cut there, whole in its tooltip.
+    longest = min(max(len(name) for name, _ in rows), NAME_CHARS)
+    left = max(150, round(16 + 6.6 * longest))
     right, row_h = left + WIDTH - 30, 34
     mid = (left + right) / 2
 
@@ -134,6 +137,7 @@ def ci_bars(metrics: dict[str, dict[str, Any]]) -> dict | None:
         out.append(
             {
                 "name": name,
+                "short": name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…",
                 "y": 20 + i * row_h,
                 "x_lo": x(lo),
                 "x_hi": x(hi),

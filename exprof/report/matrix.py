@@ -47,9 +47,10 @@ def _custom(name: str, key: str | None) -> Callable[[dict[str, Any]], float | No
 
 
 def _number(value: Any) -> float | None:
+    """A value to colour and print: a count stays an int (prints as 0, not 0.0)."""
     if isinstance(value, bool):
         return float(value)
-    return float(value) if isinstance(value, int | float) else None
+    return value if isinstance(value, int | float) else None
 
 
 def _dollars(value: float) -> str:
