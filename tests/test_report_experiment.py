@@ -5,6 +5,8 @@ errors; then a real headless Chromium opens the page."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -178,6 +180,16 @@ def test_live_cells_colour_cost_and_link_their_run_pages(tmp_path, invoke, fake)
     assert KEY not in html
 
 
+def test_out_elsewhere_links_the_run_pages_from_there(tmp_path, invoke):
+    experiment(tmp_path, invoke, n=3)
+    report(invoke, "exp.model-claude-3-opus")
+    path, html = report(invoke, "exp", "--out", "pages/deep/exp.html")
+    assert path == Path("pages/deep/exp.html")
+    link = "../../runs/exp.model-claude-3-opus/report.html"
+    assert f'<a href="{link}">' in section(html, "cells")
+    assert (path.parent / link).is_file()
+
+
 def test_a_stopped_experiment_shows_its_cells_not_started(tmp_path, invoke, fake):
     fake(latency=0.0)
     samples, mocks = make_samples(10)
@@ -229,6 +241,18 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, invoke, args, message):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1
     assert sorted(Path("runs").rglob("*")) == before
+
+
+def test_experiment_page_needs_no_sdk(tmp_path, invoke):
+    experiment(tmp_path, invoke, n=3)
+    script = (
+        "import sys\nfrom exprof.cli import main\n"
+        "sys.argv = ['exprof', 'report', 'exp']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('SDK' if 'anthropic' in sys.modules else 'NO-SDK')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip().splitlines() == ["runs/exp/report.html", "NO-SDK"], result.stderr
 
 
 def test_a_plain_experiment_id_is_still_its_latest_run(sample_config, invoke):
