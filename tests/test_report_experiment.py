@@ -5,6 +5,7 @@ errors; then a real headless Chromium opens the page."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -208,7 +209,11 @@ def test_a_stopped_experiment_shows_its_cells_not_started(tmp_path, invoke, fake
     part = section(html, "baseline")
     assert "<b>model-claude-3-opus.t-0.0</b>" in part
     # cell 2 shares fewer than 10 samples with the baseline: no interval, and why
-    assert 'id="vs-model-claude-3-opus.t-0.5"' in part and "not meaningful" in part
+    assert 'id="vs-model-claude-3-opus.t-0.5"' in part
+    chart = part.split('id="ci-fact_coverage"')[1].split('id="ci-refusal_rate"')[0]
+    assert re.search(
+        r"No confidence intervals: not meaningful: \d common samples \(&lt; 10\)", chart
+    )
     bad = invoke("report", "exp", "--baseline", "model-claude-3-haiku.t-1.0")
     assert bad.exit_code == 2
     assert (

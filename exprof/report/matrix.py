@@ -172,7 +172,8 @@ def against_baseline(found: dict[str, Any]) -> dict[str, Any]:
         )
         for key, m in (r.get("metrics") or {}).items():
             if key in SEED_METRICS or key.startswith("metrics."):
-                shown = {**m, "verdict": r["verdict"]} if key == "fact_coverage" else m
+                holm = key == "fact_coverage" and m.get("ci95")  # else compare's reason
+                shown = {**m, "verdict": r["verdict"]} if holm else m
                 per_metric.setdefault(key, {})[r["cell"]] = shown
     chart_list = []
     for key, by_cell in per_metric.items():
