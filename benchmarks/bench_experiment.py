@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_run import machine, timed  # noqa: E402
+from bench_run import machine, timed, timed_cpu  # noqa: E402
 from generate import generate  # noqa: E402
 
 MATRIX = "matrix:\n  model: [claude-3-opus, claude-3-haiku]\n  temperature: [0.0, 0.5, 1.0]\n"
@@ -33,12 +33,13 @@ def main() -> None:
         config = generate(args.samples, work / "data", experiment_id="mx")
         config.write_text(config.read_text() + f"repeats: {args.repeats}\n" + MATRIX)
         requests = 6 * args.samples * args.repeats
-        wall, rss, _ = timed(["run", "--config", str(config), "--quiet", "--format", "json"], work)
+        run = ["run", "--config", str(config), "--quiet", "--format", "json"]
+        wall, rss, cpu, _ = timed_cpu(run, work)
         sum_wall = min(timed(["summarize", "mx", "--format", "json"], work)[0] for _ in range(3))
         # The same number of requests as one run: 6x the samples, the same repeats.
         single = generate(6 * args.samples, work / "single", experiment_id="one")
         single.write_text(single.read_text() + f"repeats: {args.repeats}\n")
-        one_wall, one_rss, _ = timed(["run", "--config", str(single), "--quiet"], work)
+        one_wall, one_rss, one_cpu, _ = timed_cpu(["run", "--config", str(single), "--quiet"], work)
         result = {
             "machine": machine(),
             "cells": 6,
@@ -47,10 +48,15 @@ def main() -> None:
             "requests": requests,
             "experiment_wall_s": round(wall, 2),
             "experiment_us_per_request": round(wall / requests * 1e6, 1),
+            "experiment_cpu_s": round(cpu, 2),
+            "experiment_cpu_us_per_request": round(cpu / requests * 1e6, 1),
             "experiment_peak_rss_mb": round(rss, 1),
             "summarize_experiment_s": round(sum_wall, 3),
             "single_run_wall_s": round(one_wall, 2),
             "single_run_us_per_request": round(one_wall / requests * 1e6, 1),
+            "single_run_cpu_s": round(one_cpu, 2),
+            "single_run_cpu_us_per_request": round(one_cpu / requests * 1e6, 1),
+            "experiment_over_single_cpu": round(cpu / one_cpu, 2),
             "single_run_peak_rss_mb": round(one_rss, 1),
         }
         print(json.dumps(result, indent=2))

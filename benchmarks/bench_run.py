@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,9 +42,23 @@ LAUNCHER = (
 )
 
 
+def child_cpu() -> float:
+    """CPU seconds (user + sys) of every child this process has waited for so far: the
+    difference around one command is that command's CPU, whatever the machine's load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB) and stdout of one exprof command."""
+    wall, rss, _, out = timed_cpu(argv, cwd)
+    return wall, rss, out
+
+
+def timed_cpu(argv: list[str], cwd: Path) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS (MB), CPU seconds and stdout of one exprof command."""
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    cpu = child_cpu()
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "exprof", *argv],
@@ -53,11 +68,12 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
         text=True,
     )
     wall = time.perf_counter() - start
+    cpu = child_cpu() - cpu
     out, _, last = result.stdout.rstrip("\n").rpartition("\n")
     peak_kb, code = map(int, last.split())
     if code not in (0, 1):
         raise SystemExit(f"exprof {' '.join(argv)} failed")
-    return wall, peak_kb / 1024, out
+    return wall, peak_kb / 1024, cpu, out
 
 
 # The floor: what any profiler must do for a mock run, in a fresh interpreter as the run
@@ -89,12 +105,14 @@ with open(out / "requests.jsonl", "w") as req, open(out / "responses.jsonl", "w"
 """
 
 
-def floor(config: Path, cwd: Path) -> float:
+def floor(config: Path, cwd: Path) -> tuple[float, float]:
+    """The floor's wall and CPU seconds."""
+    cpu = child_cpu()
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", FLOOR, str(config), str(cwd / "floor")], cwd=cwd, check=True
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, child_cpu() - cpu
 
 
 def machine() -> str:
@@ -110,9 +128,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="exprof-bench-"))
     try:
         config = generate(args.samples, work / "data")
-        floor_wall = floor(config, work)
+        floor_wall, floor_cpu = floor(config, work)
         run = ["run", "--config", str(config), "--quiet", "--format", "json", *db]
-        wall, rss, _ = timed(run, work)
+        wall, rss, cpu, _ = timed_cpu(run, work)
         sum_wall = min(timed(["summarize", "bench", *db], work)[0] for _ in range(3))
         shutil.copytree(REPO / "configs", work / "configs")
         shutil.copytree(REPO / "data", work / "data_sample")
@@ -128,12 +146,16 @@ def main() -> None:
             "backend": "postgresql" if args.db else "sqlite",
             "samples": args.samples,
             "floor_wall_s": round(floor_wall, 2),
+            "floor_cpu_s": round(floor_cpu, 2),
             "run_wall_s": round(wall, 2),
+            "run_cpu_s": round(cpu, 2),
             "run_over_floor": round(wall / floor_wall, 2),
+            "run_over_floor_cpu": round(cpu / floor_cpu, 2),
             "samples_per_s": round(args.samples / wall),
             "run_peak_rss_mb": round(rss, 1),
             "summarize_100k_s": round(sum_wall, 3),
             "summarize_sample_s": round(small_wall, 3),
+            "summarize_growth_s": round(sum_wall - small_wall, 3),
             "export_jsonl_bytes": jsonl,
         }
         if not args.db:  # a server's size is not one file's

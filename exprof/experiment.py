@@ -255,8 +255,8 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
 
 
 def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
-    summary = run_summary(store, run_id)
     found = repeat_statistics(store.sample_scores(run_id))  # clustered CIs at any repeats
+    summary = run_summary(store, run_id, found)  # the cell's scores are read this once
     out: dict[str, Any] = {
         "status": summary["status"],
         "samples": f"{summary['samples_completed']}/{summary['samples_total']}",

@@ -94,6 +94,15 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def _mean(values: list[float] | list[bool]) -> float:
+    """np.mean, bit for bit, without its ~10 us of overhead per call: below 8 values
+    numpy adds them in order from 0.0, as sum() does (an experiment's summary takes
+    one mean per sample and cell, twice)."""
+    if len(values) < 8:
+        return sum(values) / len(values)
+    return float(np.mean(values))
+
+
 def repeat_statistics(rows: list[tuple[str, float, bool]]) -> dict[str, Any]:
     """Per-sample statistics over repeats, from (dialogue_id, coverage, refused) rows with
     a sample's repeats next to each other: the metrics as means over samples (each the
@@ -103,8 +112,8 @@ def repeat_statistics(rows: list[tuple[str, float, bool]]) -> dict[str, Any]:
     groups: dict[str, list[tuple[float, bool]]] = {}
     for dialogue_id, coverage, refused in rows:
         groups.setdefault(dialogue_id, []).append((coverage, refused))
-    coverage_means = np.array([np.mean([c for c, _ in g]) for g in groups.values()])
-    refusal_means = np.array([np.mean([r for _, r in g]) for g in groups.values()])
+    coverage_means = np.array([_mean([c for c, _ in g]) for g in groups.values()])
+    refusal_means = np.array([_mean([r for _, r in g]) for g in groups.values()])
     passes = [[c == 1.0 and not r for c, r in g] for g in groups.values()]
     n = len(groups)
     out: dict[str, Any] = {"samples": n}

@@ -12,14 +12,17 @@ from exprof.files import export_complete, read_text
 from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
-from exprof.stats import repeat_statistics
 from exprof.store.batches import batch_state
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
 from exprof.store.record import load_started, rescore_source
 
 
-def run_summary(store: Store, run_id: str) -> dict[str, Any]:
+def run_summary(
+    store: Store, run_id: str, repeat_stats: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`repeat_stats`: the run's repeat_statistics, when the caller has them already
+    (an experiment's summary needs them for every cell; read once, not twice)."""
     start = load_started(store, run_id)
     run = store.run_row(run_id)
     by_status = store.sample_stats(run_id)
@@ -51,7 +54,7 @@ def run_summary(store: Store, run_id: str) -> dict[str, Any]:
     if mode == "rescore":
         summary["rescore_of"] = rescore_source(store, run_id).source_run_id
     if run.repeats > 1:
-        summary.update(repeat_fields(store, run_id, run.repeats))
+        summary.update(repeat_fields(store, run_id, run.repeats, repeat_stats))
     reused, reused_in, reused_out = store.reused_stats(run_id)
     if reused:  # answers taken from the store (issue 12): what they would have cost
         summary["responses_reused"] = reused
@@ -92,10 +95,16 @@ def batch_costs(full: float | None) -> dict[str, Any]:
     return {"batch": True, "estimated_cost_usd": cost, "batch_saving_usd": round(full - cost, 6)}
 
 
-def repeat_fields(store: Store, run_id: str, repeats: int) -> dict[str, Any]:
+def repeat_fields(
+    store: Store, run_id: str, repeats: int, found: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A run with repeats: its metrics as means over samples, with 95% intervals that
     count a sample's repeats as one cluster, and the per-sample repeat statistics."""
-    found = repeat_statistics(store.sample_scores(run_id))
+    # Imported here: exprof.stats loads numpy (~0.2 s), which a run without repeats,
+    # and every mock run's summary, never needs.
+    from exprof.stats import repeat_statistics
+
+    found = dict(found) if found is not None else repeat_statistics(store.sample_scores(run_id))
     coverage, refusal = found.pop("fact_coverage"), found.pop("refusal_rate")
     fields: dict[str, Any] = {"repeats": repeats, "samples_answered": found.pop("samples")}
     if coverage is not None and refusal is not None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import KEY, make_samples, write_experiment
 from exprof.config import MAX_CELLS
@@ -84,6 +86,23 @@ def test_summarize_experiment_gives_one_row_per_cell_with_cis(tmp_path, invoke):
     assert lo < cell["fact_coverage"] < hi
     assert 0 <= cell["refusal_rate_ci95"][0] <= cell["refusal_rate"] == pytest.approx(0.2)
     assert cell["estimated_cost_usd"] is None  # the mock costs nothing
+
+
+def test_summarize_experiment_reads_each_cells_scores_once(tmp_path, invoke, monkeypatch):
+    """With repeats, the cell's summary and its clustered intervals come from one read."""
+    config = matrix_config(tmp_path, n=6, repeats=3)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    reads: list[str] = []
+    original = Store.sample_scores
+
+    def counted(self: Store, run_id: str) -> list:
+        reads.append(run_id)
+        return original(self, run_id)
+
+    monkeypatch.setattr(Store, "sample_scores", counted)
+    found = json_out(invoke("summarize", "exp", "--format", "json"))
+    assert len(found["cells"]) == 6 and all(c["repeats"] == 3 for c in found["cells"])
+    assert sorted(reads) == sorted(c["run_id"] for c in found["cells"])
 
 
 def test_second_experiment_takes_the_next_id(tmp_path, invoke):
@@ -388,6 +407,21 @@ def test_repeats_in_the_config_are_checked(tmp_path, invoke):
     bad = CliResult(invoke("run", "--config", str(config), "--quiet"))
     assert bad.code == 2 and "repeats: must be an integer, got 1.5" in bad.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([0.0, 1 / 3, 2 / 3, 1.0]), st.floats(0, 1), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_repeat_means_are_numpys_bit_for_bit(values):
+    """The per-sample mean over repeats skips np.mean's overhead but not its result."""
+    from exprof.stats import _mean
+
+    assert _mean(values) == float(np.mean(values))
 
 
 def test_repeat_statistics_by_hand():

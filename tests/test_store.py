@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -318,3 +319,33 @@ def test_upgrade_to_0003_rebuilds_the_projections_with_facts_missing(tmp_path):
     row = raw.execute("SELECT requests, facts_missing FROM samples WHERE dialogue_id = 'd0'")
     assert row.fetchone() == (1, '["x"]')
     raw.close()
+
+
+def test_a_mock_run_spares_the_collector_and_hands_it_back(tmp_path, invoke):
+    """The speed work: the heap alive at a run's start (the dataset, the mocks) is frozen
+    for the run, and cyclic collection is paused while a mock batch is built and
+    appended. A metric sees both while it runs; afterwards nothing is left changed."""
+    import gc
+
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "gc_probe_speed.py").write_text(
+        "import gc\n\n"
+        "def frozen(sample, completion, metadata):\n    return gc.get_freeze_count()\n\n"
+        "def collecting(sample, completion, metadata):\n    return gc.isenabled()\n"
+    )
+    samples, mocks = make_samples(4)
+    metrics = [
+        {"name": "frozen", "type": "python", "function": "gc_probe_speed:frozen"},
+        {"name": "collecting", "type": "python", "function": "gc_probe_speed:collecting"},
+    ]
+    config = write_experiment(folder, samples, mocks, metrics=metrics)
+    before = gc.get_freeze_count()
+    result = invoke("run", "--config", str(config), "--quiet")
+    assert result.exit_code == 0, result.output
+    scores = (tmp_path / "runs" / "exp" / "scores.jsonl").read_text().splitlines()
+    assert len(scores) == 4
+    for line in scores:
+        score = json.loads(line)
+        assert score["frozen"] > 0 and score["collecting"] is False
+    assert gc.get_freeze_count() == before and gc.isenabled()

@@ -105,7 +105,17 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
     statuses: list[tuple[str, str]] = []
     for stored in events:
         ev = stored.event
-        if isinstance(ev, RunStarted):
+        # Every answered sample's three events first: they are nearly all of a run.
+        if isinstance(ev, RequestSent):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
+            cols["requests"] = cols.get("requests", 0) + 1
+        elif isinstance(ev, ResponseReceived):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
+            cols.update(_response_columns(stored.id, ev))
+        elif isinstance(ev, SampleScored):
+            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
+            cols.update(_score_columns(ev))
+        elif isinstance(ev, RunStarted):
             _insert_run(conn, stored, ev)
         elif isinstance(ev, DatasetChunk):
             # One row per (sample, repeat); its idx is the slot position * k + repeat.
@@ -117,15 +127,6 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
                 for i, s in enumerate(ev.samples)
                 for r in range(k)
             )
-        elif isinstance(ev, RequestSent):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols["requests"] = cols.get("requests", 0) + 1
-        elif isinstance(ev, ResponseReceived):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols.update(_response_columns(stored.id, ev))
-        elif isinstance(ev, SampleScored):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols.update(_score_columns(ev))
         elif isinstance(ev, SampleFailed):
             failures.append((ev.error_class, ev.attempts, stored.run_id, ev.dialogue_id, ev.repeat))
         elif isinstance(ev, RunResumed):
