@@ -349,3 +349,27 @@ def test_a_mock_run_spares_the_collector_and_hands_it_back(tmp_path, invoke):
         score = json.loads(line)
         assert score["frozen"] > 0 and score["collecting"] is False
     assert gc.get_freeze_count() == before and gc.isenabled()
+
+
+def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_url):
+    """The reads that walk a whole run (events, an export's responses, doctor's chain)
+    fetch rows as they go: on PostgreSQL through a server-side cursor, since psycopg's
+    default cursor would hold the whole result (60 MB at 100k samples) in memory."""
+    from sqlalchemy import event
+
+    samples, mocks = make_samples(5)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 0
+    cursors: dict[str, str] = {}
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        cursors[" ".join(statement.split())] = type(cursor).__name__
+
+    assert len(list(store.events("exp"))) > 5
+    assert len(list(store.scored_responses("exp"))) == 5
+    assert store.chain_problems("exp") == []
+    walks = [v for k, v in cursors.items() if k.startswith("SELECT") and "payload" in k]
+    assert len(walks) == 3, cursors
+    expected = "ServerCursor" if store.engine.dialect.name == "postgresql" else "Cursor"
+    assert set(walks) == {expected}

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from exprof.jsonio import loads
 from exprof.store import dialects, projections
-from exprof.store.dialects import IMMUTABILITY_TRIGGERS, execute
+from exprof.store.dialects import IMMUTABILITY_TRIGGERS, execute, stream
 from exprof.store.events import event_hash, from_row
 
 CHAIN_BATCH = 2000
@@ -38,7 +38,7 @@ class Checks:
         problems: list[str] = []
         previous, expected_seq, chained = "", 1, False
         with self.engine.connect() as conn:
-            result = execute(
+            result = stream(
                 conn,
                 "SELECT id, seq, type, payload, hash FROM events WHERE run_id = ? ORDER BY seq",
                 (run_id,),

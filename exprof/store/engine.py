@@ -23,7 +23,7 @@ from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
 from exprof.jsonio import dumps, loads
 from exprof.store import dialects, projections
 from exprof.store.checks import Checks
-from exprof.store.dialects import execute
+from exprof.store.dialects import execute, stream
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
 from exprof.store.leases import HELD, Lease, process_started
 from exprof.store.queries import Queries, like_prefix
@@ -212,7 +212,7 @@ class Store(Queries, Checks):
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "seq" if run_id is not None else "id"
         with self.engine.connect() as conn:
-            result = execute(
+            result = stream(
                 conn,
                 f"SELECT id, run_id, seq, type, payload, created_at FROM events {clause} "
                 f"ORDER BY {order}",

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from exprof.errors import ExprofError
 from exprof.jsonio import loads
-from exprof.store.dialects import execute
+from exprof.store.dialects import execute, stream
 from exprof.store.events import (
     Event,
     ExperimentStarted,
@@ -193,7 +193,7 @@ class Queries:
     def scored_responses(self, run_id: str) -> Iterator[ScoredResponse]:
         """Each answered sample's response with its recorded scores, in dataset order."""
         with self.engine.connect() as conn:
-            result = execute(
+            result = stream(
                 conn,
                 "SELECT e.type, e.payload, s.fact_coverage, s.refused, s.facts_missing "
                 "FROM samples s JOIN events e ON e.id = s.response_event_id "
