@@ -2,18 +2,21 @@
 
 The cost is what the store says was spent: the tokens of the answers recorded for the
 runs under the budget (all the cells of an experiment), priced by the pricing table;
-reused answers cost nothing. Requests already in flight when the limit is reached still
-land, so a run may end a few requests past it; none is dispatched after.
+reused answers cost nothing. Mock answers carry usage too (their `token_count`), so a
+mock run is held to its budget the same way, which makes budgets testable offline.
+Requests already in flight when the limit is reached still land, so a run may end a few
+requests past it; none is dispatched after.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from exprof.pricing import estimate_cost
 from exprof.store.engine import Store
+from exprof.store.projections import usage_tokens
 from exprof.store.record import load_started
 
 CHECK_EVERY_S = 0.05  # far from the limit, the cost is read from the store at most this often
@@ -31,20 +34,43 @@ class Budget:
         self._spent = 0.0
         self._prices: dict[str, tuple[str, dict]] = {}
 
+    def _price(self, run_id: str) -> tuple[str, dict]:
+        if run_id not in self._prices:
+            config = load_started(self.store, run_id).config
+            self._prices[run_id] = (config["model"], config["pricing"])
+        return self._prices[run_id]
+
     def spent(self) -> float:
         total = 0.0
         for run_id in self.run_ids:
             if not self.store.run_exists(run_id):
                 continue
-            if run_id not in self._prices:
-                config = load_started(self.store, run_id).config
-                self._prices[run_id] = (config["model"], config["pricing"])
-            model, pricing = self._prices[run_id]
+            model, pricing = self._price(run_id)
             ok = self.store.sample_stats(run_id).get("ok")
             if ok is not None:
                 cost = estimate_cost(model, ok.input_tokens, ok.output_tokens, pricing)
                 total += cost or 0.0
         return total
+
+    def affordable(
+        self, run_id: str, items: list[T], metadata: Callable[[T], dict[str, Any]]
+    ) -> list[T]:
+        """The items dispatched before the limit is reached, when each answer's usage is
+        known before it is sent (the mock's `metadata(item)`): the same rule as live,
+        the store's spending read once and each answer's cost added as it is taken, so
+        a mock run that commits thousands of answers per transaction stops on time."""
+        self._spent = self.spent()
+        out = []
+        for item in items:
+            if self._spent >= self.limit_usd:
+                self.reached = True
+                break
+            out.append(item)
+            input_tokens, output_tokens = usage_tokens(metadata(item))
+            model, pricing = self._price(run_id)
+            cost = estimate_cost(model, input_tokens or 0, output_tokens or 0, pricing)
+            self._spent += cost or 0.0  # an unpriced model costs nothing, as in spent()
+        return out
 
     def check(self) -> bool:
         """True once the limit is reached. Far from it the store is read at most every

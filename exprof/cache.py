@@ -36,11 +36,12 @@ def _same_request(a: RunStarted, b: RunStarted) -> bool:
     )
 
 
-def find_answers(
+def find_sources(
     store: Store, started: RunStarted, pending: Iterable[Sample]
-) -> dict[tuple[str, int], tuple[int, Response]]:
+) -> dict[tuple[str, int], int]:
     """For each pending (dialogue_id, repeat) whose identical request was answered in an
-    earlier run: the id of the event that first recorded the answer, and the answer."""
+    earlier run: the id of an event that recorded the answer. Reads only; `run --dry-run`
+    asks it too, with the RunStarted the run would record."""
     wanted = {_key(s.system, s.user, s.repeat): (s.dialogue_id, s.repeat) for s in pending}
     found: dict[tuple[str, int], int] = {}
     for run_id in store.runs_of_model(started.config["model"], started.mode):
@@ -59,8 +60,16 @@ def find_answers(
                 slot = wanted.get(_key(sample.system, sample.user, repeat))
                 if slot is not None and slot not in found:
                     found[slot] = event_id
+    return found
+
+
+def find_answers(
+    store: Store, started: RunStarted, pending: Iterable[Sample]
+) -> dict[tuple[str, int], tuple[int, Response]]:
+    """For each pending (dialogue_id, repeat) whose identical request was answered in an
+    earlier run: the id of the event that first recorded the answer, and the answer."""
     out: dict[tuple[str, int], tuple[int, Response]] = {}
-    for slot, event_id in found.items():
+    for slot, event_id in find_sources(store, started, pending).items():
         event = store.event_at(event_id)
         assert isinstance(event, ResponseReceived)
         # Point at the answer's first record, not at an earlier reuse of it.

@@ -256,7 +256,7 @@ def run(
 
         require_credentials("--live")
     if dry_run:
-        _echo_dry_run(config, samples, live, format_)
+        _echo_dry_run(config, samples, live, format_, _cache_store(config, db, output_dir))
         return
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
@@ -476,13 +476,15 @@ def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: st
 @click.option(
     "--fail-on-regression",
     is_flag=True,
-    help="Exit 1 when B's fact_coverage is significantly worse than A's.",
+    help="Exit 1 when B's fact_coverage is significantly worse than A's (with --baseline: "
+    "any cell's than the baseline's, Holm-corrected).",
 )
 @click.option(
     "--max-refusal-increase",
     type=FINITE_FRACTION,
     default=None,
-    help="Exit 1 when B's refusal rate exceeds A's by more than this (e.g. 0.02).",
+    help="Exit 1 when B's refusal rate exceeds A's by more than this (e.g. 0.02; with "
+    "--baseline: any cell's).",
 )
 @output_options
 def compare_cmd(
@@ -509,16 +511,16 @@ def compare_cmd(
     if (run_b is None) == (baseline is None):
         raise ExprofError("compare: give RUN_A RUN_B, or EXPERIMENT_ID --baseline CELL")
     if baseline is not None:
-        from exprof.experiment import compare_to_baseline
+        from exprof.experiment import baseline_gate, compare_to_baseline
 
         found = compare_to_baseline(store(), run_a, baseline, resamples, seed)
         _echo_baseline(found, format_)
-        return
-    assert run_b is not None
-
-    result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
-    click.echo(render_compare(result, format_, top))
-    reasons = gate(result, fail_on_regression, max_refusal_increase)
+        reasons = baseline_gate(found, fail_on_regression, max_refusal_increase)
+    else:
+        assert run_b is not None
+        result = compare(load_side(run_a, store), load_side(run_b, store), resamples, seed, top)
+        click.echo(render_compare(result, format_, top))
+        reasons = gate(result, fail_on_regression, max_refusal_increase)
     for reason in reasons:
         click.echo(f"regression: {reason}", err=True)
     sys.exit(1 if reasons else 0)
@@ -616,7 +618,20 @@ def _check_concurrency(value: int | None) -> None:
         raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
 
 
-def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str) -> None:
+def _cache_store(config: Any, db: str | None, output_dir: str) -> Any:
+    """--dry-run with the cache: the store it would reuse from, opened read-only; None
+    when there is no store yet (nothing to reuse, and a dry run creates nothing)."""
+    if not config.cache:
+        return None
+    try:
+        return open_store(db, output_dir, readonly=True)
+    except ExprofError as exc:
+        if "no exprof store here" in exc.message:
+            return None
+        raise
+
+
+def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str, store: Any) -> None:
     """--dry-run: requests, input tokens and cost per cell; nothing is written."""
     from exprof.estimate import dry_run
 
@@ -625,16 +640,24 @@ def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str) -> None:
         from exprof.clients.count import count_input_tokens
 
         counter = count_input_tokens
-    found = dry_run(config, samples, counter)
+    found = dry_run(config, samples, counter, store)
     headers = ["cell", "model", "requests", "input_tokens", "input_cost_usd", "max_cost_usd"]
+    if config.cache:  # the requests the store answers instead: not sent, not priced
+        headers.insert(3, "reused")
     rows = [[c[h] for h in headers] for c in found["cells"]]
-    rows.append(["total", "", found["requests"], found["input_tokens"]])
-    rows[-1] += [found["input_cost_usd"], found["max_cost_usd"]]
+    rows.append([found[h] if h in found else "" for h in headers])
+    rows[-1][0] = "total"
     click.echo(render(rows, headers, format_, found))
     if format_ != "json":
+        reused = (
+            f"{found['reused']} request(s) the store already answered are reused, not "
+            "counted or priced; "
+            if config.cache
+            else ""
+        )
         click.echo(
-            f"input tokens by {found['token_count']}; max_cost_usd counts every answer at "
-            "max_tokens. Nothing was sent or written.",
+            f"{reused}input tokens by {found['token_count']}; max_cost_usd counts every "
+            "answer at max_tokens. Nothing was sent or written.",
             err=True,
         )
 

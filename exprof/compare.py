@@ -107,10 +107,15 @@ def _average_repeats(rows: list[tuple[str, float, bool]]) -> list[tuple[str, flo
 
 
 def _custom_columns(
-    by_id: dict[str, dict[str, Any]], ids: list[str], summary: dict[str, Any]
+    by_slot: dict[tuple[str, int], dict[str, Any]], ids: list[str], summary: dict[str, Any]
 ) -> dict[str, list[Any]]:
+    """Custom metric columns aligned with `ids`, each sample's repeats averaged as its
+    coverage is, so a metric is paired by sample too."""
     names = list(summary.get("metrics") or {})
-    return custom.columns((by_id.get(d, {}) for d in ids), names) if names else {}
+    if not names:
+        return {}
+    by_id = recorded.per_dialogue(by_slot, names)
+    return custom.columns((by_id.get(d, {}) for d in ids), names)
 
 
 def _side_from_dir(path: Path) -> Side:
@@ -118,23 +123,27 @@ def _side_from_dir(path: Path) -> Side:
 
     summary = read_exported_summary(path)
     scores_path = path / "scores.jsonl"
-    ids, coverage, refused, missing, rows = [], [], [], {}, {}
+    scores: list[tuple[str, float, bool]] = []
+    missing: dict[str, list[str]] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
     for lineno, line in jsonl_lines(read_text(scores_path, "scores")):
         try:
             row = loads(line)
-            rows[row["dialogue_id"]] = row
-            ids.append(row["dialogue_id"])
-            coverage.append(float(row["fact_coverage"]))
-            refused.append(bool(row["refused"]))
-            missing[row["dialogue_id"]] = list(row["facts_missing"])
+            dialogue_id = row["dialogue_id"]
+            # With repeats (issue 12) a line is one (sample, repeat): averaged below.
+            rows[dialogue_id, int(row.get("repeat", 0))] = row
+            scores.append((dialogue_id, float(row["fact_coverage"]), bool(row["refused"])))
+            missing[dialogue_id] = list(row["facts_missing"])
         except (ValueError, KeyError, TypeError):
             raise ExprofError(f"{scores_path}: line {lineno}: not an exprof score line") from None
+    averaged = _average_repeats(scores)
+    ids = [r[0] for r in averaged]
     return Side(
         str(path),
         summary,
         ids,
-        np.array(coverage, dtype=float),
-        np.array(refused, dtype=bool),
+        np.array([r[1] for r in averaged], dtype=float),
+        np.array([r[2] for r in averaged], dtype=float),
         missing,
         custom=_custom_columns(rows, ids, summary),
     )

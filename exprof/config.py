@@ -109,6 +109,12 @@ class Config:
         """Only the 2023-06-01 API accepts sampling parameters; 2026-10-21 rejects them."""
         return self.api_version != SDK_API_VERSION
 
+    def sent_params(self, mode: str) -> dict[str, Any]:
+        """What actually goes over the wire: the mock sends nothing, and API 2026-10-21
+        rejects sampling parameters, so temperature is only sent under 2023-06-01."""
+        sends = mode == "live" and self.sends_temperature
+        return {"temperature": self.temperature} if sends else {}
+
     @property
     def builtin_metrics(self) -> tuple[str, ...]:
         """The built-in names listed, in order: what tables show first."""

@@ -7,6 +7,9 @@ prompt (rounded up), plus MESSAGE_OVERHEAD_TOKENS for the message framing. That 
 roughly right for English prose and undercounts code and non-Latin scripts. Output
 tokens are not known before the answers: the cost shows the input part and, as an upper
 bound, what every request would cost if it used all of max_tokens.
+
+With `cache: true`, the requests the store would answer from a recorded identical
+request (exprof.cache) are counted apart, as `reused`, and cost nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from exprof import __version__
+from exprof.cache import find_sources
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.experiment import cell_config, cell_samples, plan_cells
 from exprof.pricing import price_for
+from exprof.runner import with_repeats
+from exprof.store.engine import Store
+from exprof.store.events import RunStarted
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 8
@@ -33,20 +41,49 @@ def heuristic_tokens(config: Config, samples: list[Sample]) -> list[int]:
     ]
 
 
-def dry_run(config: Config, samples: list[Sample], counter: Counter | None) -> dict[str, Any]:
-    """One row per cell (one for a plain run): requests, input tokens, costs; totals."""
+def dry_run(
+    config: Config,
+    samples: list[Sample],
+    counter: Counter | None,
+    store: Store | None = None,
+) -> dict[str, Any]:
+    """One row per cell (one for a plain run): requests, input tokens, costs; totals.
+    With `cache: true` and a store, the requests the store would answer are counted as
+    `reused` and priced at nothing: only the rest are requests, tokens and cost."""
     count = counter or heuristic_tokens
+    mode = "live" if counter else "mock"
     cells: list[tuple[str, Config]] = [("-", config)]
     if config.matrix:
         cells = [(c.name, cell_config(config, c.params)) for c in plan_cells(config, "x")]
     rows = []
-    counted: dict[tuple[str, str | None], int] = {}  # cells differing only in sampling
+    counted: dict[tuple[str, str | None], list[int]] = {}  # cells differing only in sampling
+    earlier: set[tuple[Any, str, str, int]] = set()  # requests the cells before will send
     for name, cfg in cells:
-        requests = len(samples) * cfg.repeats
         key = (cfg.model, cfg.system)
+        prompts = cell_samples(samples, cfg)
         if key not in counted:
-            counted[key] = sum(count(cfg, cell_samples(samples, cfg)))
-        tokens = counted[key] * cfg.repeats
+            counted[key] = count(cfg, prompts)
+        per_sample = counted[key]
+        reused: set[tuple[str, int]] = set()
+        if cfg.cache:
+            pairs = with_repeats(prompts, cfg.repeats)
+            if store is not None:
+                reused = set(find_sources(store, _as_started(cfg, mode, prompts), pairs))
+            # An earlier cell's identical requests will be in the store by then, too.
+            request = _request_key(cfg, mode)
+            reused |= {
+                (s.dialogue_id, s.repeat)
+                for s in pairs
+                if (request, s.system, s.user, s.repeat) in earlier
+            }
+            earlier.update((request, s.system, s.user, s.repeat) for s in pairs)
+        requests = len(samples) * cfg.repeats - len(reused)
+        tokens = sum(
+            tokens
+            for sample, tokens in zip(prompts, per_sample, strict=True)
+            for repeat in range(cfg.repeats)
+            if (sample.dialogue_id, repeat) not in reused
+        )
         price = price_for(cfg.model, cfg.pricing)
         row: dict[str, Any] = {
             "cell": name,
@@ -56,13 +93,15 @@ def dry_run(config: Config, samples: list[Sample], counter: Counter | None) -> d
             "input_cost_usd": None,
             "max_cost_usd": None,
         }
+        if cfg.cache:
+            row["reused"] = len(reused)
         if price is not None:
             row["input_cost_usd"] = round(tokens * price["input"] / 1e6, 6)
             output = requests * cfg.max_tokens * price["output"] / 1e6
             row["max_cost_usd"] = round(row["input_cost_usd"] + output, 6)
         rows.append(row)
     known = all(r["input_cost_usd"] is not None for r in rows)
-    return {
+    out = {
         "experiment_id": config.experiment_id,
         "token_count": "messages.count_tokens" if counter else "heuristic",
         "requests": sum(r["requests"] for r in rows),
@@ -71,3 +110,33 @@ def dry_run(config: Config, samples: list[Sample], counter: Counter | None) -> d
         "max_cost_usd": round(sum(r["max_cost_usd"] for r in rows), 6) if known else None,
         "cells": rows,
     }
+    if config.cache:
+        out["reused"] = sum(r["reused"] for r in rows)
+    return out
+
+
+def _request_key(config: Config, mode: str) -> tuple[Any, ...]:
+    """What makes two cells' requests identical for the cache (see cache._same_request)."""
+    sent = tuple(sorted(config.sent_params(mode).items()))
+    return (
+        mode,
+        config.model,
+        config.max_tokens,
+        sent,
+        config.api_version if mode == "live" else None,
+    )
+
+
+def _as_started(config: Config, mode: str, samples: list[Sample]) -> RunStarted:
+    """The RunStarted a run of `config` would record: what the cache matches requests
+    on (model, sent parameters, max_tokens, API version, mode). It is never written."""
+    return RunStarted(
+        "",
+        config.experiment_id,
+        mode,
+        config.to_dict(),
+        "",
+        len(samples),
+        config.sent_params(mode),
+        __version__,
+    )

@@ -351,6 +351,29 @@ def compare_to_baseline(
     }
 
 
+def baseline_gate(
+    found: dict[str, Any], fail_on_regression: bool, max_refusal_increase: float | None
+) -> list[str]:
+    """compare --baseline as a CI gate: the reasons any cell fails against the baseline,
+    by the same flags as a pair's gate (coverage significantly worse, here after Holm;
+    the refusal rate up by more than the threshold)."""
+    reasons = []
+    base = found["baseline"]
+    for row in found["cells"]:
+        if fail_on_regression and row["verdict"] == "regressed":
+            reasons.append(
+                f"{row['cell']}: fact_coverage regressed against {base} (delta "
+                f"{row['fact_coverage_delta']}, Holm-corrected p {row['fact_coverage_p_holm']})"
+            )
+        delta = row["refusal_rate_delta"]
+        if max_refusal_increase is not None and delta > max_refusal_increase:
+            reasons.append(
+                f"{row['cell']}: refusal_rate rose by {delta} against {base}, past "
+                f"--max-refusal-increase {max_refusal_increase}"
+            )
+    return reasons
+
+
 def _short(key: str) -> str:
     return {"temperature": "t", "max_tokens": "mt", "system": "sys"}.get(key, key)
 

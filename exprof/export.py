@@ -20,7 +20,13 @@ from typing import Any
 from exprof.config import Config
 from exprof.dataset import RESERVED_KEYS, Sample
 from exprof.errors import ExprofError
-from exprof.files import EXPORT_FILES, read_text, remove_stale_temps, write_atomic
+from exprof.files import (
+    EXPORT_FILES,
+    read_text,
+    remove_stale_temps,
+    temp_target,
+    write_atomic,
+)
 from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.scoring import recorded
 from exprof.store.engine import Store
@@ -56,7 +62,7 @@ def check_export_dir(
         return
     try:
         # `exprof report` may have put its pages into a run's folder before any export.
-        empty = all(_is_report_page(p.name) for p in out.iterdir())
+        empty = all(_is_report_page(p.name) or _is_unfinished_export(p.name) for p in out.iterdir())
     except OSError as exc:
         raise ExprofError(f"{out}: cannot read the export directory: {exc.strerror}") from None
     if not empty:
@@ -68,6 +74,12 @@ def check_export_dir(
 
 def _is_report_page(name: str) -> bool:
     return name == "report.html" or (name.startswith("compare-") and name.endswith(".html"))
+
+
+def _is_unfinished_export(name: str) -> bool:
+    """A temporary of an export file or the marker, left by an export killed before it
+    wrote the marker (kill -9 mid-export): the folder is still this run's to fill."""
+    return temp_target(name) in (MARKER, *FILES)
 
 
 def _store_file(store: Store) -> Path | None:
@@ -151,7 +163,7 @@ def _response_lines(
     fields: list[str],
     defaults: dict[str, Any],
     scores: list[str],
-    custom: dict[str, dict[str, Any]],
+    custom: dict[tuple[str, int], dict[str, Any]],
     with_repeat: bool,
 ) -> Iterator[str]:
     """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
@@ -181,7 +193,7 @@ def _response_lines(
                     "fact_coverage": scored.fact_coverage,
                     "refused": scored.refused,
                     "facts_missing": scored.facts_missing,
-                    **custom.get(response.dialogue_id, {}),
+                    **custom.get((response.dialogue_id, response.repeat), {}),
                 }
             )
         )

@@ -243,6 +243,12 @@ def write_atomic(path: Path, chunks: Iterable[str]) -> None:
         raise
 
 
+def temp_target(name: str) -> str | None:
+    """The file a write_atomic temporary of this name was to become, else None."""
+    match = _TEMP_RE.match(name)
+    return match["name"] if match else None
+
+
 def remove_stale_temps(folder: Path) -> None:
     """Remove the temporary files a killed write_atomic left in folder: only names that
     write_atomic makes, and only those whose process is gone (or is us)."""

@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,28 @@ def pending_pairs(samples: list[Sample], slots: set[int], repeats: int) -> list[
     ]
 
 
+def grading(
+    specs: list[dict[str, Any]],
+    samples: Iterable[Sample],
+    answers: dict[tuple[str, int], tuple[str, dict[str, Any]]],
+) -> list[judge.Task]:
+    """The grader requests for every recorded answer, each repeat's on its own, in
+    dataset order then repeat order."""
+    by_sample: dict[str, list[int]] = {}
+    for dialogue_id, repeat in answers:
+        by_sample.setdefault(dialogue_id, []).append(repeat)
+    return [
+        task
+        for sample in samples
+        for repeat in sorted(by_sample.get(sample.dialogue_id, ()))
+        for task in judge.tasks_for(
+            specs,
+            dataclasses.replace(sample, repeat=repeat),
+            answers[sample.dialogue_id, repeat][0],
+        )
+    ]
+
+
 class Runner:
     """Starts and resumes runs on a Store; usable from Python without the CLI."""
 
@@ -168,10 +190,7 @@ class Runner:
         cell: dict[str, Any] | None,
         budget: Budget | None,
     ) -> RunResult:
-        # What actually goes over the wire: the mock sends nothing, and API 2026-10-21
-        # rejects sampling parameters, so temperature is only sent under 2023-06-01.
-        sends = mode == "live" and config.sends_temperature
-        sent_params = {"temperature": config.temperature} if sends else {}
+        sent_params = config.sent_params(mode)
         digest = dataset_sha256(samples)
 
         def events(chosen: str) -> Iterator[Event]:
@@ -235,16 +254,12 @@ class Runner:
 
                 require_credentials(f"rescore {source_run_id} with judge metrics")
             answers = recorded_responses(self.store, source_run_id)
-            tasks = [
-                task
-                for sample in source.samples
-                if sample.dialogue_id in answers
-                for task in judge.tasks_for(judge_specs, sample, answers[sample.dialogue_id][0])
-            ]
-            self._announce(tasks, config.pricing)
+            self._announce(grading(judge_specs, source.samples, answers), config.pricing)
         chosen, lease, seq = self._begin(source.started.experiment_id, run_id, events)
         record = RunRecord(load_started(self.store, chosen), source.samples, {})
-        return self._execute(record, lease, seq, source.samples, None, announce=False)
+        # Every (sample, repeat) the source holds is answered again with its own answer.
+        pending = with_repeats(source.samples, old.get("repeats", 1))
+        return self._execute(record, lease, seq, pending, None, announce=False)
 
     def _begin(
         self, experiment_id: str, run_id: str | None, events: Callable[[str], Iterator[Event]]
@@ -351,7 +366,7 @@ class Runner:
             # the live session and the batch client take them themselves.
             with deferred_signals() as check:
                 if record.started.mode in ("mock", "rescore"):
-                    seq = self._run_mock(record, lease, seq, pending, progress, check)
+                    seq = self._run_mock(record, lease, seq, pending, progress, check, budget)
                 elif record.config.batch:
                     from exprof.batch_run import run_batch
 
@@ -369,7 +384,6 @@ class Runner:
                 else:
                     from exprof.clients.live import run_live
 
-                    # The budget counts live spending only: the mock costs nothing.
                     todo = pending if budget is None else budget.within(pending)
                     seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
                 progress.close()
@@ -446,11 +460,20 @@ class Runner:
         pending: list[Sample],
         progress: Progress,
         check_signals: Callable[[], None],
+        budget: Budget | None = None,
     ) -> int:
         client: MockClient | ReplayClient = MockClient(record.mocks)
         if record.started.mode == "rescore":
             source = rescore_source(self.store, record.run_id).source_run_id
             client = ReplayClient(source, recorded_responses(self.store, source))
+            budget = None  # a rescore pays for nothing: its answers are recorded ones
+        if budget is not None:  # mock answers carry usage: held to budget_usd like live
+            mocks = record.mocks
+            pending = budget.affordable(
+                record.run_id,
+                pending,
+                lambda s: (mocks.get(s.dialogue_id) or {}).get("metadata", {}),
+            )
         metrics = custom.build(record.config.metrics)
         done = errors = 0
         last_beat = time.monotonic()
@@ -509,16 +532,14 @@ class Runner:
             return []
         answers = recorded_responses(self.store, run_id)
         done = {
-            (stored.event.dialogue_id, stored.event.metric)
+            (stored.event.dialogue_id, stored.event.repeat, stored.event.metric)
             for stored in self.store.events(run_id, types=("judge_scored",))
             if isinstance(stored.event, JudgeScored) and stored.event.value is not None
         }
         return [
             task
-            for sample in iter_samples(self.store, run_id)
-            if sample.dialogue_id in answers
-            for task in judge.tasks_for(specs, sample, answers[sample.dialogue_id][0])
-            if (task.dialogue_id, task.metric) not in done
+            for task in grading(specs, iter_samples(self.store, run_id), answers)
+            if (task.dialogue_id, task.repeat, task.metric) not in done
         ]
 
     def _judge_mode(self, run_id: str) -> str:

@@ -218,6 +218,39 @@ def test_compare_experiment_against_a_baseline_is_holm_corrected(tmp_path, invok
     assert pair.exit_code == 0
 
 
+def test_ci_gate_on_every_cell_against_the_baseline(tmp_path, invoke, fake):
+    fake(latency=0.0)
+    # The fake echoes the user text (which holds the facts: "cannot comply" in it reads as
+    # a refusal), but answers "Score: N" to a system prompt starting "You grade": that
+    # cell covers nothing and refuses nothing.
+    samples = [
+        {
+            "dialogue_id": f"d{i}",
+            "system": "",
+            "user": f"Tell me about alpha{i} and beta{i}{' or cannot comply' * (i % 3 == 0)}",
+            "required_facts": [f"alpha{i}", f"beta{i}"],
+        }
+        for i in range(12)
+    ]
+    matrix = {"system": {"plain": "Be brief.", "grader": "You grade answers."}}
+    config = write_experiment(tmp_path, samples, {}, matrix=matrix)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    gate = ("compare", "exp", "--baseline")
+    worse = invoke(*gate, "sys-plain", "--fail-on-regression")
+    assert worse.exit_code == 1, worse.output
+    assert "regression: sys-grader: fact_coverage regressed against sys-plain" in worse.stderr
+    assert invoke(*gate, "sys-plain").exit_code == 0  # no flag, no gate
+    better = invoke(*gate, "sys-grader", "--fail-on-regression")
+    assert better.exit_code == 0, better.output  # coverage improved
+    refusals = invoke(*gate, "sys-grader", "--max-refusal-increase", "0.1")
+    assert refusals.exit_code == 1
+    assert "sys-plain: refusal_rate rose by 0.3333 against sys-grader" in refusals.stderr
+    assert invoke(*gate, "sys-grader", "--max-refusal-increase", "0.5").exit_code == 0
+    # Two cells compare like two runs: the same gate on the pair.
+    pair = invoke("compare", "exp.sys-plain", "exp.sys-grader", "--fail-on-regression")
+    assert pair.exit_code == 1 and "fact_coverage regressed" in pair.stderr
+
+
 # -- statistics ---------------------------------------------------------------------
 
 
@@ -341,6 +374,28 @@ def test_live_matrix_with_repeats_killed_then_resumed_finishes_every_cell(tmp_pa
         assert cell["repeats"] == k
     # Each model saw each prompt k times per temperature: 3 temperatures x 5 repeats.
     assert {bodies.count(b) for b in set(bodies)} <= {3 * k, 3 * k + 1}
+
+
+def test_export_killed_before_its_marker_is_finished_by_resume(tmp_path, invoke):
+    """kill -9 mid-export can leave a run's folder holding only the marker's temporary
+    file: resume must finish the export, not refuse the folder as another program's."""
+    config = write_experiment(tmp_path, *make_samples(3))
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    out = tmp_path / "runs" / "exp"
+    before = (out / "scores.jsonl").read_bytes()
+    for child in out.iterdir():
+        child.unlink()
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    (out / f"..exprof-export.json.exprof-{dead}-abcd1234.tmp").write_text("{")
+    result = invoke("resume", "exp", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "scores.jsonl").read_bytes() == before
+    assert not list(out.glob("*.tmp"))
+    (out / f".notes.txt.exprof-{dead}-abcd1234.tmp").write_text("x")  # not an export file
+    for name in ("scores.jsonl", ".exprof-export.json", "summary.json"):
+        (out / name).unlink()
+    refused = invoke("resume", "exp", "--quiet")
+    assert refused.exit_code == 2 and "not empty and not an export" in refused.stderr
 
 
 def test_live_matrix_request_count_is_exact_without_a_kill(tmp_path, invoke, fake):
@@ -487,6 +542,127 @@ def test_compare_of_cells_with_repeats_averages_them(tmp_path, invoke):
     assert found["metrics"]["refusal_rate"]["a"] == pytest.approx(0.25)  # d0, d5, d10
 
 
+# -- custom metrics with repeats: one value per (sample, repeat) -----------------------
+
+# A stateful metric, so that the repeats of one sample score differently on the mock
+# (whose answers are the same in every repeat): `second` is True on every second call
+# (repeat 1 of each sample, the mock scoring in order), `nth` counts the calls.
+COUNTING_METRICS = """
+import itertools
+
+_second = itertools.count()
+_nth = itertools.count()
+
+
+def second(sample, completion, metadata):
+    return next(_second) % 2 == 1
+
+
+def nth(sample, completion, metadata):
+    return next(_nth)
+"""
+
+
+def counting_config(folder: Path, n: int = 12, **config) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    module = f"counting_{folder.name}".replace("-", "_")
+    (folder / f"{module}.py").write_text(COUNTING_METRICS, encoding="utf-8")
+    metrics = [
+        "fact_coverage",
+        "refusal_rate",
+        "geometric_mean",
+        {"name": "second", "type": "python", "function": f"{module}:second"},
+        {"name": "nth", "type": "python", "function": f"{module}:nth"},
+    ]
+    return write_experiment(folder, *make_samples(n), metrics=metrics, **config)
+
+
+def test_custom_metrics_with_repeats_keep_every_repeats_value(tmp_path, invoke):
+    n = 12
+    config = counting_config(tmp_path / "c", n, repeats=2)
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    scores = read_lines(tmp_path / "runs" / "exp" / "scores.jsonl")
+    assert [(s["dialogue_id"], s["repeat"], s["second"], s["nth"]) for s in scores] == [
+        (f"d{i:05d}", r, r == 1, 2 * i + r) for i in range(n) for r in range(2)
+    ]
+    summary = json_out(result)
+    # Means over samples, each the mean of its repeats: nth's are 2i + 0.5.
+    clusters = np.arange(n) * 2 + 0.5
+    centre, lo, hi = cluster_mean_ci(clusters)
+    assert summary["metrics"] == {"second": 0.5, "nth": round(centre, 4)}
+    assert summary["metrics_ci95"] == {
+        "second": [0.5, 0.5],
+        "nth": [round(lo, 4), round(hi, 4)],
+    }
+
+
+def test_compare_pairs_custom_metrics_by_sample_averaging_repeats(tmp_path, invoke):
+    config = counting_config(tmp_path / "c", 12, repeats=2)
+    for run_id in ("a", "b"):
+        done = invoke("run", "--config", str(config), "--quiet", "--run-id", run_id)
+        assert done.exit_code == 0, done.output
+    from_store = json_out(invoke("compare", "a", "b", "--format", "json"))
+    runs = tmp_path / "runs"
+    from_files = json_out(invoke("compare", str(runs / "a"), str(runs / "b"), "--format", "json"))
+    for found in (from_store, from_files):
+        assert found["samples"]["common"] == 12  # samples, not 24 (sample, repeat) pairs
+        second = found["metrics"]["metrics.second"]
+        assert (second["a"], second["b"], second["samples"]) == (0.5, 0.5, 12)
+        assert found["metrics"]["metrics.nth"]["delta"] == 24.0  # b's calls follow a's
+    labels = ("a", "b")
+    assert {k: v for k, v in from_files.items() if k not in labels} == {
+        k: v for k, v in from_store.items() if k not in labels
+    }
+
+
+def test_rescore_of_a_run_with_repeats_rescores_every_repeat(tmp_path, invoke):
+    config = write_experiment(tmp_path / "c", *make_samples(4), repeats=3)
+    assert invoke("run", "--config", str(config), "--quiet", "--run-id", "src").exit_code == 0
+    other = counting_config(tmp_path / "r", 4, repeats=3)
+    result = invoke("rescore", "src", "--config", str(other), "--quiet", "--run-id", "re")
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs"
+
+    def answers(run_id: str) -> list[tuple]:
+        lines = read_lines(runs / run_id / "responses.jsonl")
+        return [(r["dialogue_id"], r["repeat"], r["completion"]) for r in lines]
+
+    assert answers("re") == answers("src") and len(answers("src")) == 12
+    scores = read_lines(runs / "re" / "scores.jsonl")
+    assert [(s["dialogue_id"], s["repeat"], s["nth"]) for s in scores] == [
+        (f"d{i:05d}", r, 3 * i + r) for i in range(4) for r in range(3)
+    ]
+
+
+def test_judge_grades_each_repeat(tmp_path, invoke):
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "grades.json").write_text(json.dumps({"d00000": "Score: 5", "d00001": "2"}))
+    judge = {
+        "name": "helpful",
+        "type": "judge",
+        "rubric": "Rate 1-5 how helpful the answer is.",
+        "judge_model": "claude-haiku-4-5",
+        "judge_responses": "grades.json",
+    }
+    config = write_experiment(folder, *make_samples(2), metrics=[judge], repeats=2)
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("judge metrics: 4 grader request(s)")
+    store = open_store(tmp_path)
+    graded = [
+        (e.payload["dialogue_id"], e.payload.get("repeat", 0))
+        for e in store.events("exp", types=("judge_scored",))
+    ]
+    assert graded == [("d00000", 0), ("d00000", 1), ("d00001", 0), ("d00001", 1)]
+    scores = read_lines(tmp_path / "runs" / "exp" / "scores.jsonl")
+    assert [s["helpful"] for s in scores] == [5.0, 5.0, 2.0, 2.0]
+    assert json_out(result)["metrics"] == {"helpful": 3.5}
+    again = invoke("resume", "exp", "--quiet")  # every repeat graded: nothing owed
+    assert again.exit_code == 0 and "already complete" in again.stderr
+
+
 # -- cache: reuse of recorded answers ------------------------------------------------
 
 
@@ -563,6 +739,51 @@ def test_dry_run_counts_requests_and_cost_and_writes_nothing(tmp_path, invoke):
     assert not (tmp_path / "runs").exists()
 
 
+def heuristic(i: int) -> int:
+    """make_samples' prompt i by estimate.py's offline heuristic."""
+    return math.ceil((3 + len(f"question {i}")) / 4) + 8
+
+
+def test_dry_run_with_the_cache_prices_only_what_the_store_cannot_answer(tmp_path, invoke):
+    n = 6
+    config = write_experiment(tmp_path, *make_samples(n), repeats=2)
+    assert invoke("run", "--config", str(config), "--quiet", "--run-id", "a").exit_code == 0
+    db = tmp_path / "runs" / "exprof.db"
+    before = db.read_bytes()
+    args = ("run", "--config", str(config), "--cache", "--repeats", "3")
+    result = invoke(*args, "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found = json_out(result)
+    # Repeats 0 and 1 are in the store: only repeat 2 is sent and priced.
+    assert (found["reused"], found["requests"]) == (2 * n, n)
+    assert found["input_tokens"] == sum(heuristic(i) for i in range(n))
+    assert found["input_cost_usd"] == pytest.approx(found["input_tokens"] * 15 / 1e6, abs=1e-6)
+    assert found["max_cost_usd"] == pytest.approx(found["input_cost_usd"] + n * 100 * 75 / 1e6)
+    assert db.read_bytes() == before and not (tmp_path / "runs" / "exp").exists()
+    table = invoke(*args, "--dry-run")
+    assert "reused" in table.stdout.splitlines()[0]
+    assert f"{2 * n} request(s) the store already answered are reused" in table.stderr
+    # The prediction holds: the run reuses exactly what the dry run said.
+    done = invoke(*args, "--quiet", "--run-id", "b", "--format", "json")
+    assert json_out(done)["responses_reused"] == found["reused"]
+    off = json_out(invoke("run", "--config", str(config), "--dry-run", "--format", "json"))
+    assert off["requests"] == 2 * n and "reused" not in off  # off by default
+
+
+def test_dry_run_with_the_cache_counts_what_earlier_cells_will_answer(tmp_path, invoke):
+    # The mock sends no temperature: the second cell's requests are the first's.
+    n = 4
+    matrix = {"model": ["claude-3-opus"], "temperature": [0.0, 0.5]}
+    config = matrix_config(tmp_path, n=n, matrix=matrix, repeats=2, cache=True)
+    found = json_out(invoke("run", "--config", str(config), "--dry-run", "--format", "json"))
+    assert [(c["requests"], c["reused"]) for c in found["cells"]] == [(2 * n, 0), (0, 2 * n)]
+    assert not (tmp_path / "runs").exists()
+    run = json_out(invoke("run", "--config", str(config), "--quiet", "--format", "json"))
+    second = run["cells"][1]["run_id"]
+    summary = json_out(invoke("summarize", second, "--format", "json"))
+    assert summary["responses_reused"] == 2 * n
+
+
 def test_live_dry_run_counts_tokens_with_the_api_and_sends_no_message(tmp_path, invoke, fake):
     server = fake()
     config = matrix_config(tmp_path, n=5)
@@ -608,6 +829,60 @@ def test_budget_spans_the_cells_of_an_experiment(tmp_path, invoke, fake):
     assert first.exit_code == 1 and "exprof resume exp --budget-usd" in first.stderr
     statuses = [c["status"] for c in json_out(first)["cells"]]
     assert statuses == ["complete", "incomplete"] + ["not started"] * 4
+    done = invoke("resume", "exp", "--quiet", "--budget-usd", "100", "--format", "json")
+    assert done.exit_code == 0, done.output
+    assert {c["status"] for c in json_out(done)["cells"]} == {"complete"}
+
+
+def mock_costs(n: int) -> list[float]:
+    """make_samples' mock answers priced as claude-3-opus output ($75 per million)."""
+    return [(10 + i % 7) * 75 / 1e6 for i in range(n)]
+
+
+def answered_before_limit(costs: list[float], limit: float) -> int:
+    """Answers dispatched while the spending so far is under the limit."""
+    spent, count = 0.0, 0
+    for cost in costs:
+        if spent >= limit:
+            break
+        spent, count = spent + cost, count + 1
+    return count
+
+
+def test_budget_holds_a_mock_run_then_resume_finishes_it(tmp_path, invoke):
+    n, limit = 30, 0.01
+    config = write_experiment(tmp_path, *make_samples(n), budget_usd=limit)
+    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert first.exit_code == 1, first.output
+    assert "budget reached: $0.01" in first.stderr
+    assert "exprof resume exp --budget-usd" in first.stderr
+    expected = answered_before_limit(mock_costs(n), limit)
+    assert 0 < expected < n
+    assert json_out(first)["samples_completed"] == expected
+    listing = json.loads(invoke("runs", "--format", "json").stdout)
+    assert listing[0]["status"] == "interrupted"
+    store = open_store(tmp_path)
+    assert len(list(store.events("exp", ("request_sent",)))) == expected
+    same = invoke("resume", "exp", "--quiet")  # the recorded budget: still reached
+    assert same.exit_code == 1 and "budget reached" in same.stderr
+    assert len(list(store.events("exp", ("request_sent",)))) == expected
+    more = invoke("resume", "exp", "--quiet", "--budget-usd", "10", "--format", "json")
+    assert more.exit_code == 0, more.output
+    assert json_out(more)["samples_completed"] == n
+    sent = [e.payload["dialogue_id"] for e in store.events("exp", ("request_sent",))]
+    assert sent == [f"d{i:05d}" for i in range(n)]  # nothing twice, nothing skipped
+
+
+def test_budget_spans_the_cells_of_a_mock_experiment(tmp_path, invoke):
+    n, limit = 10, 0.012
+    config = matrix_config(tmp_path, n=n, budget_usd=limit)
+    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    assert first.exit_code == 1 and "exprof resume exp --budget-usd" in first.stderr
+    cells = json_out(first)["cells"]
+    assert [c["status"] for c in cells] == ["complete", "incomplete"] + ["not started"] * 4
+    spent_in_first = sum(mock_costs(n))
+    second = answered_before_limit(mock_costs(n), limit - spent_in_first)
+    assert cells[1]["samples"] == f"{second}/{n}"
     done = invoke("resume", "exp", "--quiet", "--budget-usd", "100", "--format", "json")
     assert done.exit_code == 0, done.output
     assert {c["status"] for c in json_out(done)["cells"]} == {"complete"}

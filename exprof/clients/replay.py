@@ -10,15 +10,18 @@ from exprof.dataset import Sample
 
 
 class ReplayClient:
-    """Answers from `responses` (dialogue_id -> (completion, metadata)), verbatim. A
-    sample the source run never answered is a failed sample here too."""
+    """Answers from `responses` ((dialogue_id, repeat) -> (completion, metadata)),
+    verbatim: repeat i gets the source's repeat i. A sample the source run never
+    answered is a failed sample here too."""
 
-    def __init__(self, source_run_id: str, responses: dict[str, tuple[str, dict[str, Any]]]):
+    def __init__(
+        self, source_run_id: str, responses: dict[tuple[str, int], tuple[str, dict[str, Any]]]
+    ):
         self.source_run_id = source_run_id
         self.responses = responses
 
     def complete(self, sample: Sample) -> Outcome:
-        found = self.responses.get(sample.dialogue_id)
+        found = self.responses.get((sample.dialogue_id, sample.repeat))
         if found is None:
             return Failure(
                 "NoRecordedResponse",

@@ -40,6 +40,7 @@ class Task:
     max_tokens: int
     system: str
     user: str
+    repeat: int = 0  # which repeat's answer (issue 12): each is graded on its own
 
 
 def specs(metrics: Iterable[object]) -> list[dict[str, Any]]:
@@ -58,6 +59,7 @@ def tasks_for(
             spec["max_tokens"],
             SYSTEM.format(rubric=spec["rubric"]),
             USER.format(prompt=prompt, completion=completion),
+            sample.repeat,
         )
 
 
@@ -102,18 +104,27 @@ def announcement(count: int, cost: float | None, models: Iterable[str]) -> str:
 
 def judge_events(task: Task, outcome: Outcome) -> list[Event]:
     """The grader's request and its reply (or failure), with the score parsed from it."""
-    sent = JudgeRequestSent(task.dialogue_id, task.metric, task.model, task.system, task.user)
+    sent = JudgeRequestSent(
+        task.dialogue_id, task.metric, task.model, task.system, task.user, task.repeat
+    )
     value: float | None = None
     error: str | None = None
     if isinstance(outcome, Failure):
         error = f"{outcome.error_class}: {outcome.message}"
-        return [sent, JudgeScored(task.dialogue_id, task.metric, None, {}, None, error)]
+        failed = JudgeScored(task.dialogue_id, task.metric, None, {}, None, error, task.repeat)
+        return [sent, failed]
     try:
         value = parse_score(outcome.completion)
     except ValueError as exc:
         value, error = None, str(exc)
     scored = JudgeScored(
-        task.dialogue_id, task.metric, outcome.completion, outcome.metadata, value, error
+        task.dialogue_id,
+        task.metric,
+        outcome.completion,
+        outcome.metadata,
+        value,
+        error,
+        task.repeat,
     )
     return [sent, scored]
 

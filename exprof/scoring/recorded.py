@@ -5,9 +5,13 @@ answer is recorded); a run whose config has no custom metric costs no read at al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from exprof.scoring import custom
+from exprof.stats import cluster_mean_ci
 from exprof.store.engine import Store
 from exprof.store.events import JudgeScored, SampleScored
 
@@ -17,13 +21,17 @@ def metric_names(config: dict[str, Any]) -> list[str]:
     return [spec["name"] for spec in custom.custom_specs(config.get("metrics", ()))]
 
 
-def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """dialogue_id -> {metric: value, ..., "metric_errors": {...} where any failed}.
-    Judge scores come from their own events; the latest event for a sample wins."""
+Slot = tuple[str, int]  # (dialogue_id, repeat): one answer of a run with repeats
+
+
+def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[Slot, dict[str, Any]]:
+    """(dialogue_id, repeat) -> {metric: value, ..., "metric_errors": {...} where any
+    failed}: each repeat keeps its own values (issue 12). Judge scores come from their
+    own events; the latest event for an answer wins."""
     names = metric_names(config)
     if not names:
         return {}
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[Slot, dict[str, Any]] = {}
     for stored in store.events(run_id, types=("sample_scored", "judge_scored")):
         ev = stored.event
         if isinstance(ev, SampleScored):
@@ -33,7 +41,7 @@ def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, d
             errors = {ev.metric: ev.error} if ev.error else {}
         else:
             continue
-        row = out.setdefault(ev.dialogue_id, {})
+        row = out.setdefault((ev.dialogue_id, ev.repeat), {})
         row.update(values)
         failed = row.setdefault("metric_errors", {})
         for name in values:  # a later grade replaces an earlier failure
@@ -41,24 +49,83 @@ def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, d
         failed.update(errors)
     # Config order, every metric present (None where a judge has not scored it yet).
     return {
-        did: {
+        slot: {
             **{name: row.get(name) for name in names},
             **({"metric_errors": row["metric_errors"]} if row["metric_errors"] else {}),
         }
-        for did, row in out.items()
+        for slot, row in out.items()
     }
+
+
+def per_dialogue(by_slot: dict[Slot, dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """dialogue_id -> its values, the repeats of a sample averaged (issue 12): a sample is
+    one cluster, so its metric value is the mean of its repeats' values (None where no
+    repeat has one; a dict metric's keys each averaged). A sample answered once keeps its
+    row as recorded, so a run without repeats reads exactly as before."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for (dialogue_id, _), row in by_slot.items():
+        groups.setdefault(dialogue_id, []).append(row)
+    out: dict[str, Any] = {}
+    for dialogue_id, rows in groups.items():
+        if len(rows) == 1:
+            out[dialogue_id] = rows[0]
+            continue
+        averaged: dict[str, Any] = {}
+        for name, cols in _columns_by_metric(rows, names):
+            if list(cols) == [name]:
+                averaged[name] = _mean(cols[name])
+            else:
+                averaged[name] = {key[len(name) + 1 :]: _mean(col) for key, col in cols.items()}
+        out[dialogue_id] = averaged
+    return out
+
+
+def _columns_by_metric(
+    rows: list[dict[str, Any]], names: list[str]
+) -> Iterator[tuple[str, dict[str, list[Any]]]]:
+    """Each metric's columns: {name: values}, or {name.key: values} for a dict metric."""
+    for name in names:
+        yield name, custom.columns(rows, [name])
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _cis(samples: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Each metric's 95% interval over the samples' values (each a cluster's mean), as
+    [low, high]; None with fewer than two samples valued (or per key, for a dict)."""
+
+    def interval(values: list[Any]) -> list[float] | None:
+        present = np.array([float(v) for v in values if v is not None], dtype=float)
+        _, lo, hi = cluster_mean_ci(present)
+        return None if lo is None or hi is None else [round(lo, 4), round(hi, 4)]
+
+    out: dict[str, Any] = {}
+    for name, cols in _columns_by_metric(samples, names):
+        if list(cols) == [name]:
+            out[name] = interval(cols[name])
+        else:
+            out[name] = {key[len(name) + 1 :]: interval(col) for key, col in cols.items()}
+    return out
 
 
 def summary_fields(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """`metrics` (each custom metric's mean) and `metric_errors` (counts) for summary.json;
-    empty for a run without custom metrics, so its summary keeps the seed's keys."""
+    empty for a run without custom metrics, so its summary keeps the seed's keys. With
+    repeats the means are over samples, each the mean of its repeats, and
+    `metrics_ci95` gives each one's clustered 95% interval (issue 12)."""
     names = metric_names(config)
     if not names:
         return {}
-    rows = list(per_sample(store, run_id, config).values())
-    fields: dict[str, Any] = {"metrics": custom.summary_means(rows, names)}
+    by_slot = per_sample(store, run_id, config)
+    samples = list(per_dialogue(by_slot, names).values())
+    fields: dict[str, Any] = {"metrics": custom.summary_means(samples, names)}
+    if config.get("repeats", 1) > 1:
+        fields["metrics_ci95"] = _cis(samples, names)
     errors: dict[str, int] = {}
-    for row in rows:
+    for row in by_slot.values():
         for name in row.get("metric_errors", {}):
             errors[name] = errors.get(name, 0) + 1
     if errors:

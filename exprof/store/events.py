@@ -151,6 +151,7 @@ class JudgeRequestSent(Event):
     model: str
     system: str
     user: str
+    repeat: int = 0  # which repeat's answer is graded (issue 12)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class JudgeScored(Event):
     metadata: dict[str, Any]
     value: float | None
     error: str | None = None
+    repeat: int = 0
 
 
 @dataclass(frozen=True)

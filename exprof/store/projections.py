@@ -210,13 +210,23 @@ def _repeats(conn: Connection, run_id: str) -> int:
     return int(found or 1)
 
 
+def usage_tokens(meta: dict[str, Any]) -> tuple[int | None, int | None]:
+    """An answer's (input, output) tokens as its metadata records them: live answers
+    carry the API's usage, mock answers their `token_count` as the output."""
+    return (
+        _int_or_none(meta.get("input_tokens")),
+        _int_or_none(meta.get("output_tokens", meta.get("token_count"))),
+    )
+
+
 def _response_columns(event_id: int, ev: ResponseReceived) -> dict[str, Any]:
     meta = ev.metadata
     latency = meta.get("latency_ms")
+    input_tokens, output_tokens = usage_tokens(meta)
     return {
         "status": "ok",
-        "input_tokens": _int_or_none(meta.get("input_tokens")),
-        "output_tokens": _int_or_none(meta.get("output_tokens", meta.get("token_count"))),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
         "latency_ms": latency if isinstance(latency, int | float) else None,
         "attempts": _int_or_none(meta.get("attempts")),
         "response_event_id": event_id,

@@ -99,13 +99,17 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
     return RunRecord(started, samples, mocks, partial=positions is not None)
 
 
-def recorded_responses(store: Store, run_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every answer the run received: dialogue_id -> (completion, metadata)."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for stored in store.events(run_id, types=("response_received",), batch=5000):
+def recorded_responses(
+    store: Store, run_id: str
+) -> dict[tuple[str, int], tuple[str, dict[str, Any]]]:
+    """Every answer the run holds, received or reused from the store:
+    (dialogue_id, repeat) -> (completion, metadata)."""
+    out: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
+    types = ("response_received", "response_reused")
+    for stored in store.events(run_id, types=types, batch=5000):
         event = stored.event
         assert isinstance(event, ResponseReceived)
-        out[event.dialogue_id] = (event.completion, event.metadata)
+        out[event.dialogue_id, event.repeat] = (event.completion, event.metadata)
     return out
 
 
