@@ -210,7 +210,8 @@ class Runner:
 
         judge_specs = judge.specs(config.metrics)
         if judge_specs:  # answers not received yet: assume each takes max_tokens
-            tasks = [t for s in samples for t in judge.tasks_for(judge_specs, s, "")]
+            pairs = with_repeats(samples, config.repeats)
+            tasks = [t for s in pairs for t in judge.tasks_for(judge_specs, s, "")]
             self._announce(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         record = RunRecord(load_started(self.store, chosen), samples, mocks or {})
