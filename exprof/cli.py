@@ -194,7 +194,9 @@ def cli() -> None:
 )
 @poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
-@click.option("--yes", is_flag=True, help="Run a matrix with more cells than the usual limit.")
+@click.option(  # the number is config.MAX_CELLS (a test keeps them equal; no import here)
+    "--yes", is_flag=True, help="Run a matrix of more than 24 cells (refused without it)."
+)
 @click.option(
     "--repeats",
     type=int,
@@ -681,12 +683,26 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
     headers = ["cell", "params", "status", "samples", "fact_coverage", "fact_coverage_ci95"]
     headers += ["refusal_rate", "refusal_rate_ci95", "geometric_mean", "estimated_cost_usd"]
     headers += ["latency_p50_ms"]
-    if any("repeats" in c for c in found["cells"]):
+    cells = found["cells"]
+    if any("repeats" in c for c in cells):
         headers[4:4] = ["repeats", "pass_at_k", "pass_hat_k", "refusal_flips"]
-    rows = [
-        [_params(c[h]) if h == "params" else fmt_value(c.get(h)) for h in headers]
-        for c in found["cells"]
-    ]
+    if any("responses_reused" in c for c in cells):  # cache: true
+        headers[-2:-2] = ["responses_reused", "cost_avoided_usd"]
+    # Custom metrics (issue 9), each with its interval, after the built-in ones.
+    custom = list(dict.fromkeys(name for c in cells for name in c.get("metrics") or {}))
+    at = headers.index("geometric_mean") + 1
+    headers[at:at] = [f"metrics.{n}{suffix}" for n in custom for suffix in ("", "_ci95")]
+
+    def value(cell: dict[str, Any], header: str) -> Any:
+        if header == "params":
+            return _params(cell[header])
+        if header.startswith("metrics."):
+            name, ci = header[len("metrics.") :], header.endswith("_ci95")
+            table = cell.get("metrics_ci95" if ci else "metrics") or {}
+            return fmt_value(table.get(name.removesuffix("_ci95") if ci else name))
+        return fmt_value(cell.get(header))
+
+    rows = [[value(c, h) for h in headers] for c in cells]
     click.echo(render(rows, headers, format_, found))
 
 

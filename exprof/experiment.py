@@ -31,10 +31,11 @@ from exprof.errors import (
     ExprofError,
 )
 from exprof.runner import Runner, RunResult
+from exprof.scoring import recorded
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted
-from exprof.store.record import load_run
+from exprof.store.record import load_run, load_started
 from exprof.summary import run_summary
 
 RUN_ID_MAX = 128
@@ -269,6 +270,13 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
             out[name] = summary[name]
     if summary.get("metrics"):  # custom metrics (issue 9): their means, as in summarize
         out["metrics"] = summary["metrics"]
+        config = load_started(store, run_id).config
+        out["metrics_ci95"] = recorded.summary_fields(store, run_id, config, ci=True)[
+            "metrics_ci95"
+        ]
+    if "responses_reused" in summary:  # cache: true (answers taken from the store)
+        out["responses_reused"] = summary["responses_reused"]
+        out["cost_avoided_usd"] = summary["cost_avoided_usd"]
     out["estimated_cost_usd"] = summary.get("estimated_cost_usd")  # live runs only
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out

@@ -105,6 +105,34 @@ def test_summarize_experiment_reads_each_cells_scores_once(tmp_path, invoke, mon
     assert sorted(reads) == sorted(c["run_id"] for c in found["cells"])
 
 
+def test_summarize_experiment_shows_custom_metrics_with_cis_and_reused_answers(tmp_path, invoke):
+    n = 6
+    config = counting_config(tmp_path / "c", n, matrix={"model": ["a", "b"]}, cache=True)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    again = invoke("run", "--config", str(config), "--quiet")  # exp-2: all from the store
+    assert again.exit_code == 0, again.output
+    found = json_out(invoke("summarize", "exp-2", "--format", "json"))
+    for i, cell in enumerate(found["cells"]):
+        assert cell["responses_reused"] == n
+        assert cell["cost_avoided_usd"] is None  # the mock's models have no price
+        # nth counts calls over both experiments: cell i of exp-2 scored calls
+        # (2 + i) * n .. (3 + i) * n - 1.
+        values = np.arange((2 + i) * n, (3 + i) * n, dtype=float)
+        centre, lo, hi = cluster_mean_ci(values)
+        assert cell["metrics"]["nth"] == round(centre, 4)
+        assert cell["metrics_ci95"]["nth"] == [round(lo, 4), round(hi, 4)]
+    first = json_out(invoke("summarize", "exp", "--format", "json"))["cells"][0]
+    assert "responses_reused" not in first and "metrics_ci95" in first
+    header = invoke("summarize", "exp-2").stdout.splitlines()[0].split()
+    assert header[header.index("geometric_mean") + 1 :][:4] == [
+        "metrics.second",
+        "metrics.second_ci95",
+        "metrics.nth",
+        "metrics.nth_ci95",
+    ]
+    assert "responses_reused" in header and "cost_avoided_usd" in header
+
+
 def test_second_experiment_takes_the_next_id(tmp_path, invoke):
     config = matrix_config(tmp_path)
     invoke("run", "--config", str(config), "--quiet")
@@ -164,6 +192,7 @@ def test_too_many_cells_need_yes(tmp_path, invoke):
     assert "--yes" in refused.stderr and not (tmp_path / "runs").exists()
     allowed = invoke("run", "--config", str(config), "--quiet", "--yes", "--format", "json")
     assert allowed.exit_code == 0 and len(json_out(allowed)["cells"]) == MAX_CELLS + 1
+    assert f"more than {MAX_CELLS} cells" in invoke("run", "--help").stdout  # documented
 
 
 def test_config_without_matrix_records_the_same_config_as_before(tmp_path, invoke):
@@ -597,6 +626,20 @@ def test_custom_metrics_with_repeats_keep_every_repeats_value(tmp_path, invoke):
     }
 
 
+def test_custom_metric_intervals_stay_in_the_unit_range_for_rates():
+    from exprof.scoring.recorded import _cis
+
+    rate = [{"ok": True}] * 11 + [{"ok": False}]
+    centre, lo, hi = cluster_mean_ci(np.array([1.0] * 11 + [0.0]))
+    assert hi > 1.0  # the t interval runs past what a rate can be
+    assert _cis(rate, ["ok"]) == {"ok": [round(lo, 4), 1.0]}
+    counts = [{"n": 1}] * 11 + [{"n": 0}]  # 0/1 counts read as a rate too
+    assert _cis(counts, ["n"]) == {"n": [round(lo, 4), 1.0]}
+    wide = [{"n": 2.0}] * 11 + [{"n": 0.0}]  # not in [0, 1]: never clipped
+    _, lo2, hi2 = cluster_mean_ci(np.array([2.0] * 11 + [0.0]))
+    assert _cis(wide, ["n"]) == {"n": [round(lo2, 4), round(hi2, 4)]}
+
+
 def test_compare_pairs_custom_metrics_by_sample_averaging_repeats(tmp_path, invoke):
     config = counting_config(tmp_path / "c", 12, repeats=2)
     for run_id in ("a", "b"):
@@ -633,6 +676,17 @@ def test_rescore_of_a_run_with_repeats_rescores_every_repeat(tmp_path, invoke):
     assert [(s["dialogue_id"], s["repeat"], s["nth"]) for s in scores] == [
         (f"d{i:05d}", r, 3 * i + r) for i in range(4) for r in range(3)
     ]
+
+
+def test_rescore_of_a_cached_run_rescores_its_reused_answers(tmp_path, invoke):
+    config = write_experiment(tmp_path / "c", *make_samples(4), repeats=2)
+    assert invoke("run", "--config", str(config), "--quiet", "--run-id", "a").exit_code == 0
+    cached = invoke("run", "--config", str(config), "--quiet", "--run-id", "b", "--cache")
+    assert cached.exit_code == 0, cached.output
+    other = counting_config(tmp_path / "r", 4, repeats=2)
+    result = invoke("rescore", "b", "--config", str(other), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output  # every answer b holds is a reused one
+    assert json_out(result)["samples_completed"] == 8
 
 
 def test_judge_grades_each_repeat(tmp_path, invoke):

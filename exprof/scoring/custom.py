@@ -417,15 +417,23 @@ def mean(values: Iterable[Any]) -> float | None:
     return round(sum(present) / len(present), 4) if present else None
 
 
-def summary_means(per_sample: Iterable[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
-    """`summary.json`'s `metrics`: each metric's mean over the samples that have a value;
-    a metric that returned dicts gets the mean of each key."""
+def by_metric(
+    per_sample: Iterable[dict[str, Any]], names: Sequence[str], reduce: Callable[[list[Any]], Any]
+) -> dict[str, Any]:
+    """Each metric's per-sample values reduced to one (`reduce` gets the column, None
+    where a sample has no value); a metric that returned dicts gets one per key."""
     rows = list(per_sample)
     out: dict[str, Any] = {}
     for name in names:
         cols = columns(rows, [name])
         if list(cols) == [name]:
-            out[name] = mean(cols[name])
+            out[name] = reduce(cols[name])
         else:
-            out[name] = {key.split(".", 1)[1]: mean(col) for key, col in cols.items()}
+            out[name] = {key[len(name) + 1 :]: reduce(col) for key, col in cols.items()}
     return out
+
+
+def summary_means(per_sample: Iterable[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """`summary.json`'s `metrics`: each metric's mean over the samples that have a value;
+    a metric that returned dicts gets the mean of each key."""
+    return by_metric(per_sample, names, mean)

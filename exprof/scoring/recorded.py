@@ -5,7 +5,6 @@ answer is recorded); a run whose config has no custom metric costs no read at al
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,27 +64,10 @@ def per_dialogue(by_slot: dict[Slot, dict[str, Any]], names: list[str]) -> dict[
     groups: dict[str, list[dict[str, Any]]] = {}
     for (dialogue_id, _), row in by_slot.items():
         groups.setdefault(dialogue_id, []).append(row)
-    out: dict[str, Any] = {}
-    for dialogue_id, rows in groups.items():
-        if len(rows) == 1:
-            out[dialogue_id] = rows[0]
-            continue
-        averaged: dict[str, Any] = {}
-        for name, cols in _columns_by_metric(rows, names):
-            if list(cols) == [name]:
-                averaged[name] = _mean(cols[name])
-            else:
-                averaged[name] = {key[len(name) + 1 :]: _mean(col) for key, col in cols.items()}
-        out[dialogue_id] = averaged
-    return out
-
-
-def _columns_by_metric(
-    rows: list[dict[str, Any]], names: list[str]
-) -> Iterator[tuple[str, dict[str, list[Any]]]]:
-    """Each metric's columns: {name: values}, or {name.key: values} for a dict metric."""
-    for name in names:
-        yield name, custom.columns(rows, [name])
+    return {
+        dialogue_id: rows[0] if len(rows) == 1 else custom.by_metric(rows, names, _mean)
+        for dialogue_id, rows in groups.items()
+    }
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -95,34 +77,37 @@ def _mean(values: list[Any]) -> float | None:
 
 def _cis(samples: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     """Each metric's 95% interval over the samples' values (each a cluster's mean), as
-    [low, high]; None with fewer than two samples valued (or per key, for a dict)."""
+    [low, high]; None with fewer than two samples valued (or per key, for a dict). A
+    metric whose values all lie in [0, 1] (a boolean's rate, say) has its mean there
+    too: its interval is clipped to [0, 1], as the built-in rates' are."""
 
     def interval(values: list[Any]) -> list[float] | None:
         present = np.array([float(v) for v in values if v is not None], dtype=float)
         _, lo, hi = cluster_mean_ci(present)
-        return None if lo is None or hi is None else [round(lo, 4), round(hi, 4)]
+        if lo is None or hi is None:
+            return None
+        if present.min() >= 0.0 and present.max() <= 1.0:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        return [round(lo, 4), round(hi, 4)]
 
-    out: dict[str, Any] = {}
-    for name, cols in _columns_by_metric(samples, names):
-        if list(cols) == [name]:
-            out[name] = interval(cols[name])
-        else:
-            out[name] = {key[len(name) + 1 :]: interval(col) for key, col in cols.items()}
-    return out
+    return custom.by_metric(samples, names, interval)
 
 
-def summary_fields(store: Store, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
+def summary_fields(
+    store: Store, run_id: str, config: dict[str, Any], ci: bool = False
+) -> dict[str, Any]:
     """`metrics` (each custom metric's mean) and `metric_errors` (counts) for summary.json;
     empty for a run without custom metrics, so its summary keeps the seed's keys. With
     repeats the means are over samples, each the mean of its repeats, and
-    `metrics_ci95` gives each one's clustered 95% interval (issue 12)."""
+    `metrics_ci95` gives each one's clustered 95% interval (issue 12); `ci` asks for
+    the intervals without repeats too (summarize EXPERIMENT_ID shows every metric's)."""
     names = metric_names(config)
     if not names:
         return {}
     by_slot = per_sample(store, run_id, config)
     samples = list(per_dialogue(by_slot, names).values())
     fields: dict[str, Any] = {"metrics": custom.summary_means(samples, names)}
-    if config.get("repeats", 1) > 1:
+    if ci or config.get("repeats", 1) > 1:
         fields["metrics_ci95"] = _cis(samples, names)
     errors: dict[str, int] = {}
     for row in by_slot.values():
