@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_run import machine, timed, timed_cpu  # noqa: E402
+from bench_run import machine, timed_cpu  # noqa: E402
 from generate import generate  # noqa: E402
 
 MATRIX = "matrix:\n  model: [claude-3-opus, claude-3-haiku]\n  temperature: [0.0, 0.5, 1.0]\n"
@@ -35,7 +35,9 @@ def main() -> None:
         requests = 6 * args.samples * args.repeats
         run = ["run", "--config", str(config), "--quiet", "--format", "json"]
         wall, rss, cpu, _ = timed_cpu(run, work)
-        sum_wall = min(timed(["summarize", "mx", "--format", "json"], work)[0] for _ in range(3))
+        summaries = [timed_cpu(["summarize", "mx", "--format", "json"], work) for _ in range(3)]
+        sum_wall = min(m[0] for m in summaries)
+        sum_cpu = min(m[2] for m in summaries)
         # The same number of requests as one run: 6x the samples, the same repeats.
         single = generate(6 * args.samples, work / "single", experiment_id="one")
         single.write_text(single.read_text() + f"repeats: {args.repeats}\n")
@@ -52,6 +54,7 @@ def main() -> None:
             "experiment_cpu_us_per_request": round(cpu / requests * 1e6, 1),
             "experiment_peak_rss_mb": round(rss, 1),
             "summarize_experiment_s": round(sum_wall, 3),
+            "summarize_experiment_cpu_s": round(sum_cpu, 3),
             "single_run_wall_s": round(one_wall, 2),
             "single_run_us_per_request": round(one_wall / requests * 1e6, 1),
             "single_run_cpu_s": round(one_cpu, 2),

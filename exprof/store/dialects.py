@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
 from exprof.errors import ExprofError
 
@@ -123,6 +124,30 @@ def _pyformat(statement: str) -> str:
 def execute(conn: Connection, statement: str, params: Any = ()) -> Any:
     """Run one statement (or an executemany, for a list of tuples) on either dialect."""
     return conn.exec_driver_sql(sql(conn, statement), params)
+
+
+def insert_rows(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """INSERT many rows. On PostgreSQL through COPY: psycopg's executemany costs ~30 us
+    of client CPU a row, and a 100k-sample mock run inserts 400k of them. A duplicate
+    key is raised as the IntegrityError the INSERT would have raised."""
+    names = ", ".join(columns)
+    if conn.dialect.name != "postgresql":
+        marks = ", ".join("?" * len(columns))
+        execute(conn, f"INSERT INTO {table} ({names}) VALUES ({marks})", list(rows))
+        return
+    import psycopg
+
+    raw = conn.connection.dbapi_connection  # inside the transaction the caller holds
+    assert isinstance(raw, psycopg.Connection)
+    statement = f"COPY {table} ({names}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(statement, None, exc) from None
 
 
 def stream(conn: Connection, statement: str, params: Any = ()) -> Any:

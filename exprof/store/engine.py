@@ -31,6 +31,7 @@ from exprof.store.queries import Queries, like_prefix
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
 SCHEMA_HEAD = "0004"
+EVENT_COLUMNS = ("id", "run_id", "seq", "type", "payload", "created_at", "hash")
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
 
@@ -172,12 +173,7 @@ class Store(Queries, Checks):
         if not rows:
             return
         try:
-            execute(
-                conn,
-                "INSERT INTO events (id, run_id, seq, type, payload, created_at, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            dialects.insert_rows(conn, "events", EVENT_COLUMNS, rows)
         except IntegrityError:
             raise ConcurrencyError(
                 f"run {run_id}: another writer appended events concurrently; nothing was written"

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from exprof.jsonio import dumps, loads
-from exprof.store.dialects import execute
+from exprof.store.dialects import execute, insert_rows
 from exprof.store.events import (
     DatasetChunk,
     RequestSent,
@@ -33,6 +33,7 @@ from exprof.store.events import (
 NAME = "runs_and_samples"
 TABLES = ("runs", "samples")
 CATCH_UP_BATCH = 5000
+NEW_SAMPLE_COLUMNS = ("run_id", "dialogue_id", "repeat", "idx", "status", "requests")
 
 
 def position(conn: Connection) -> int:
@@ -123,7 +124,7 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
                 repeats[stored.run_id] = _repeats(conn, stored.run_id)
             k = repeats[stored.run_id]
             new_samples.extend(
-                (stored.run_id, s["dialogue_id"], r, (ev.start + i) * k + r)
+                (stored.run_id, s["dialogue_id"], r, (ev.start + i) * k + r, "pending", 0)
                 for i, s in enumerate(ev.samples)
                 for r in range(k)
             )
@@ -136,12 +137,7 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
         elif isinstance(ev, RunFinished):
             statuses.append(("complete" if ev.failed == 0 else "failed", stored.run_id))
     if new_samples:
-        execute(
-            conn,
-            "INSERT INTO samples (run_id, dialogue_id, repeat, idx, status, requests) "
-            "VALUES (?, ?, ?, ?, 'pending', 0)",
-            new_samples,
-        )
+        insert_rows(conn, "samples", NEW_SAMPLE_COLUMNS, new_samples)
     by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for (run_id, dialogue_id, repeat), cols in changes.items():
         by_shape.setdefault(tuple(cols), []).append((*cols.values(), run_id, dialogue_id, repeat))
