@@ -296,6 +296,11 @@ def run(
     type=click.FloatRange(min=0),
     help="A new budget for the run (or the experiment), replacing the recorded one.",
 )
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Add this process as one more worker of a live run, beside those already on it.",
+)
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @output_options
 def resume(
@@ -306,17 +311,24 @@ def resume(
     retry_failed: bool,
     poll_interval: float | None,
     budget_usd: float | None,
+    join: bool,
     quiet: bool,
     format_: str,
 ) -> None:
     """Continue a run that stopped early, sending only the samples still owed; given an
-    experiment id, continue every unfinished cell of the experiment."""
+    experiment id, continue every unfinished cell of the experiment. With --join, work
+    on a live run beside the workers already on it."""
     from exprof.runner import Runner
 
     _check_concurrency(concurrency)
     store = open_store(db, output_dir)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
     if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
+        if join:
+            raise ExprofError(
+                f"{run_id} is an experiment: --join adds a worker to one run; "
+                "join a cell's run by its run id"
+            )
         from exprof.experiment import resume_experiment
 
         found = resume_experiment(runner, run_id, concurrency, retry_failed, budget_usd)
@@ -327,7 +339,7 @@ def resume(
 
         budget = Budget(store, [run_id], budget_usd)
     result = runner.resume(
-        run_id, concurrency=concurrency, retry_failed=retry_failed, budget=budget
+        run_id, concurrency=concurrency, retry_failed=retry_failed, budget=budget, join=join
     )
     _finish(result, format_)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from exprof import __version__
 from exprof.budget import Budget
+from exprof.claims import ClaimSource, check_joinable
 from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
 from exprof.clients.replay import ReplayClient
@@ -55,6 +56,7 @@ from exprof.store.record import (
     rescore_source,
     snapshot,
 )
+from exprof.summary import run_summary
 
 MOCK_BATCH = 2000  # mock samples per transaction; live runs commit as answers arrive
 JUDGE_BATCH = 200  # grader requests per transaction (and per wave of live requests)
@@ -291,18 +293,26 @@ class Runner:
         concurrency: int | None = None,
         retry_failed: bool = True,
         budget: Budget | None = None,
+        join: bool = False,
     ) -> RunResult:
-        """Continue a run; `budget` replaces the recorded budget_usd, if any."""
+        """Continue a run; `budget` replaces the recorded budget_usd, if any. With `join`,
+        as one more worker of a live run beside those already on it."""
         started = load_started(self.store, run_id)
+        if join:
+            check_joinable(started.mode, started.config, run_id)
         if started.mode == "live" or (
             judge.specs(started.config["metrics"]) and self._judge_mode(run_id) == "live"
         ):
             from exprof.clients.credentials import require_credentials
 
             require_credentials(f"resume {run_id}")
-        lease = self.store.acquire_lease(run_id)
+        lease = self.store.join_run(run_id) if join else self.store.acquire_lease(run_id)
         try:
             positions = self.store.pending_positions(run_id, retry_failed)
+            if not positions and join:  # the workers already on it finish it
+                self.store.release_lease(lease)
+                summary = run_summary(self.store, run_id)
+                return RunResult(run_id, summary, EXIT_OK, f"run {run_id}: nothing left to claim")
             if not positions and not self._judge_tasks(run_id):
                 try:
                     summary = export_run(self.store, run_id, self.output_dir / run_id)
@@ -322,11 +332,10 @@ class Runner:
             repeats = started.config.get("repeats", 1)
             record = load_run(self.store, run_id, {slot // repeats for slot in positions})
             pending = pending_pairs(record.samples, positions, repeats)
-            seq = self.store.last_seq(run_id)
             seq = self.store.append(
                 run_id,
                 [RunResumed(os.getpid(), socket.gethostname(), retry_failed)],
-                after_seq=seq,
+                after_seq=None,  # other workers may be appending to this run
             )
         except BaseException:
             self.store.release_lease(lease)
@@ -336,7 +345,14 @@ class Runner:
             budget = Budget(self.store, [run_id], limit)
         with settled_heap():  # the loaded dataset lives as long as the run
             return self._execute(
-                record, lease, seq, pending, concurrency, positions=sorted(positions), budget=budget
+                record,
+                lease,
+                seq,
+                pending,
+                concurrency,
+                positions=sorted(positions),
+                budget=budget,
+                retry_failed=retry_failed,
             )
 
     # -- the work --------------------------------------------------------------
@@ -351,8 +367,11 @@ class Runner:
         announce: bool = True,
         positions: Sequence[int] | None = None,
         budget: Budget | None = None,
+        retry_failed: bool = True,
     ) -> RunResult:
-        """Send `pending`, the samples at dataset `positions` (ascending; default: all)."""
+        """Send `pending`, the samples at dataset `positions` (ascending; default: all).
+        A live run's samples are claimed from the store, so that workers joining it
+        (`resume --join`) share them; `retry_failed` says whether failed ones are owed."""
         run_id = record.run_id
         began = time.monotonic()
         if record.config.cache:
@@ -385,7 +404,10 @@ class Runner:
                 else:
                     from exprof.clients.live import run_live
 
-                    todo = pending if budget is None else budget.within(pending)
+                    owed = ("pending", "failed") if retry_failed else ("pending",)
+                    chunk = concurrency or record.config.concurrency
+                    source = ClaimSource(self.store, lease, pending, owed, chunk)
+                    todo = source if budget is None else budget.within(source)
                     seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
                 progress.close()
                 progress.enabled = False  # closed: the judge phase draws its own bar
@@ -401,13 +423,18 @@ class Runner:
             return self._over_budget(record, lease, budget)
         try:
             with deferred_signals():
-                counts = self.store.sample_status_counts(run_id)
-                failed = counts.get("failed", 0)
-                self.store.append(
-                    run_id,
-                    [RunFinished(counts.get("ok", 0), failed, round(time.monotonic() - began, 3))],
-                    after_seq=seq,
+                # Whichever worker of the run leaves last finishes it, exactly once.
+                left, counts = self.store.finish_if_done(
+                    lease,
+                    lambda counts: RunFinished(
+                        counts.get("ok", 0),
+                        counts.get("failed", 0),
+                        round(time.monotonic() - began, 3),
+                    ),
                 )
+            if left is not None:
+                return self._left_to_others(run_id, left)
+            failed = counts.get("failed", 0)
             summary = self._export(record)  # a signal here abandons the export, see below
         except KeyboardInterrupt as stop:
             return self._stopped_exporting(run_id, stop)
@@ -427,9 +454,8 @@ class Runner:
         run_id = record.run_id
         try:
             with deferred_signals():  # a second signal must not cut this record short
-                seq = self.store.last_seq(run_id)
-                self.store.append(
-                    run_id, [RunInterrupted(f"interrupted by {stop_name(stop)}")], after_seq=seq
+                self.store.append(  # after the last seq: other workers may be appending
+                    run_id, [RunInterrupted(f"interrupted by {stop_name(stop)}")], after_seq=None
                 )
             summary = self._export(record)
         except KeyboardInterrupt as again:
@@ -441,6 +467,18 @@ class Runner:
             summary,
             stop_exit_code(stop),
             f"interrupted; continue with: exprof resume {run_id}",
+        )
+
+    def _left_to_others(self, run_id: str, left: int) -> RunResult:
+        """This worker has nothing left to claim, but other workers of the run hold
+        claims: the last of them finishes and exports the run."""
+        return RunResult(
+            run_id,
+            run_summary(self.store, run_id),
+            EXIT_OK,
+            f"this worker is done; {left} sample(s) of run {run_id} are still with other "
+            "workers, and the last of them finishes the run (a dead worker's return to the "
+            f"pool when its heartbeat expires: then `exprof resume {run_id}`)",
         )
 
     def _stopped_exporting(self, run_id: str, stop: KeyboardInterrupt) -> RunResult:
@@ -562,8 +600,7 @@ class Runner:
         run_id = record.run_id
         try:
             message = budget.message(run_id)
-            seq = self.store.last_seq(run_id)
-            self.store.append(run_id, [RunInterrupted(message)], after_seq=seq)
+            self.store.append(run_id, [RunInterrupted(message)], after_seq=None)
             summary = self._export(record)
         finally:
             self.store.release_lease(lease)

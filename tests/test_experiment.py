@@ -27,7 +27,7 @@ from exprof.stats import (
     repeat_statistics,
     t_quantile_975,
 )
-from exprof.store.engine import Store, store_url
+from exprof.store.engine import SCHEMA_HEAD, Store, store_url
 from fake_anthropic import FakeAnthropic
 
 MATRIX = {"model": ["claude-3-opus", "claude-3-haiku"], "temperature": [0.0, 0.5, 1.0]}
@@ -965,7 +965,7 @@ def test_upgrade_from_0003_rebuilds_samples_per_repeat(tmp_path, invoke):
     raw.close()
     assert invoke("db", "upgrade").exit_code == 0  # to head, the projections caught up
     reopened = open_store(tmp_path)
-    assert reopened.revision() == "0004"
+    assert reopened.revision() == SCHEMA_HEAD
     assert reopened.sample_status_counts("exp") == {"ok": 3, "failed": 2}
     assert invoke("export", "exp").exit_code == 0
     assert (tmp_path / "runs" / "exp" / "scores.jsonl").read_bytes() == before

@@ -103,9 +103,10 @@ def assert_consistent(db: Path | str, run_id: str, n: int) -> None:
         assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         raw.close()
     store = Store.open(db if isinstance(db, str) else store_url(str(db), "."))
-    responses: dict[str, int] = {}
+    responses: dict[tuple[str, int], int] = {}  # by (dialogue, repeat); n counts pairs
     for ev in store.events(run_id, types=("response_received",)):
-        responses[ev.payload["dialogue_id"]] = responses.get(ev.payload["dialogue_id"], 0) + 1
+        pair = (ev.payload["dialogue_id"], ev.payload.get("repeat", 0))
+        responses[pair] = responses.get(pair, 0) + 1
     assert len(responses) == n and set(responses.values()) == {1}
     with store.write() as conn:
         incremental = conn.exec_driver_sql("SELECT * FROM samples ORDER BY run_id, idx").all()

@@ -198,7 +198,8 @@ def run_live(
     concurrency: int | None,
     progress: Progress,
 ) -> int:
-    """Send `pending` through the API; return the run's last seq. Raises KeyboardInterrupt
+    """Send `pending` through the API; return the last seq this worker appended (the run's
+    last, unless other workers joined: they append to the run too). Raises KeyboardInterrupt
     after a Ctrl-C, once the answers that arrived in the grace period are recorded."""
     config = record.config
     if not config.sends_temperature:
@@ -297,7 +298,7 @@ class _LiveSession:
             self.progress.close()
             reason = f"stopped: {self.fatal}"
             self.seq = self.store.append(
-                self.record.run_id, [RunInterrupted(reason)], after_seq=self.seq
+                self.record.run_id, [RunInterrupted(reason)], after_seq=None
             )
             raise ExprofError(self.fatal)
         if self.stopping is not None:
@@ -352,7 +353,8 @@ class _LiveSession:
     def _flush(self) -> None:
         if self.arrived:
             batch, self.arrived = self.arrived, []
-            self.seq = self.store.append(self.record.run_id, batch, after_seq=self.seq)
+            # After the run's last seq, not ours: other workers (resume --join) interleave.
+            self.seq = self.store.append(self.record.run_id, batch, after_seq=None)
         if time.monotonic() - self.last_beat > HEARTBEAT_S:
             self.store.heartbeat(self.lease)
             self.last_beat = time.monotonic()

@@ -25,7 +25,16 @@ BUSY_TIMEOUT_MS = 5000
 PG_WRITE_LOCK = 0x657870726F66  # "exprof"
 IMMUTABILITY_TRIGGERS = ("events_no_update", "events_no_delete")
 # The tables an exprof store holds; a database with any other table is not ours.
-STORE_TABLES = ("alembic_version", "events", "projection_positions", "runs", "samples", "leases")
+STORE_TABLES = (
+    "alembic_version",
+    "events",
+    "projection_positions",
+    "runs",
+    "samples",
+    "leases",
+    "workers",
+    "claims",
+)
 POSTGRES_HINT = "install the PostgreSQL driver: pip install 'exprof[postgres]' (psycopg 3)"
 WAL_TRIES = 100  # x 50 ms: concurrent first opens wait for each other's journal switch
 
@@ -188,6 +197,12 @@ def lock_writers(conn: Connection) -> None:
     """Called first in every write transaction: one writer at a time, store-wide."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+
+def skip_locked(conn: Connection) -> str:
+    """The clause that makes concurrent claimers pass over each other's rows; SQLite has
+    no row locks (its claim transaction holds the write lock instead)."""
+    return " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
 
 
 def integrity_check(conn: Connection) -> list[str]:

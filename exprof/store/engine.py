@@ -7,6 +7,7 @@ so the projections can never disagree with the events they claim to have applied
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -27,10 +28,11 @@ from exprof.store.dialects import execute, stream
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
 from exprof.store.leases import HELD, Lease, process_started
 from exprof.store.queries import Queries, like_prefix
+from exprof.store.workers import Workers, beat, forget, live_workers
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 EVENT_COLUMNS = ("id", "run_id", "seq", "type", "payload", "created_at", "hash")
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000
@@ -51,7 +53,7 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-class Store(Queries, Checks):
+class Store(Queries, Checks, Workers):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
     def __init__(self, engine: Engine, location: str, secret: str | None = None) -> None:
@@ -130,16 +132,27 @@ class Store(Queries, Checks):
 
     # -- appending -------------------------------------------------------------
 
-    def append(self, run_id: str, events: Iterable[Event], after_seq: int) -> int:
+    def append(
+        self,
+        run_id: str,
+        events: Iterable[Event],
+        after_seq: int | None,
+        within: Connection | None = None,
+    ) -> int:
         """Append `events` as seq after_seq+1.. of the run; return the new last seq.
 
         A clash with another writer's seq raises ConcurrencyError and leaves nothing
         behind: the events and the projection updates share one transaction. The events
         are consumed in slices, so a 100k-sample dataset snapshot is never held whole.
+        With `after_seq` None the events go after the run's last, read under the write
+        lock: how several workers of one run append without clashing. `within`: inside
+        that write transaction instead of a new one.
         """
         now = time.time()
-        seq = after_seq
-        with self.write() as conn:
+        with self.write() if within is None else contextlib.nullcontext(within) as conn:
+            if after_seq is None:
+                after_seq = _last_seq(conn, run_id)
+            seq = after_seq
             last_id, applied = execute(
                 conn,
                 "SELECT (SELECT coalesce(max(id), 0) FROM events), "
@@ -180,18 +193,16 @@ class Store(Queries, Checks):
             ) from None
         projections.apply(conn, stored)
 
-    def write(self) -> _WriteTransaction:
-        return _WriteTransaction(self.engine, self.location, self.secret)
+    def write(self, serialize: bool = True) -> _WriteTransaction:
+        """A write transaction; `serialize` False skips PostgreSQL's store-wide advisory
+        lock (for claims, which rely on row locks instead). SQLite always locks."""
+        return _WriteTransaction(self.engine, self.location, self.secret, serialize)
 
     # -- reading ---------------------------------------------------------------
 
     def last_seq(self, run_id: str) -> int:
         with self.engine.connect() as conn:
-            return int(
-                execute(
-                    conn, "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
-                ).scalar_one()
-            )
+            return _last_seq(conn, run_id)
 
     def events(
         self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 1000
@@ -227,11 +238,12 @@ class Store(Queries, Checks):
     def acquire_lease(self, run_id: str) -> Lease:
         """Hold the run for this process, taking over a dead holder's lease."""
         with self.write() as conn:
-            held = _live_holder(conn, run_id)
+            held = _live_holder(conn, run_id) or next(iter(live_workers(conn, run_id)), None)
             if held is not None:
                 raise LeaseHeldError(
                     f"run {run_id} is being worked on by {held.describe()}; "
-                    "wait for it to finish or stop that process"
+                    "wait for it to finish or stop that process "
+                    f"(or add a worker: exprof resume {run_id} --join)"
                 )
             return _insert_lease(conn, run_id)
 
@@ -266,11 +278,13 @@ class Store(Queries, Checks):
 
     def heartbeat(self, lease: Lease) -> None:
         with self.write() as conn:
+            now = time.time()
             execute(
                 conn,
                 "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
-                (time.time(), lease.run_id, lease.token),
+                (now, lease.run_id, lease.token),
             )
+            beat(conn, lease, now)  # a joined worker's row
 
     def release_lease(self, lease: Lease) -> None:
         with self.write() as conn:
@@ -279,12 +293,21 @@ class Store(Queries, Checks):
                 "DELETE FROM leases WHERE run_id = ? AND token = ?",
                 (lease.run_id, lease.token),
             )
+            forget(conn, lease.run_id, lease.token)
         HELD.discard(lease.token)
 
     def lease(self, run_id: str) -> Lease | None:
-        """The run's holder, if it is still alive."""
+        """The run's holder (or a joined worker), if it is still alive."""
         with self.engine.connect() as conn:
-            return _live_holder(conn, run_id)
+            return _live_holder(conn, run_id) or next(iter(live_workers(conn, run_id)), None)
+
+
+def _last_seq(conn: Connection, run_id: str) -> int:
+    return int(
+        execute(
+            conn, "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+        ).scalar_one()
+    )
 
 
 def _insert_lease(conn: Connection, run_id: str) -> Lease:
@@ -361,16 +384,20 @@ def _live_holder(conn: Connection, run_id: str) -> Lease | None:
 class _WriteTransaction:
     """`with store.write() as conn:` runs one BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, engine: Engine, location: str, secret: str | None = None) -> None:
+    def __init__(
+        self, engine: Engine, location: str, secret: str | None = None, serialize: bool = True
+    ) -> None:
         self.engine = engine
         self.location = location
         self.secret = secret
+        self.serialize = serialize
 
     def __enter__(self) -> Connection:
         self.conn = self.engine.connect().execution_options(immediate=True)
         try:
             self.tx = self.conn.begin()
-            dialects.lock_writers(self.conn)
+            if self.serialize:
+                dialects.lock_writers(self.conn)
         except OperationalError as exc:
             self.conn.close()
             raise ExprofError(

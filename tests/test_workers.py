@@ -1,0 +1,188 @@
+"""Several workers on one live run (`resume --join`): real subprocesses against the fake
+API server, some SIGKILLed, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_resume import assert_consistent, done_count, exports, exprof, finish, the_store
+
+from conftest import make_samples, write_experiment
+from exprof.store.engine import Store
+from fake_anthropic import FakeAnthropic
+
+KEY = "sk-ant-workers-test"
+
+
+def start_reference(tmp_path: Path, config: Path, env: dict) -> None:
+    ref = exprof(
+        "run",
+        "--config",
+        str(config),
+        "--run-id",
+        "w",
+        "--output-dir",
+        "ref",
+        cwd=tmp_path,
+        env=env,
+    )
+    code, err = finish(ref)
+    assert code == 0, err
+
+
+def wait_for_progress(db: Path | str, proc: subprocess.Popen, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while done_count(db) < at_least and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def duplicates(server: FakeAnthropic, repeats: int) -> int:
+    """Requests beyond the first for any (dialogue, repeat) pair (the fake answers every
+    one it gets), and those cut off mid-body by a SIGKILL (no user text arrived: counted
+    under ""). A pair's repeats are identical requests, which the fake counts under the
+    dialogue's text: once every pair is answered (checked first), the duplicates of a
+    dialogue's pairs are its requests beyond `repeats`."""
+    attempts = server.state.attempts
+    extra = sum(count - repeats for user, count in attempts.items() if user)
+    return extra + attempts.get("", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, repeats", [(1500, 1), (600, 2)], ids=["repeats-1", "repeats-2"])
+def test_four_workers_two_killed_answer_each_sample_once(tmp_path, db_url, n, repeats):
+    concurrency = 4
+    samples, mocks = make_samples(n)
+    config = write_experiment(
+        tmp_path / "e", samples, mocks, concurrency=concurrency, repeats=repeats
+    )
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    with FakeAnthropic(latency=0.02, jitter=0.005) as ref_server:
+        start_reference(tmp_path, config, {**env, "ANTHROPIC_BASE_URL": ref_server.url})
+    db, flags = the_store(tmp_path, db_url)
+    rng = random.Random(7)
+    with FakeAnthropic(latency=0.02, jitter=0.005) as server:
+        env["ANTHROPIC_BASE_URL"] = server.url
+        first = exprof(
+            "run", "--config", str(config), "--run-id", "w", *flags, cwd=tmp_path, env=env
+        )
+        wait_for_progress(db, first, 1)
+        joined = [exprof("resume", "w", "--join", *flags, cwd=tmp_path, env=env) for _ in range(3)]
+        workers = [first, *joined]
+        # A plain resume while they work is refused, naming a holder.
+        code, err = finish(exprof("resume", "w", *flags, cwd=tmp_path, env=env))
+        assert code == 2, err
+        assert "is being worked on by pid " in err and "--join" in err
+        for victim in rng.sample(workers, 2):
+            wait_for_progress(db, victim, done_count(db) + rng.randint(1, 150))
+            time.sleep(rng.uniform(0, 0.05))
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        for proc in workers:
+            code, err = finish(proc)
+            assert code in (0, -signal.SIGKILL), err
+        code, err = finish(exprof("resume", "w", *flags, cwd=tmp_path, env=env))
+        assert code == 0, err
+        assert set(server.state.attempts) - {""} == {s["user"] for s in samples}
+        assert_consistent(db, "w", n * repeats)  # every pair answered exactly once
+        dups = duplicates(server, repeats)
+        print(f"multi-worker duplicates ({db_url.split(':')[0]}, repeats {repeats}): {dups}")
+        assert dups <= 2 * concurrency  # the two killed workers' requests in flight at most
+        assert server.state.peak_in_flight > concurrency  # the workers really ran side by side
+    assert exports(tmp_path / "runs" / "w", strip=True) == exports(
+        tmp_path / "ref" / "w", strip=True
+    )
+
+
+def test_worker_leaves_when_only_a_live_remote_workers_claims_are_left(tmp_path, fake):
+    """A worker on another host holds claims (fresh heartbeat): a joined worker answers
+    the rest and exits by itself; a plain resume is refused naming that worker until its
+    heartbeat goes stale, then takes its claims over."""
+    n = 40
+    samples, mocks = make_samples(n)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=2)
+    with FakeAnthropic() as ref_server:
+        start_reference(
+            tmp_path,
+            config,
+            {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": ref_server.url},
+        )
+    server = fake(latency=0.005)
+    proc = exprof("run", "--config", str(config), "--run-id", "w", cwd=tmp_path)
+    db = tmp_path / "runs" / "exprof.db"
+    wait_for_progress(db, proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store.open(f"sqlite:///{db}")
+    pending = sorted(store.pending_positions("w", retry_failed=True))
+    assert len(pending) > 5
+    held = pending[-5:]  # a remote worker's, so no pid check can tell it is gone
+    now = time.time()
+    with store.write() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO workers (run_id, token, pid, host, acquired_at, heartbeat_at, started) "
+            "VALUES ('w', 'remote', 1, 'elsewhere.example', ?, ?, NULL)",
+            (now, now),
+        )
+        for idx in held:
+            conn.exec_driver_sql(
+                "INSERT INTO claims (run_id, position, repeat, token, claimed_at) "
+                "VALUES ('w', ?, 0, 'remote', ?)",
+                (idx, now),
+            )
+    code, err = finish(exprof("resume", "w", "--join", cwd=tmp_path))
+    assert code == 0, err
+    assert "5 sample(s) of run w are still with other workers" in err
+    users = {i: s["user"] for i, s in enumerate(samples)}
+    assert not any(users[i] in server.state.attempts for i in held)
+    code, err = finish(exprof("resume", "w", cwd=tmp_path))
+    assert code == 2
+    assert "being worked on by pid 1 on elsewhere.example" in err
+    with store.write() as conn:  # the remote worker stopped beating long ago
+        conn.exec_driver_sql("UPDATE workers SET heartbeat_at = 0 WHERE token = 'remote'")
+    code, err = finish(exprof("resume", "w", cwd=tmp_path))
+    assert code == 0, err
+    assert all(server.state.attempts[users[i]] == 1 for i in held)
+    assert exports(tmp_path / "runs" / "w", strip=True) == exports(
+        tmp_path / "ref" / "w", strip=True
+    )
+
+
+def test_join_is_refused_for_a_mock_run(tmp_path):
+    samples, mocks = make_samples(3)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert finish(exprof("run", "--config", str(config), "--run-id", "m", cwd=tmp_path))[0] == 0
+    code, err = finish(exprof("resume", "m", "--join", cwd=tmp_path))
+    assert code == 2
+    assert err.strip() == "Error: run m is a mock run: --join adds workers to live runs"
+
+
+def test_join_is_refused_for_an_experiment_id(tmp_path):
+    samples, mocks = make_samples(3)
+    matrix = {"temperature": [0.0, 1.0]}
+    config = write_experiment(tmp_path / "e", samples, mocks, matrix=matrix)
+    assert finish(exprof("run", "--config", str(config), cwd=tmp_path))[0] == 0
+    code, err = finish(exprof("resume", "exp", "--join", cwd=tmp_path))
+    assert code == 2
+    assert err.strip() == (
+        "Error: exp is an experiment: --join adds a worker to one run; "
+        "join a cell's run by its run id"
+    )
+
+
+def test_join_is_refused_for_a_batch_run(tmp_path, fake):
+    server = fake()
+    samples, _ = make_samples(3)
+    config = write_experiment(tmp_path / "e", samples, {}, batch=True, batch_poll_s=0.02)
+    code, err = finish(exprof("run", "--config", str(config), "--run-id", "b", cwd=tmp_path))
+    assert code == 0, err
+    assert server.batches.created == 1
+    code, err = finish(exprof("resume", "b", "--join", cwd=tmp_path))
+    assert code == 2
+    assert err.strip() == "Error: run b is a batch run: --join adds workers to live runs"
+    assert server.state.requests == 0 and server.batches.created == 1
