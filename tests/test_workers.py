@@ -14,7 +14,10 @@ import pytest
 from test_resume import assert_consistent, done_count, exports, exprof, finish, the_store
 
 from conftest import make_samples, write_experiment
+from exprof.dataset import Sample
 from exprof.store.engine import Store
+from exprof.store.events import RunStarted
+from exprof.store.record import snapshot
 from fake_anthropic import FakeAnthropic
 
 KEY = "sk-ant-workers-test"
@@ -186,3 +189,38 @@ def test_join_is_refused_for_a_batch_run(tmp_path, fake):
     assert code == 2
     assert err.strip() == "Error: run b is a batch run: --join adds workers to live runs"
     assert server.state.requests == 0 and server.batches.created == 1
+
+
+def test_claims_are_keyed_by_position_and_repeat(db_url):
+    """With `repeats: 2` each (sample, repeat) pair is claimed on its own, once; a dead
+    worker's claims (stale heartbeat) go back to the pool, and the live ones stay."""
+    store = Store.open(db_url, create=True)
+    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(3)]
+    config = {"model": "claude-3-opus", "metrics": [], "repeats": 2}
+    first = store.acquire_new_run("exp", "r")
+    started = RunStarted("r", "exp", "live", config, "sha", 3, {}, "test")
+    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    second = store.join_run("r")
+    owed = ("pending",)
+    assert store.claim(first, owed, 3) == [(0, "d0", 0), (1, "d0", 1), (2, "d1", 0)]
+    assert store.claim(second, owed, 10) == [(3, "d1", 1), (4, "d2", 0), (5, "d2", 1)]
+    assert store.claim(first, owed, 10) == []
+    with store.write() as conn:  # the second worker stopped beating long ago
+        conn.exec_driver_sql(f"UPDATE workers SET heartbeat_at = 0 WHERE token = '{second.token}'")
+    assert store.claim(first, owed, 10) == [(3, "d1", 1), (4, "d2", 0), (5, "d2", 1)]
+    store.release_lease(second)
+    store.release_lease(first)
+
+
+def test_join_is_refused_for_a_run_that_reuses_answers(tmp_path, fake):
+    """cache: true reuses answers before claiming: a joiner could send one of them."""
+    server = fake()
+    samples, mocks = make_samples(3)
+    config = write_experiment(tmp_path / "e", samples, mocks, cache=True)
+    code, err = finish(exprof("run", "--config", str(config), "--run-id", "c", cwd=tmp_path))
+    assert code == 0, err
+    sent = server.state.requests
+    code, err = finish(exprof("resume", "c", "--join", cwd=tmp_path))
+    assert code == 2
+    assert err.strip() == "Error: run c reuses answers (cache): --join is for runs without it"
+    assert server.state.requests == sent
