@@ -23,16 +23,17 @@ def _key(system: str, user: str, repeat: int) -> str:
     return hashlib.sha256(f"{repeat}\x00{system}\x00{user}".encode()).hexdigest()
 
 
-def _same_request(a: RunStarted, b: RunStarted) -> bool:
-    """Model, sent parameters, max_tokens and API version equal (a mock run sends no
-    API version, so two mock runs match on the rest)."""
-    ca, cb = a.config, b.config
+def request_identity(started: RunStarted) -> tuple[object, ...]:
+    """What makes two runs' requests identical, apart from the prompts and the repeat:
+    the mode, model, sent parameters, max_tokens and API version (a mock run sends no
+    API version, so two mock runs match on the rest). `run --dry-run` asks it too."""
+    config = started.config
     return (
-        a.mode == b.mode
-        and ca["model"] == cb["model"]
-        and ca["max_tokens"] == cb["max_tokens"]
-        and a.sent_params == b.sent_params
-        and (a.mode == "mock" or ca["api_version"] == cb["api_version"])
+        started.mode,
+        config["model"],
+        config["max_tokens"],
+        tuple(sorted(started.sent_params.items())),
+        config["api_version"] if started.mode == "live" else None,
     )
 
 
@@ -48,7 +49,7 @@ def find_sources(
         if run_id == started.run_id or len(found) == len(wanted):
             continue
         other = store.run_started(run_id)
-        if other is None or not _same_request(started, other):
+        if other is None or request_identity(started) != request_identity(other):
             continue
         answered: dict[int, list[tuple[int, int]]] = {}
         for position, repeat, event_id in store.answered_slots(run_id):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exprof import __version__
-from exprof.cache import find_sources
+from exprof.cache import find_sources, request_identity
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.experiment import cell_config, cell_samples, plan_cells
@@ -67,10 +67,11 @@ def dry_run(
         reused: set[tuple[str, int]] = set()
         if cfg.cache:
             pairs = with_repeats(prompts, cfg.repeats)
+            started = _as_started(cfg, mode, prompts)
             if store is not None:
-                reused = set(find_sources(store, _as_started(cfg, mode, prompts), pairs))
+                reused = set(find_sources(store, started, pairs))
             # An earlier cell's identical requests will be in the store by then, too.
-            request = _request_key(cfg, mode)
+            request = request_identity(started)
             reused |= {
                 (s.dialogue_id, s.repeat)
                 for s in pairs
@@ -113,18 +114,6 @@ def dry_run(
     if config.cache:
         out["reused"] = sum(r["reused"] for r in rows)
     return out
-
-
-def _request_key(config: Config, mode: str) -> tuple[Any, ...]:
-    """What makes two cells' requests identical for the cache (see cache._same_request)."""
-    sent = tuple(sorted(config.sent_params(mode).items()))
-    return (
-        mode,
-        config.model,
-        config.max_tokens,
-        sent,
-        config.api_version if mode == "live" else None,
-    )
 
 
 def _as_started(config: Config, mode: str, samples: list[Sample]) -> RunStarted:
