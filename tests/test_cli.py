@@ -175,14 +175,16 @@ def _modules_after(argv: list[str], cwd) -> set[str]:
         "import sys\nfrom exprof.cli import main\n"
         f"sys.argv = ['exprof', *{argv!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('MODULES', *(m for m in ('anthropic', 'alembic') if m in sys.modules))"
+        "print('MODULES', *(m for m in ('anthropic', 'alembic', 'numpy') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)
     marker = [line for line in result.stdout.splitlines() if line.startswith("MODULES")]
     return set(marker[-1].split()[1:])
 
 
-def test_mock_paths_import_neither_the_sdk_nor_alembic_once_at_head(sample_config, tmp_path):
+def test_mock_paths_import_neither_the_sdk_nor_alembic_nor_numpy_once_at_head(
+    sample_config, tmp_path
+):
     assert "anthropic" not in _modules_after(
         ["run", "--config", str(sample_config), "--quiet"], tmp_path
     )

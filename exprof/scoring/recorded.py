@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from exprof.scoring import custom
-from exprof.stats import cluster_mean_ci
 from exprof.store.engine import Store
 from exprof.store.events import JudgeScored, SampleScored
 
@@ -80,6 +77,11 @@ def _cis(samples: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     [low, high]; None with fewer than two samples valued (or per key, for a dict). A
     metric whose values all lie in [0, 1] (a boolean's rate, say) has its mean there
     too: its interval is clipped to [0, 1], as the built-in rates' are."""
+    # Imported here: numpy costs every run, summarize and export ~0.2 s at start-up,
+    # and only a run with repeats asks for intervals.
+    import numpy as np
+
+    from exprof.stats import cluster_mean_ci
 
     def interval(values: list[Any]) -> list[float] | None:
         present = np.array([float(v) for v in values if v is not None], dtype=float)
