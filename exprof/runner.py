@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import hashlib
 import os
 import socket
@@ -32,6 +30,7 @@ from exprof.errors import (
     stop_name,
 )
 from exprof.export import check_export_dir, export_run
+from exprof.heap import collector_paused, settled_heap
 from exprof.jsonio import dumps
 from exprof.render import Progress
 from exprof.scoring import custom, judge, sample_events
@@ -69,34 +68,6 @@ class RunResult:
     exit_code: int
     message: str
     over_budget: bool = False  # stopped by budget_usd (issue 12); resumable
-
-
-@contextlib.contextmanager
-def settled_heap() -> Iterator[None]:
-    """For the length of a run, keep what is alive at its start (the dataset and the
-    mock answers: ~600k objects at 100k samples, which live as long as the run) out of
-    the cyclic collector's full passes. Rescanning them at every full pass cost a mock
-    run a quarter of its CPU; reference counting still frees them as usual."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic collection while one mock batch is built and appended: its ~6,000
-    events and their rows live until the append commits, so the young-generation passes
-    kept rescanning them (a fifth of the mock loop's CPU). They are freed by reference
-    counting; any cycle made meanwhile waits for the next pass after the batch."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def dataset_sha256(samples: list[Sample]) -> str:

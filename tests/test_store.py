@@ -351,6 +351,29 @@ def test_a_mock_run_spares_the_collector_and_hands_it_back(tmp_path, invoke):
     assert gc.get_freeze_count() == before and gc.isenabled()
 
 
+def test_settled_heap_undoes_only_its_own_freeze():
+    """A live session's freeze nests inside the run's, and a library caller may have
+    frozen its own heap: only the outermost freeze is undone, by whoever made it."""
+    import gc
+
+    from exprof.heap import settled_heap
+
+    gc.unfreeze()
+    with settled_heap():
+        outer = gc.get_freeze_count()
+        with settled_heap():
+            pass
+        assert gc.get_freeze_count() >= outer > 0  # the inner block left the run frozen
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # the caller's own
+    try:
+        with settled_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_url):
     """The reads that walk a whole run (events, an export's responses, doctor's chain)
     fetch rows as they go: on PostgreSQL through a server-side cursor, since psycopg's
@@ -373,6 +396,19 @@ def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_
     assert len(walks) == 3, cursors
     expected = "ServerCursor" if store.engine.dialect.name == "postgresql" else "Cursor"
     assert set(walks) == {expected}
+
+
+def test_any_driver_error_in_a_bulk_insert_is_sqlalchemys(store):
+    """Not only a clash: a COPY that fails for any reason (a full disk, a timeout, a bad
+    row) raises SQLAlchemy's error, as an INSERT would, so the store turns it into one
+    `Error:` line with the password masked instead of a psycopg traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from exprof.store.dialects import insert_rows
+
+    with pytest.raises(DBAPIError) as caught, store.engine.begin() as conn:
+        insert_rows(conn, "events", ("run_id", "seq"), [("r", 1, "one value too many")])
+    assert not type(caught.value).__module__.startswith("psycopg")
 
 
 def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(tmp_path, store, db_url):

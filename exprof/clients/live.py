@@ -10,7 +10,6 @@ that land in the same event-loop turn share one transaction), so a kill wastes a
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import signal
@@ -26,6 +25,7 @@ from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import STOP_SIGNALS, ExprofError, interruption
+from exprof.heap import settled_heap
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
 from exprof.store.engine import Lease, Store
@@ -214,11 +214,8 @@ def run_live(
 
     # The SDK allocates heavily per request; without this, each full collection would
     # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
-    gc.freeze()
-    try:
+    with settled_heap():
         return asyncio.run(session.run(pending))
-    finally:
-        gc.unfreeze()
 
 
 class _LiveSession:
