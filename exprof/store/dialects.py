@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from exprof.errors import ExprofError
 
@@ -140,7 +140,8 @@ def insert_rows(
 ) -> None:
     """INSERT many rows. On PostgreSQL through COPY: psycopg's executemany costs ~30 us
     of client CPU a row, and a 100k-sample mock run inserts 400k of them. A duplicate
-    key is raised as the IntegrityError the INSERT would have raised."""
+    key is raised as the IntegrityError the INSERT would have raised, and every other
+    driver error as the SQLAlchemy error the INSERT would have raised."""
     names = ", ".join(columns)
     if conn.dialect.name != "postgresql":
         marks = ", ".join("?" * len(columns))
@@ -155,8 +156,11 @@ def insert_rows(
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(row)
-    except psycopg.IntegrityError as exc:
-        raise IntegrityError(statement, None, exc) from None
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy's class for it, as an INSERT's would be (IntegrityError for
+        # a clash, OperationalError for a full disk or a timeout), so the store's error
+        # handling and its password masking see every failure of a COPY too.
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from None
 
 
 def stream(conn: Connection, statement: str, params: Any = ()) -> Any:
