@@ -31,11 +31,10 @@ from exprof.errors import (
     ExprofError,
 )
 from exprof.runner import Runner, RunResult
-from exprof.scoring import recorded
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted
-from exprof.store.record import load_run, load_started
+from exprof.store.record import load_run
 from exprof.summary import run_summary
 
 RUN_ID_MAX = 128
@@ -257,7 +256,8 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
 
 def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
     found = repeat_statistics(store.sample_scores(run_id))  # clustered CIs at any repeats
-    summary = run_summary(store, run_id, found)  # the cell's scores are read this once
+    # The cell's scores and its custom metrics' events are read this once.
+    summary = run_summary(store, run_id, found, metric_cis=True)
     out: dict[str, Any] = {
         "status": summary["status"],
         "samples": f"{summary['samples_completed']}/{summary['samples_total']}",
@@ -269,11 +269,7 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
         for name in ("repeats", "pass_at_k", "pass_hat_k", "refusal_flips"):
             out[name] = summary[name]
     if summary.get("metrics"):  # custom metrics (issue 9): their means, as in summarize
-        out["metrics"] = summary["metrics"]
-        config = load_started(store, run_id).config
-        out["metrics_ci95"] = recorded.summary_fields(store, run_id, config, ci=True)[
-            "metrics_ci95"
-        ]
+        out["metrics"], out["metrics_ci95"] = summary["metrics"], summary["metrics_ci95"]
     if "responses_reused" in summary:  # cache: true (answers taken from the store)
         out["responses_reused"] = summary["responses_reused"]
         out["cost_avoided_usd"] = summary["cost_avoided_usd"]

@@ -19,10 +19,14 @@ from exprof.store.record import load_started, rescore_source
 
 
 def run_summary(
-    store: Store, run_id: str, repeat_stats: dict[str, Any] | None = None
+    store: Store,
+    run_id: str,
+    repeat_stats: dict[str, Any] | None = None,
+    metric_cis: bool = False,
 ) -> dict[str, Any]:
     """`repeat_stats`: the run's repeat_statistics, when the caller has them already
-    (an experiment's summary needs them for every cell; read once, not twice)."""
+    (an experiment's summary needs them for every cell; read once, not twice).
+    `metric_cis`: custom metrics' intervals even without repeats (summarize EXPERIMENT_ID)."""
     start = load_started(store, run_id)
     run = store.run_row(run_id)
     by_status = store.sample_stats(run_id)
@@ -62,7 +66,7 @@ def run_summary(
             start.config["model"], reused_in, reused_out, start.config["pricing"]
         )
         summary["cost_avoided_usd"] = avoided if mode == "live" else None
-    summary.update(recorded.summary_fields(store, run_id, start.config))
+    summary.update(recorded.summary_fields(store, run_id, start.config, ci=metric_cis))
     if failures:
         summary["failures_by_class"] = failures
     if mode == "live":

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,20 +90,29 @@ def test_summarize_experiment_gives_one_row_per_cell_with_cis(tmp_path, invoke):
 
 
 def test_summarize_experiment_reads_each_cells_scores_once(tmp_path, invoke, monkeypatch):
-    """With repeats, the cell's summary and its clustered intervals come from one read."""
-    config = matrix_config(tmp_path, n=6, repeats=3)
+    """With repeats, the cell's summary and its clustered intervals come from one read of
+    its scores, and its custom metrics' means and intervals from one read of its events."""
+    config = counting_config(tmp_path, 6, matrix={"model": ["a", "b"]}, repeats=3)
     assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
     reads: list[str] = []
-    original = Store.sample_scores
+    event_reads: list[str] = []
+    scores, events = Store.sample_scores, Store.events
 
     def counted(self: Store, run_id: str) -> list:
         reads.append(run_id)
-        return original(self, run_id)
+        return scores(self, run_id)
+
+    def counted_events(self: Store, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        event_reads.append(run_id)
+        return events(self, run_id, *args, **kwargs)
 
     monkeypatch.setattr(Store, "sample_scores", counted)
+    monkeypatch.setattr(Store, "events", counted_events)
     found = json_out(invoke("summarize", "exp", "--format", "json"))
-    assert len(found["cells"]) == 6 and all(c["repeats"] == 3 for c in found["cells"])
+    assert len(found["cells"]) == 2 and all(c["repeats"] == 3 for c in found["cells"])
+    assert all(c["metrics_ci95"]["nth"] is not None for c in found["cells"])
     assert sorted(reads) == sorted(c["run_id"] for c in found["cells"])
+    assert sorted(event_reads) == sorted(c["run_id"] for c in found["cells"])
 
 
 def test_summarize_experiment_shows_custom_metrics_with_cis_and_reused_answers(tmp_path, invoke):
