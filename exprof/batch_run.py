@@ -30,6 +30,7 @@ from exprof.clients.batch import (
     BatchInfo,
     api_errors,
     create_body,
+    list_settle_s,
     outcome_of,
     parse_custom_id,
     request_line,
@@ -39,7 +40,6 @@ from exprof.clients.batch import (
 from exprof.clients.credentials import require_credentials
 from exprof.clients.outcome import Failure
 from exprof.config import Config
-from exprof.dataset import Sample
 from exprof.errors import ConcurrencyError, ExprofError
 from exprof.render import Progress
 from exprof.scoring import custom, sample_events
@@ -55,12 +55,12 @@ from exprof.store.events import (
     BatchVoided,
     Event,
 )
-from exprof.store.record import load_started
+from exprof.store.record import SnapshotReader, load_started
 
 DEFAULT_POLL_S = 5.0
 POLL_CAP_S = 60.0
 POLL_BACKOFF = 1.5
-INGEST_FLUSH = 5000  # events per transaction while ingesting results
+INGEST_FLUSH = 30_000  # events per transaction while ingesting (10,000 results): fewer commits
 HEARTBEAT_S = 10.0
 POLL_EVENT_EVERY_S = 10.0  # a batch's changing counts are recorded at most this often
 
@@ -72,14 +72,14 @@ def run_batch(
     config: Config,
     run_id: str,
     positions: Sequence[int],
-    pending: list[Sample],
     progress: Progress,
     poll_s: float | None = None,
 ) -> int:
-    """Send `pending` (at dataset `positions`, ascending) as batches, wait, record the
-    results; return the run's last seq. Raises KeyboardInterrupt (Terminated for
+    """Send the samples at dataset `positions` (ascending) as batches, wait, record the
+    results; return the run's last seq. The samples are read from the run's snapshot as
+    they are needed, never held all at once. Raises KeyboardInterrupt (Terminated for
     SIGTERM) after a signal, once what has arrived is recorded."""
-    session = _BatchSession(store, lease, seq, config, run_id, positions, pending, progress)
+    session = _BatchSession(store, lease, seq, config, run_id, positions, progress)
     session.poll_s = poll_s or config.batch_poll_s or DEFAULT_POLL_S
     with deferred_signals() as check:
         session.check_signals = check
@@ -102,13 +102,13 @@ class _BatchSession:
         config: Config,
         run_id: str,
         positions: Sequence[int],
-        pending: list[Sample],
         progress: Progress,
     ) -> None:
         self.store, self.lease, self.seq = store, lease, seq
         self.config, self.run_id = config, run_id
-        self.positions, self.pending, self.progress = positions, pending, progress
-        self.owed = bytearray(b"\x01") * len(pending)  # by slot: no answer recorded yet
+        self.positions, self.progress = positions, progress
+        self.owed = bytearray(b"\x01") * len(positions)  # by slot: no answer recorded yet
+        self.samples = SnapshotReader(store, run_id)
         self.tag = run_tag(run_id)
         self.metrics = custom.build(config.metrics)
         self.client = BatchClient(config)
@@ -116,6 +116,7 @@ class _BatchSession:
         self.arrived: list[Event] = []
         self.done = self.errors = 0
         self.poll_s = DEFAULT_POLL_S
+        self.settle_s = list_settle_s()
         self.check_signals: Callable[[], None] = lambda: None  # set by run_batch
         self.last_beat = time.monotonic()
         self.polled_at: dict[str, float] = {}
@@ -182,7 +183,25 @@ class _BatchSession:
         return rest
 
     def reconcile(self, intent: BatchIntent) -> bool:
-        """Adopt the batch an intent created, found in the API's list, or void it."""
+        """Adopt the batch an intent created, found in the API's list, or void it, but
+        only once the list has had LIST_SETTLE_S (from the intent's clock reading) to
+        show the batch: until then, list again at the poll interval."""
+        settled = intent.not_before + self.settle_s
+        while True:
+            best = self.find(intent)
+            if best is not None:
+                self.record_batch(intent, best, adopted=True)
+                return True
+            left = settled - time.time()
+            if left <= 0:
+                self.void(intent, "not in the list of batches")
+                return False
+            self.show(f"intent {intent.intent}: waiting for the batch list")
+            self.wait(min(self.poll_s, left))
+
+    def find(self, intent: BatchIntent) -> BatchInfo | None:
+        """The listed batch that best fits the intent (its request count, created
+        closest after its clock reading), and not claimed by another intent."""
         claimed = set(self.state.batches)
         best: BatchInfo | None = None
         try:
@@ -201,11 +220,7 @@ class _BatchSession:
                 f"resume again later: exprof resume {self.run_id}",
                 exit_code=1,
             ) from None
-        if best is None:
-            self.void(intent, "not in the list of batches")
-            return False
-        self.record_batch(intent, best, adopted=True)
-        return True
+        return best
 
     def poll(self, batch: Batch) -> BatchInfo | None:
         self.check()
@@ -229,13 +244,18 @@ class _BatchSession:
         """Record an ended batch's results; return the positions to send again."""
         cancelled = batch_state(self.store, self.run_id).batches[batch.batch_id].cancelled
         intent = self.state.intents[batch.intent]
+        # The batch's owed samples, looked up as its results arrive in any order; the
+        # prompts only when a custom metric may read them.
+        owed = (p for p in iter_ranges(intent.ranges) if self.is_owed(p))
+        samples = self.samples.many(owed, prompts=bool(self.metrics))
         for result in self.client.results(batch.batch_id):
             parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
             if parsed is None or parsed[0] != batch.intent:
                 continue  # not a request of this batch: never ours to record
             pos = parsed[1]
+            sample = samples.get(pos)
             slot = self.slot(pos)
-            if slot is None or not self.owed[slot]:
+            if sample is None or slot is None or not self.owed[slot]:
                 continue  # recorded before a crash, or not owed in this session
             body = result.get("result") or {}
             attempts = 1 if body.get("type") == "succeeded" else self.state.attempts(pos)
@@ -244,7 +264,7 @@ class _BatchSession:
                 outcome = Failure("batch_canceled", "cancelled with exprof cancel", None, attempts)
             if isinstance(outcome, str):
                 continue  # left owed: sent again below
-            self.arrived.extend(sample_events(self.pending[slot], outcome, self.metrics))
+            self.arrived.extend(sample_events(sample, outcome, self.metrics))
             self.owed[slot] = 0
             self.done += 1
             self.errors += isinstance(outcome, Failure)
@@ -253,11 +273,7 @@ class _BatchSession:
                 self.show()
                 self.check()
         self.flush()
-        again = []
-        for pos in iter_ranges(intent.ranges):
-            slot = self.slot(pos)
-            if slot is not None and self.owed[slot]:
-                again.append(pos)
+        again = [pos for pos in iter_ranges(intent.ranges) if self.is_owed(pos)]
         self.append([BatchEnded(batch.batch_id, info.counts)])
         batch.ended, batch.status, batch.counts = True, "ended", dict(info.counts)
         return again
@@ -265,10 +281,14 @@ class _BatchSession:
     # -- helpers -----------------------------------------------------------------
 
     def line(self, intent_no: int, pos: int) -> bytes:
-        return request_line(self.config, self.tag, intent_no, pos, self.pending[self.slot(pos)])  # type: ignore[index]
+        return request_line(self.config, self.tag, intent_no, pos, self.samples.get(pos))
+
+    def is_owed(self, pos: int) -> bool:
+        slot = self.slot(pos)
+        return slot is not None and bool(self.owed[slot])
 
     def slot(self, pos: int) -> int | None:
-        """Where a dataset position sits in `pending`, if it is owed in this session."""
+        """A dataset position's slot in `owed`, if it is owed in this session."""
         positions = self.positions
         if isinstance(positions, range):
             return pos - positions.start if pos in positions else None
@@ -326,7 +346,10 @@ class _BatchSession:
                 return
             time.sleep(min(left, 0.05))
 
-    def show(self) -> None:
+    def show(self, note: str = "") -> None:
+        if note:
+            self.progress.update(self.done, self.errors, note)
+            return
         totals: dict[str, int] = {}
         for batch in self.state.live:
             info = self.last_info.get(batch.batch_id)

@@ -235,7 +235,7 @@ def run(
 ) -> None:
     """Start a new run: send every sample, record it, export, print the summary."""
     from exprof.config import check_run_id, load_config, with_overrides
-    from exprof.dataset import load_dataset, load_mock_responses
+    from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
     from exprof.runner import Runner
 
     _check_concurrency(concurrency)
@@ -249,8 +249,14 @@ def run(
         from exprof.experiment import check_size
 
         check_size(config, yes)
-    samples = load_dataset(config.dataset_path)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
+    # A live batch run streams its dataset (a million samples never held); the rest load it.
+    samples: list[Sample] = []  # for a dry run or an experiment: they need it whole
+    dataset: list[Sample] | DatasetFile = samples
+    if live and config.batch and not config.matrix and not dry_run:
+        dataset = scan_dataset(config.dataset_path)
+    else:
+        dataset = samples = load_dataset(config.dataset_path)
     if config.batch and not live:
         click.echo("note: batch mode applies to live runs; the mock answers at once", err=True)
     if live:
@@ -271,7 +277,7 @@ def run(
         _finish_experiment(found, format_)
     result = runner.run(
         config,
-        samples,
+        dataset,
         "live" if live else "mock",
         mocks=mocks,
         run_id=run_id,

@@ -13,9 +13,10 @@ disk, say) shows as missing until `exprof export RUN` completes it.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from exprof.config import Config
 from exprof.dataset import RESERVED_KEYS, Sample
@@ -37,6 +38,7 @@ FILES = EXPORT_FILES
 MARKER = ".exprof-export.json"
 # The store's sidecar files: a run id (a folder name) may never be one of these.
 STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
+SPOOL_BYTES = 8 * 1024 * 1024  # score lines kept in memory before they spill to disk
 
 
 def check_export_dir(
@@ -123,16 +125,19 @@ def export_run(
     defaults = (
         {"model": config.model, "temperature": config.temperature} if started.mode == "mock" else {}
     )
-    requested = store.requested_slots(run_id)
     # With repeats (issue 12) every line is one (sample, repeat) and names its repeat;
     # without, the lines are exactly what they were before repeats existed.
     repeats = config.repeats
 
     def request_lines() -> Iterator[str]:
+        # Both in dataset order: the requested pairs are merged in, never held as a set.
+        requested = store.requested_slots(run_id)
+        wanted = next(requested, None)
         for s in iter_samples(store, run_id) if samples is None else samples:
             for repeat in range(repeats):
-                if (s.dialogue_id, repeat) not in requested:
+                if wanted != (s.dialogue_id, repeat):
                     continue
+                wanted = next(requested, None)
                 line: dict[str, Any] = {"dialogue_id": s.dialogue_id}
                 if repeats > 1:
                     line["repeat"] = repeat
@@ -145,13 +150,16 @@ def export_run(
                 yield _line(line)
 
     write_atomic(out / "requests.jsonl", request_lines())
-    scores: list[str] = []
     custom = recorded.per_sample(store, run_id, recorded_config)  # {} without custom metrics
-    responses = _response_lines(
-        store, run_id, config.output_fields, defaults, scores, custom, config.repeats > 1
-    )
-    write_atomic(out / "responses.jsonl", responses)
-    write_atomic(out / "scores.jsonl", scores)
+    # The score lines are written beside the responses in the same pass, spooled to a
+    # temporary file: a million of them are never held in memory.
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+", encoding="utf-8") as scores:
+        responses = _response_lines(
+            store, run_id, config.output_fields, defaults, scores, custom, config.repeats > 1
+        )
+        write_atomic(out / "responses.jsonl", responses)
+        scores.seek(0)
+        write_atomic(out / "scores.jsonl", scores)  # line by line, as write_atomic buffers
     summary = run_summary(store, run_id)
     write_atomic(out / "summary.json", [dumps_pretty(summary)])
     return summary
@@ -162,11 +170,11 @@ def _response_lines(
     run_id: str,
     fields: list[str],
     defaults: dict[str, Any],
-    scores: list[str],
+    scores: IO[str],
     custom: dict[tuple[str, int], dict[str, Any]],
     with_repeat: bool,
 ) -> Iterator[str]:
-    """responses.jsonl lines, in dataset order; each sample's score line goes to `scores`,
+    """responses.jsonl lines, in dataset order; each score line is written to `scores`,
     with the metrics recorded for it and the names of the facts its answer missed."""
     for scored in store.scored_responses(run_id):
         response = scored.response
@@ -186,7 +194,7 @@ def _response_lines(
                 if k not in RESERVED_KEYS and not (with_repeat and k == "repeat")
             )
         yield _line(line)
-        scores.append(
+        scores.write(
             _line(
                 {
                     **first,

@@ -39,15 +39,22 @@ _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.exprof-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$"
 
 def max_input_bytes() -> int:
     """The size limit for datasets, mock answers and exported files we read back."""
-    raw = os.environ.get("EXPROF_MAX_INPUT_BYTES")
+    return int(env_number("EXPROF_MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES, int, 1))
+
+
+def env_number(name: str, default: float, kind: Callable[[str], float], minimum: float) -> float:
+    """A numeric setting from the environment (`kind` int or float), or `default`; a
+    value that is not one, or below `minimum`, is the user's error, named."""
+    raw = os.environ.get(name)
     if raw is None:
-        return DEFAULT_MAX_INPUT_BYTES
+        return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ExprofError(f"EXPROF_MAX_INPUT_BYTES: must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ExprofError(f"EXPROF_MAX_INPUT_BYTES: must be >= 1, got {value}")
+        noun = "an integer" if kind is int else "a number"
+        raise ExprofError(f"{name}: must be {noun}, got {raw!r}") from None
+    if not value >= minimum:
+        raise ExprofError(f"{name}: must be >= {minimum}, got {value}")
     return value
 
 
@@ -134,6 +141,14 @@ def parse_json(text: str, where: str, one_line: bool = False) -> Any:
         raise ExprofError(f"{where}: JSON nested too deeply") from None
     line, problem = _locate_invalid(text)
     raise ExprofError(f"{where}: {problem}" if one_line else f"{where}: line {line}: {problem}")
+
+
+def strict_decoder() -> json.JSONDecoder:
+    """parse_json's decoder, for reading a large file a value at a time: it raises on a
+    duplicate key, NaN or Infinity (without naming them; parse_json does that)."""
+    return json.JSONDecoder(
+        object_pairs_hook=_unique_pairs, parse_constant=_no_constant, parse_float=_finite_float
+    )
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
 from exprof.clients.replay import ReplayClient
 from exprof.config import Config, auto_run_id
-from exprof.dataset import Sample
+from exprof.dataset import DatasetFile, Sample
 from exprof.errors import (
     EXIT_OK,
     EXIT_SAMPLES_FAILED,
@@ -140,7 +140,7 @@ class Runner:
     def run(
         self,
         config: Config,
-        samples: list[Sample],
+        samples: list[Sample] | DatasetFile,
         mode: str,
         mocks: dict[str, dict[str, Any]] | None = None,
         run_id: str | None = None,
@@ -148,14 +148,18 @@ class Runner:
         cell: dict[str, Any] | None = None,
         budget: Budget | None = None,
     ) -> RunResult:
-        """Start a run; `cell` places it in a matrix experiment (see exprof.experiment)."""
+        """Start a run; `cell` places it in a matrix experiment (see exprof.experiment).
+        `samples` may be a DatasetFile (read as a stream): a live batch run then never
+        holds the dataset, and any other run reads it whole first."""
+        if isinstance(samples, DatasetFile) and not (mode == "live" and config.batch):
+            samples = list(samples)
         with settled_heap():
             return self._run(config, samples, mode, mocks, run_id, concurrency, cell, budget)
 
     def _run(
         self,
         config: Config,
-        samples: list[Sample],
+        samples: list[Sample] | DatasetFile,
         mode: str,
         mocks: dict[str, dict[str, Any]] | None,
         run_id: str | None,
@@ -164,7 +168,10 @@ class Runner:
         budget: Budget | None,
     ) -> RunResult:
         sent_params = config.sent_params(mode)
-        digest = dataset_sha256(samples)
+        if isinstance(samples, DatasetFile):
+            digest, count = samples.sha256, samples.count
+        else:
+            digest, count = dataset_sha256(samples), len(samples)
 
         def events(chosen: str) -> Iterator[Event]:
             yield RunStarted(
@@ -173,7 +180,7 @@ class Runner:
                 mode,
                 config.to_dict(),
                 digest,
-                len(samples),
+                count,
                 sent_params,
                 __version__,
                 snapshot_chunk=SNAPSHOT_CHUNK,
@@ -183,16 +190,33 @@ class Runner:
 
         judge_specs = judge.specs(config.metrics)
         if judge_specs:  # answers not received yet: assume each takes max_tokens
-            pairs = with_repeats(samples, config.repeats)
+            # A streamed dataset is a batch run's: no repeats (refused at config time).
+            pairs = (
+                samples
+                if isinstance(samples, DatasetFile)
+                else with_repeats(samples, config.repeats)
+            )
             tasks = [t for s in pairs for t in judge.tasks_for(judge_specs, s, "")]
             self._announce(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
-        record = RunRecord(load_started(self.store, chosen), samples, mocks or {})
+        started = load_started(self.store, chosen)
+        if isinstance(samples, DatasetFile):  # the batch run reads them from the snapshot
+            record = RunRecord(started, [], {}, partial=True)
+            pending, positions = [], range(count)
+        else:
+            record = RunRecord(started, samples, mocks or {})
+            pending, positions = with_repeats(samples, config.repeats), None
         if budget is None and config.budget_usd is not None:
             budget = Budget(self.store, [chosen], config.budget_usd)
-        pending = with_repeats(samples, config.repeats)
         return self._execute(
-            record, lease, seq, pending, concurrency, announce=False, budget=budget
+            record,
+            lease,
+            seq,
+            pending,
+            concurrency,
+            announce=False,
+            positions=positions,
+            budget=budget,
         )
 
     def rescore(self, source_run_id: str, config: Config, run_id: str | None = None) -> RunResult:
@@ -301,8 +325,12 @@ class Runner:
                     )
                 return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
             repeats = started.config.get("repeats", 1)
-            record = load_run(self.store, run_id, {slot // repeats for slot in positions})
-            pending = pending_pairs(record.samples, positions, repeats)
+            if started.mode == "live" and started.config.get("batch"):
+                # A batch run reads its samples from the snapshot as it sends them.
+                record, pending = RunRecord(started, [], {}, partial=True), []
+            else:
+                record = load_run(self.store, run_id, {slot // repeats for slot in positions})
+                pending = pending_pairs(record.samples, positions, repeats)
             seq = self.store.append(
                 run_id,
                 [RunResumed(os.getpid(), socket.gethostname(), retry_failed)],
@@ -340,9 +368,10 @@ class Runner:
         budget: Budget | None = None,
         retry_failed: bool = True,
     ) -> RunResult:
-        """Send `pending`, the samples at dataset `positions` (ascending; default: all).
-        A live run's samples are claimed from the store, so that workers joining it
-        (`resume --join`) share them; `retry_failed` says whether failed ones are owed."""
+        """Send `pending`, the samples at dataset `positions` (ascending; default: all);
+        a batch run is given the positions only (and an empty `pending`). A live run's
+        samples are claimed from the store, so that workers joining it (`resume --join`)
+        share them; `retry_failed` says whether failed ones are owed."""
         run_id = record.run_id
         began = time.monotonic()
         if record.config.cache:
@@ -351,7 +380,8 @@ class Runner:
             except BaseException:
                 self.store.release_lease(lease)
                 raise
-        progress = Progress(len(pending), quiet=self.quiet)
+        todo_count = len(pending) if positions is None else len(positions)
+        progress = Progress(todo_count, quiet=self.quiet)
         try:
             # Signals are flags throughout; the mock and the judge check between commits,
             # the live session and the batch client take them themselves.
@@ -368,7 +398,6 @@ class Runner:
                         record.config,
                         run_id,
                         range(len(pending)) if positions is None else positions,
-                        pending,
                         progress,
                         self.poll_interval,
                     )

@@ -54,6 +54,7 @@ class FakeBatches:
     script: dict[str, list[str]] = field(default_factory=dict)
     expire_batches: int = 0
     create_delay_s: float = 0.0  # after the batch exists, before the answer goes out
+    list_lag_s: float = 0.0  # a batch shows in the list only this long after its creation
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     created: int = 0
     billed: int = 0
@@ -127,6 +128,7 @@ class FakeBatches:
         limit = int(query.get("limit", 20))
         with self.lock:
             newest = list(reversed(self.batches.values()))
+        newest = [b for b in newest if time.monotonic() - b.created_mono >= self.list_lag_s]
         if "after_id" in query:
             ids = [b.id for b in newest]
             newest = newest[ids.index(query["after_id"]) + 1 :]

@@ -18,6 +18,7 @@ import pytest
 from test_resume import TIMING, exprof, finish, listed_runs, peek
 
 from conftest import KEY, write_experiment
+from exprof.clients.batch import SETTLE_ENV
 from exprof.pricing import estimate_cost
 from exprof.store.batches import batch_state
 from exprof.store.engine import Store, store_url
@@ -25,6 +26,13 @@ from exprof.store.events import BatchSubmitted
 from fake_anthropic import FakeAnthropic
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@pytest.fixture(autouse=True)
+def no_list_settle(monkeypatch):
+    """Void an unlisted intent at once (the fake lists a batch as soon as it exists),
+    but in the test of the settle wait itself."""
+    monkeypatch.setenv(SETTLE_ENV, "0")
 
 
 def batch_samples(n: int, prefix: str = "d") -> list[dict]:
@@ -311,6 +319,26 @@ def test_kill_between_create_and_record_adopts_the_batch(tmp_path):
         assert [(s.batch_id, s.adopted) for s in submitted if isinstance(s, BatchSubmitted)] == [
             ("msgbatch_fake_000001", True)
         ]
+
+
+def test_a_batch_the_list_shows_late_is_still_adopted(tmp_path):
+    """The remaining window, closed: killed after the create call made the batch, and
+    resumed before the API lists it. Resume lists again until the settle time has passed
+    since the intent instead of voiding it and paying for the samples twice."""
+    with FakeAnthropic() as server:
+        server.batches.create_delay_s = 5.0
+        server.batches.processing_s = 0.0
+        server.batches.list_lag_s = 1.5
+        config = experiment(tmp_path, batch_samples(15))
+        env = {**env_for(server), SETTLE_ENV: "20"}
+        proc = exprof("run", "--config", str(config), "--run-id", "r", cwd=tmp_path, env=env)
+        wait_for(lambda: server.batches.created == 1)
+        proc.kill()
+        proc.wait()
+        server.batches.create_delay_s = 0.0
+        status, err = finish(exprof("resume", "r", cwd=tmp_path, env=env))
+        assert status == 0, err
+        assert (server.batches.created, server.batches.billed) == (1, 15)
 
 
 def test_kill_before_create_sends_the_intent_again(tmp_path):

@@ -25,6 +25,7 @@ from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
+from exprof.files import env_number
 
 MAX_REQUESTS = 100_000  # the API's limits on one batch
 MAX_BYTES = 256 * 1024 * 1024
@@ -33,8 +34,17 @@ BODY_OVERHEAD = len(b'{"requests":[]}')
 # room for skew between this machine's clock and the API's.
 LIST_SKEW_S = 300.0
 LIST_PAGE = 100
+# The API's list may lag a create call, and a create call cut off by a crash may still
+# finish on the server. So an intent whose batch is not (yet) listed is voided only once
+# this long has passed since its clock reading; until then a resume lists again.
+LIST_SETTLE_S = 120.0
+SETTLE_ENV = "EXPROF_BATCH_LIST_SETTLE_S"  # tests shorten it; so may a user in a hurry
 # Per-request errors worth sending again; anything else is the request's own fault.
 RETRYABLE_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
+
+
+def list_settle_s() -> float:
+    return env_number(SETTLE_ENV, LIST_SETTLE_S, float, 0)
 
 
 def run_tag(run_id: str) -> str:

@@ -170,15 +170,20 @@ class Queries:
         )
         return {int(row[0]) for row in rows}
 
-    def requested_slots(self, run_id: str) -> set[tuple[str, int]]:
+    def requested_slots(self, run_id: str) -> Iterator[tuple[str, int]]:
         """(dialogue_id, repeat) of the pairs that were sent at least once, or answered
-        from the store (a reused answer stands for its identical request)."""
-        rows = self._all(
-            "SELECT dialogue_id, repeat FROM samples WHERE run_id = ? "
-            "AND (requests > 0 OR reused = 1)",
-            (run_id,),
-        )
-        return {(row[0], int(row[1])) for row in rows}
+        from the store (a reused answer stands for its identical request), streamed in
+        dataset order: an export of a million samples never holds them."""
+        with self.engine.connect() as conn:
+            result = stream(
+                conn,
+                "SELECT dialogue_id, repeat FROM samples WHERE run_id = ? "
+                "AND (requests > 0 OR reused = 1) ORDER BY idx",
+                (run_id,),
+            )
+            while rows := result.fetchmany(FETCH):
+                for dialogue_id, repeat in rows:
+                    yield dialogue_id, int(repeat)
 
     def sample_scores(self, run_id: str) -> list[tuple[str, float, bool]]:
         """(dialogue_id, fact_coverage, refused) of each answered sample, in dataset order;

@@ -6,7 +6,8 @@ never need the original YAML, dataset or mock file again.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+import itertools
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +43,18 @@ class RunRecord:
 
 
 def snapshot(
-    samples: list[Sample], mocks: dict[str, dict[str, Any]] | None
+    samples: Iterable[Sample], mocks: dict[str, dict[str, Any]] | None
 ) -> Iterator[DatasetChunk | MockChunk]:
-    """The dataset as DatasetChunk events; in mock mode each is followed by its answers."""
-    for start in range(0, len(samples), SNAPSHOT_CHUNK):
-        chunk = samples[start : start + SNAPSHOT_CHUNK]
+    """The dataset as DatasetChunk events; in mock mode each is followed by its answers.
+    `samples` is consumed a chunk at a time (a streamed dataset is never held)."""
+    it = iter(samples)
+    start = 0
+    while chunk := list(itertools.islice(it, SNAPSHOT_CHUNK)):
         yield DatasetChunk(start, [sample.to_payload() for sample in chunk])
         if mocks is not None:
             answers = {s.dialogue_id: mocks[s.dialogue_id] for s in chunk if s.dialogue_id in mocks}
             yield MockChunk(start, answers)
+        start += len(chunk)
 
 
 def require_run(store: Store, run_id: str) -> None:
@@ -97,6 +101,42 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
             assert isinstance(answers, MockChunk)
             mocks.update(answers.answers)
     return RunRecord(started, samples, mocks, partial=positions is not None)
+
+
+class SnapshotReader:
+    """A run's samples by dataset position, read from its snapshot a chunk at a time: a
+    batch run of a million samples looks them up here instead of holding them."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.chunk_ids = store.snapshot_event_ids(run_id)["dataset_chunk"]
+        self.size = load_started(store, run_id).snapshot_chunk
+        self.cached: tuple[int, list[dict[str, Any]]] = (-1, [])
+
+    def _rows(self, k: int) -> list[dict[str, Any]]:
+        if self.cached[0] != k:
+            chunk = self.store.event_at(self.chunk_ids[k])
+            assert isinstance(chunk, DatasetChunk)
+            self.cached = (k, chunk.samples)
+        return self.cached[1]
+
+    def get(self, position: int) -> Sample:
+        """One sample; reading positions in order parses each chunk once."""
+        return Sample.from_payload(self._rows(position // self.size)[position % self.size])
+
+    def many(self, positions: Iterable[int], prompts: bool = True) -> dict[int, Sample]:
+        """The samples at `positions` (ascending), by position; without `prompts`, only
+        what the built-in scores read (id and facts), a third of the memory."""
+        out: dict[int, Sample] = {}
+        facts: dict[str, str] = {}  # a dataset's facts repeat: share one string each
+        for position in positions:
+            row = self._rows(position // self.size)[position % self.size]
+            if prompts:
+                out[position] = Sample.from_payload(row)
+            else:
+                kept = tuple(facts.setdefault(f, f) for f in row["required_facts"])
+                out[position] = Sample(row["dialogue_id"], "", "", kept)
+        return out
 
 
 def recorded_responses(
