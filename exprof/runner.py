@@ -335,6 +335,7 @@ class Runner:
                 run_id,
                 [RunResumed(os.getpid(), socket.gethostname(), retry_failed)],
                 after_seq=None,  # other workers may be appending to this run
+                fenced=lease,
             )
         except BaseException:
             self.store.release_lease(lease)
@@ -455,7 +456,10 @@ class Runner:
         try:
             with deferred_signals():  # a second signal must not cut this record short
                 self.store.append(  # after the last seq: other workers may be appending
-                    run_id, [RunInterrupted(f"interrupted by {stop_name(stop)}")], after_seq=None
+                    run_id,
+                    [RunInterrupted(f"interrupted by {stop_name(stop)}")],
+                    after_seq=None,
+                    fenced=lease,
                 )
             summary = self._export(record)
         except KeyboardInterrupt as again:
@@ -600,7 +604,7 @@ class Runner:
         run_id = record.run_id
         try:
             message = budget.message(run_id)
-            self.store.append(run_id, [RunInterrupted(message)], after_seq=None)
+            self.store.append(run_id, [RunInterrupted(message)], after_seq=None, fenced=lease)
             summary = self._export(record)
         finally:
             self.store.release_lease(lease)

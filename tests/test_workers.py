@@ -15,8 +15,9 @@ from test_resume import assert_consistent, done_count, exports, exprof, finish, 
 
 from conftest import make_samples, write_experiment
 from exprof.dataset import Sample
+from exprof.errors import ConcurrencyError
 from exprof.store.engine import Store
-from exprof.store.events import RunStarted
+from exprof.store.events import RunInterrupted, RunStarted
 from exprof.store.record import snapshot
 from fake_anthropic import FakeAnthropic
 
@@ -224,3 +225,70 @@ def test_join_is_refused_for_a_run_that_reuses_answers(tmp_path, fake):
     assert code == 2
     assert err.strip() == "Error: run c reuses answers (cache): --join is for runs without it"
     assert server.state.requests == sent
+
+
+def test_a_taken_over_worker_can_neither_append_nor_claim(db_url):
+    """Holder A's heartbeat goes stale and B takes the run over with a plain resume:
+    A's late answer is refused (not recorded beside B's), and A's next claim is refused
+    instead of re-creating its worker row and taking every pending pair."""
+    store = Store.open(db_url, create=True)
+    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(4)]
+    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
+    a = store.acquire_new_run("exp", "r")
+    started = RunStarted("r", "exp", "live", config, "sha", 4, {}, "test")
+    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    owed = ("pending",)
+    assert store.claim(a, owed, 2) == [(0, "d0", 0), (1, "d1", 0)]
+    with store.write() as conn:  # A stopped beating long ago
+        for table in ("leases", "workers"):
+            conn.exec_driver_sql(f"UPDATE {table} SET heartbeat_at = 0 WHERE token = '{a.token}'")
+    b = store.acquire_lease("r")
+    before = store.last_seq("r")
+    with pytest.raises(ConcurrencyError, match="lost its place in the run"):
+        store.append("r", [RunInterrupted("late")], after_seq=None, fenced=a)
+    assert store.last_seq("r") == before
+    with pytest.raises(ConcurrencyError):
+        store.claim(a, owed, 10)
+    with pytest.raises(ConcurrencyError):
+        store.heartbeat(a)
+    assert store.claim(b, owed, 10) == [(0, "d0", 0), (1, "d1", 0), (2, "d2", 0), (3, "d3", 0)]
+    store.append("r", [RunInterrupted("b's")], after_seq=None, fenced=b)
+    store.release_lease(b)
+
+
+def test_a_joined_worker_dropped_by_a_peer_is_refused(db_url):
+    """A joined worker whose heartbeat went stale is dropped by a peer's claim: its
+    claims go to the peer, and its own appends and claims are refused."""
+    store = Store.open(db_url, create=True)
+    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(3)]
+    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
+    first = store.acquire_new_run("exp", "r")
+    started = RunStarted("r", "exp", "live", config, "sha", 3, {}, "test")
+    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    joined = store.join_run("r")
+    owed = ("pending",)
+    assert store.claim(joined, owed, 2) == [(0, "d0", 0), (1, "d1", 0)]
+    with store.write() as conn:
+        conn.exec_driver_sql(f"UPDATE workers SET heartbeat_at = 0 WHERE token = '{joined.token}'")
+    assert store.claim(first, owed, 10) == [(0, "d0", 0), (1, "d1", 0), (2, "d2", 0)]
+    with pytest.raises(ConcurrencyError):
+        store.append("r", [RunInterrupted("late")], after_seq=None, fenced=joined)
+    with pytest.raises(ConcurrencyError):
+        store.claim(joined, owed, 10)
+    store.release_lease(first)
+
+
+def test_claims_above_the_variable_limit_are_inserted_in_parts(db_url):
+    """--concurrency has no upper bound: a claim of 51,000 pairs (255,000 values) must
+    not pass the bound-variable limit in one statement (SQLite: 32,766 by default,
+    250,000 in Debian's build; PostgreSQL: 65,535)."""
+    store = Store.open(db_url, create=True)
+    n = 51_000
+    samples = [Sample(f"d{i}", "sys", f"q{i}") for i in range(n)]
+    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
+    lease = store.acquire_new_run("exp", "r")
+    started = RunStarted("r", "exp", "live", config, "sha", n, {}, "test")
+    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    taken = store.claim(lease, ("pending",), n)
+    assert [slot for slot, _, _ in taken] == list(range(n))
+    store.release_lease(lease)

@@ -295,7 +295,7 @@ class _LiveSession:
             self.progress.close()
             reason = f"stopped: {self.fatal}"
             self.seq = self.store.append(
-                self.record.run_id, [RunInterrupted(reason)], after_seq=None
+                self.record.run_id, [RunInterrupted(reason)], after_seq=None, fenced=self.lease
             )
             raise ExprofError(self.fatal)
         if self.stopping is not None:
@@ -351,7 +351,10 @@ class _LiveSession:
         if self.arrived:
             batch, self.arrived = self.arrived, []
             # After the run's last seq, not ours: other workers (resume --join) interleave.
-            self.seq = self.store.append(self.record.run_id, batch, after_seq=None)
+            # Fenced: refused if this worker lost its place (its claims were taken over).
+            self.seq = self.store.append(
+                self.record.run_id, batch, after_seq=None, fenced=self.lease
+            )
         if time.monotonic() - self.last_beat > HEARTBEAT_S:
             self.store.heartbeat(self.lease)
             self.last_beat = time.monotonic()

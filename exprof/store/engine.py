@@ -8,10 +8,7 @@ so the projections can never disagree with the events they claim to have applied
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +23,17 @@ from exprof.store import dialects, projections
 from exprof.store.checks import Checks
 from exprof.store.dialects import execute, stream
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
-from exprof.store.leases import HELD, Lease, process_started
+from exprof.store.leases import HELD, LEASE_COLUMNS, Lease
 from exprof.store.queries import Queries, like_prefix
-from exprof.store.workers import Workers, beat, forget, live_workers
+from exprof.store.workers import (
+    Workers,
+    anyone_on,
+    beat,
+    drop_dead,
+    fence,
+    forget,
+    live_holder,
+)
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
@@ -138,6 +143,7 @@ class Store(Queries, Checks, Workers):
         events: Iterable[Event],
         after_seq: int | None,
         within: Connection | None = None,
+        fenced: Lease | None = None,
     ) -> int:
         """Append `events` as seq after_seq+1.. of the run; return the new last seq.
 
@@ -146,10 +152,14 @@ class Store(Queries, Checks, Workers):
         are consumed in slices, so a 100k-sample dataset snapshot is never held whole.
         With `after_seq` None the events go after the run's last, read under the write
         lock: how several workers of one run append without clashing. `within`: inside
-        that write transaction instead of a new one.
+        that write transaction instead of a new one. `fenced`: the worker appending,
+        refused (ConcurrencyError) if it lost its place in the run (workers.fence): what
+        guards a shared run's appends, as the seq clash guards a single writer's.
         """
         now = time.time()
         with self.write() if within is None else contextlib.nullcontext(within) as conn:
+            if fenced is not None:
+                fence(conn, fenced)
             if after_seq is None:
                 after_seq = _last_seq(conn, run_id)
             seq = after_seq
@@ -238,14 +248,16 @@ class Store(Queries, Checks, Workers):
     def acquire_lease(self, run_id: str) -> Lease:
         """Hold the run for this process, taking over a dead holder's lease."""
         with self.write() as conn:
-            held = _live_holder(conn, run_id) or next(iter(live_workers(conn, run_id)), None)
+            held = anyone_on(conn, run_id)
             if held is not None:
                 raise LeaseHeldError(
                     f"run {run_id} is being worked on by {held.describe()}; "
                     "wait for it to finish or stop that process "
                     f"(or add a worker: exprof resume {run_id} --join)"
                 )
-            return _insert_lease(conn, run_id)
+            mine = _insert_lease(conn, run_id)
+            drop_dead(conn, mine)  # dead workers' rows: their late writes are refused
+            return mine
 
     def acquire_new_run(
         self,
@@ -260,7 +272,7 @@ class Store(Queries, Checks, Workers):
         with self.write() as conn:
             if run_id is not None:
                 if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
-                    holder = _live_holder(conn, run_id)
+                    holder = live_holder(conn, run_id)
                     if holder is not None:
                         raise ExprofError(
                             f"run {run_id!r} is being worked on by {holder.describe()}"
@@ -269,7 +281,7 @@ class Store(Queries, Checks, Workers):
                         f"run {run_id!r} already exists; continue it with "
                         f"`exprof resume {run_id}` or choose another --run-id"
                     )
-                held = _live_holder(conn, run_id)
+                held = live_holder(conn, run_id)
                 if held is not None:
                     raise LeaseHeldError(f"run {run_id!r} is being worked on by {held.describe()}")
                 return _insert_lease(conn, run_id)
@@ -277,29 +289,20 @@ class Store(Queries, Checks, Workers):
             return _insert_lease(conn, _next_run_id(conn, experiment_id, name))
 
     def heartbeat(self, lease: Lease) -> None:
+        """Beat; raises ConcurrencyError if the worker lost its place in the run."""
         with self.write() as conn:
-            now = time.time()
-            execute(
-                conn,
-                "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
-                (now, lease.run_id, lease.token),
-            )
-            beat(conn, lease, now)  # a joined worker's row
+            if not beat(conn, lease, time.time()):
+                fence(conn, lease)  # no row left to beat: say why
 
     def release_lease(self, lease: Lease) -> None:
         with self.write() as conn:
-            execute(
-                conn,
-                "DELETE FROM leases WHERE run_id = ? AND token = ?",
-                (lease.run_id, lease.token),
-            )
             forget(conn, lease.run_id, lease.token)
         HELD.discard(lease.token)
 
     def lease(self, run_id: str) -> Lease | None:
         """The run's holder (or a joined worker), if it is still alive."""
         with self.engine.connect() as conn:
-            return _live_holder(conn, run_id) or next(iter(live_workers(conn, run_id)), None)
+            return anyone_on(conn, run_id)
 
 
 def _last_seq(conn: Connection, run_id: str) -> int:
@@ -311,18 +314,9 @@ def _last_seq(conn: Connection, run_id: str) -> int:
 
 
 def _insert_lease(conn: Connection, run_id: str) -> Lease:
-    now = time.time()
-    pid = os.getpid()
-    mine = Lease(
-        run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
-    )
+    mine = Lease.mine(run_id)
     execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead holder's
-    execute(
-        conn,
-        "INSERT INTO leases (run_id, token, pid, host, acquired_at, heartbeat_at, started) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (mine.run_id, mine.token, mine.pid, mine.host, now, now, mine.started),
-    )
+    execute(conn, f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", mine.row())
     HELD.add(mine.token)
     return mine
 
@@ -332,7 +326,7 @@ def _next_run_id(conn: Connection, experiment_id: str, name: Callable[[int], str
     pattern = (experiment_id, like_prefix(experiment_id) + "-%")
     where = "WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'"
     taken = {r[0] for r in execute(conn, f"SELECT run_id FROM runs {where}", pattern)}
-    for row in execute(conn, f"SELECT {_LEASE_COLUMNS} FROM leases {where}", pattern).all():
+    for row in execute(conn, f"SELECT {LEASE_COLUMNS} FROM leases {where}", pattern).all():
         if Lease(*row).is_alive():
             taken.add(row[0])
     n = 1
@@ -357,10 +351,7 @@ def _id_taken(conn: Connection, run_id: str) -> bool:
     """For a name cut short (a long experiment id), which the prefix query cannot see."""
     if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
         return True
-    return _live_holder(conn, run_id) is not None
-
-
-_LEASE_COLUMNS = "run_id, token, pid, host, acquired_at, heartbeat_at, started"
+    return live_holder(conn, run_id) is not None
 
 
 def _chain_head(conn: Connection, run_id: str, seq: int) -> str:
@@ -371,14 +362,6 @@ def _chain_head(conn: Connection, run_id: str, seq: int) -> str:
         conn, "SELECT hash FROM events WHERE run_id = ? AND seq = ?", (run_id, seq)
     ).scalar()
     return found or ""
-
-
-def _live_holder(conn: Connection, run_id: str) -> Lease | None:
-    row = execute(
-        conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    lease = Lease(*row) if row else None
-    return lease if lease and lease.is_alive() else None
 
 
 class _WriteTransaction:

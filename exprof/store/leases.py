@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 STALE_LEASE_S = 120.0
+# The columns of `leases` and of `workers` (one shape: a worker row is a lease), in
+# Lease's field order.
+LEASE_COLUMNS = "run_id, token, pid, host, acquired_at, heartbeat_at, started"
 # Tokens of the leases this process holds: a lease naming our own pid is ours only if
 # its token is here; otherwise an earlier process with our pid left it behind.
 HELD: set[str] = set()
@@ -28,6 +32,27 @@ class Lease:
     acquired_at: float
     heartbeat_at: float
     started: str | None = None  # the holder's start time, from /proc (None: unknown)
+
+    @classmethod
+    def mine(cls, run_id: str) -> Lease:
+        """A new lease on the run naming this process, with a fresh token."""
+        now = time.time()
+        pid = os.getpid()
+        return cls(
+            run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
+        )
+
+    def row(self) -> tuple[object, ...]:
+        """The values of LEASE_COLUMNS."""
+        return (
+            self.run_id,
+            self.token,
+            self.pid,
+            self.host,
+            self.acquired_at,
+            self.heartbeat_at,
+            self.started,
+        )
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired_at))

@@ -15,24 +15,33 @@ the store's write lock; on SQLite the claim holds the write lock (BEGIN IMMEDIAT
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.engine import Connection
 
+from exprof.errors import ConcurrencyError
 from exprof.store import dialects
 from exprof.store.dialects import execute
 from exprof.store.events import Event
-from exprof.store.leases import HELD, Lease, process_started
+from exprof.store.leases import HELD, LEASE_COLUMNS, Lease
 
-if TYPE_CHECKING:
-    from exprof.store.engine import _WriteTransaction
+if TYPE_CHECKING:  # the methods below are Store's (this mixes into it)
+    from exprof.store.engine import Store
 
-LEASE_COLUMNS = "run_id, token, pid, host, acquired_at, heartbeat_at, started"
+# Claims inserted per statement: 5 bound values each, well under SQLite's 32,766
+# variables (and PostgreSQL's 65,535) whatever --concurrency asks for.
+CLAIM_ROWS_PER_INSERT = 1000
+
+
+def live_holder(conn: Connection, run_id: str) -> Lease | None:
+    """The run's lease holder, if it is still alive."""
+    row = execute(
+        conn, f"SELECT {LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    lease = Lease(*row) if row else None
+    return lease if lease and lease.is_alive() else None
 
 
 def live_workers(conn: Connection, run_id: str) -> list[Lease]:
@@ -41,80 +50,101 @@ def live_workers(conn: Connection, run_id: str) -> list[Lease]:
     return [lease for lease in (Lease(*row) for row in rows.all()) if lease.is_alive()]
 
 
+def anyone_on(conn: Connection, run_id: str) -> Lease | None:
+    """A live process working on the run: its lease holder, else a joined worker."""
+    return live_holder(conn, run_id) or next(iter(live_workers(conn, run_id)), None)
+
+
 def live_tokens(conn: Connection, run_id: str) -> set[str]:
     """Tokens of every live worker of the run: its lease holder and the joined ones."""
-    rows = execute(conn, f"SELECT {LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,))
-    holders = [lease for lease in (Lease(*row) for row in rows.all()) if lease.is_alive()]
-    return {lease.token for lease in holders + live_workers(conn, run_id)}
+    holder = live_holder(conn, run_id)
+    return {lease.token for lease in ([holder] if holder else []) + live_workers(conn, run_id)}
+
+
+def _has_row(conn: Connection, table: str, lease: Lease) -> bool:
+    found = execute(
+        conn,
+        f"SELECT 1 FROM {table} WHERE run_id = ? AND token = ?",
+        (lease.run_id, lease.token),
+    ).first()
+    return found is not None
+
+
+def fence(conn: Connection, lease: Lease) -> None:
+    """Refuse a write by a worker that lost its place in the run: its lease or worker
+    row was removed because it looked dead (stale heartbeat) and another worker took
+    its samples over. Called inside the write's transaction, so a late answer of such
+    a worker is refused, never recorded beside the new owner's."""
+    if not (_has_row(conn, "leases", lease) or _has_row(conn, "workers", lease)):
+        raise ConcurrencyError(
+            f"run {lease.run_id}: this worker lost its place in the run (its heartbeat "
+            "went stale and another worker took its samples over); it stopped, and "
+            "nothing more of it was recorded"
+        )
 
 
 def register(conn: Connection, lease: Lease) -> None:
     """Give a claimer its row in `workers` (the run's lease holder has none until its
     first claim), so that every token holding claims is found there: the claims of dead
-    workers are then found through their few rows, never by scanning the run's claims."""
+    workers are then found through their few rows, never by scanning the run's claims.
+    Only a first registration: a token whose rows were removed (it looked dead) is
+    refused, never given a row again."""
+    if _has_row(conn, "workers", lease):
+        return
+    fence(conn, lease)  # the lease holder's first claim: its lease row must still be there
     execute(
         conn,
-        f"INSERT INTO workers ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        (
-            lease.run_id,
-            lease.token,
-            lease.pid,
-            lease.host,
-            lease.acquired_at,
-            time.time(),  # beating now; the lease's own beat may be older than a claim
-            lease.started,
-        ),
+        f"INSERT INTO workers ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (*lease.row()[:5], time.time(), lease.started),  # beating now: the lease's may be older
     )
 
 
 def drop_dead(conn: Connection, mine: Lease) -> None:
-    """Delete the claims and rows of the run's other workers that are no longer alive,
-    so that their unanswered samples can be claimed again."""
-    rows = execute(conn, f"SELECT {LEASE_COLUMNS} FROM workers WHERE run_id = ?", (mine.run_id,))
-    for lease in (Lease(*row) for row in rows.all()):
-        if lease.token != mine.token and not lease.is_alive():
-            forget(conn, mine.run_id, lease.token)
+    """Delete the claims and rows of the run's other workers that are no longer alive
+    (and a dead holder's lease row), so that their unanswered samples can be claimed
+    again and any late write of theirs is refused (fence)."""
+    for table in ("workers", "leases"):
+        rows = execute(
+            conn, f"SELECT {LEASE_COLUMNS} FROM {table} WHERE run_id = ?", (mine.run_id,)
+        )
+        for lease in (Lease(*row) for row in rows.all()):
+            if lease.token != mine.token and not lease.is_alive():
+                forget(conn, mine.run_id, lease.token)
 
 
 def forget(conn: Connection, run_id: str, token: str) -> None:
-    """A worker leaves: its row and its claims go, so its unanswered samples are free."""
-    execute(conn, "DELETE FROM workers WHERE run_id = ? AND token = ?", (run_id, token))
-    execute(conn, "DELETE FROM claims WHERE run_id = ? AND token = ?", (run_id, token))
+    """A worker leaves: its rows and its claims go, so its unanswered samples are free."""
+    for table in ("workers", "leases", "claims"):
+        execute(conn, f"DELETE FROM {table} WHERE run_id = ? AND token = ?", (run_id, token))
 
 
-def beat(conn: Connection, lease: Lease, now: float) -> None:
-    execute(
-        conn,
-        "UPDATE workers SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
-        (now, lease.run_id, lease.token),
-    )
+def beat(conn: Connection, lease: Lease, now: float) -> int:
+    """Refresh the worker's heartbeat in whichever rows it has; the number updated."""
+    updated = 0
+    for table in ("leases", "workers"):
+        result = execute(
+            conn,
+            f"UPDATE {table} SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
+            (now, lease.run_id, lease.token),
+        )
+        updated += result.rowcount
+    return updated
 
 
 class Workers:
-    """Store methods for shared runs (mixed into Store, whose write lock they use)."""
-
-    if TYPE_CHECKING:  # Store's, which this mixes into
-
-        def write(self, serialize: bool = True) -> _WriteTransaction: ...
-
-        def append(
-            self,
-            run_id: str,
-            events: Iterable[Event],
-            after_seq: int | None,
-            within: Connection | None = None,
-        ) -> int: ...
+    """Store methods for shared runs (mixed into Store, whose write lock they use).
+    Each casts itself to Store, so that its calls are checked against Store's own
+    signatures (no copy of them here to go stale)."""
 
     def join_run(self, run_id: str) -> Lease:
         """Register this process as one more worker of the run."""
-        now = time.time()
-        pid = os.getpid()
-        mine = Lease(
-            run_id, uuid.uuid4().hex, pid, socket.gethostname(), now, now, process_started(pid)
-        )
-        with self.write() as conn:
-            register(conn, mine)
+        mine = Lease.mine(run_id)
+        with cast("Store", self).write() as conn:
+            execute(
+                conn,
+                f"INSERT INTO workers ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                mine.row(),
+            )
         HELD.add(mine.token)
         return mine
 
@@ -124,11 +154,12 @@ class Workers:
         """Take up to `limit` owed (sample, repeat) pairs above slot `after` (the samples
         projection's idx: position * repeats + repeat) that no live worker holds,
         recording the claims in the same transaction. Returns (slot, dialogue_id, repeat)
-        of each pair taken, in slot order."""
+        of each pair taken, in slot order. Raises ConcurrencyError for a worker whose
+        rows were removed (see fence)."""
         run_id = lease.run_id
         # On SQLite every write transaction holds the write lock (BEGIN IMMEDIATE); on
         # PostgreSQL claims skip the store-wide lock: SKIP LOCKED and the key suffice.
-        with self.write(serialize=False) as conn:
+        with cast("Store", self).write(serialize=False) as conn:
             register(conn, lease)
             drop_dead(conn, lease)
             repeats = int(
@@ -146,18 +177,21 @@ class Workers:
             if not rows:
                 return []
             now = time.time()
-            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
-            params = [
-                p
-                for slot, _, repeat in rows
-                for p in (run_id, int(slot) // repeats, int(repeat), lease.token, now)
-            ]
-            taken = execute(
-                conn,
-                f"INSERT INTO claims (run_id, position, repeat, token, claimed_at) "
-                f"VALUES {values} ON CONFLICT DO NOTHING RETURNING position, repeat",
-                tuple(params),
-            ).all()
+            taken: list[Any] = []
+            for start in range(0, len(rows), CLAIM_ROWS_PER_INSERT):
+                part = rows[start : start + CLAIM_ROWS_PER_INSERT]
+                values = ", ".join(["(?, ?, ?, ?, ?)"] * len(part))
+                params = [
+                    p
+                    for slot, _, repeat in part
+                    for p in (run_id, int(slot) // repeats, int(repeat), lease.token, now)
+                ]
+                taken += execute(
+                    conn,
+                    f"INSERT INTO claims (run_id, position, repeat, token, claimed_at) "
+                    f"VALUES {values} ON CONFLICT DO NOTHING RETURNING position, repeat",
+                    tuple(params),
+                ).all()
         won = {(int(position), int(repeat)) for position, repeat in taken}
         return [
             (int(slot), str(dialogue_id), int(repeat))
@@ -173,7 +207,8 @@ class Workers:
         worker finishes it. Returns (samples still unanswered, or None once finished;
         the samples' status counts)."""
         run_id = lease.run_id
-        with self.write() as conn:
+        with cast("Store", self).write() as conn:
+            fence(conn, lease)  # a worker that lost its place finishes nothing
             forget(conn, run_id, lease.token)
             others = live_tokens(conn, run_id) - {lease.token}
             held = {
@@ -195,5 +230,5 @@ class Workers:
             }
             if counts.get("pending", 0) or held:
                 return counts.get("pending", 0), counts
-            self.append(run_id, [finished(counts)], None, within=conn)
+            cast("Store", self).append(run_id, [finished(counts)], None, within=conn)
         return None, counts
