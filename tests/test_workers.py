@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +294,43 @@ def test_claims_above_the_variable_limit_are_inserted_in_parts(db_url):
     taken = store.claim(lease, ("pending",), n)
     assert [slot for slot, _, _ in taken] == list(range(n))
     store.release_lease(lease)
+
+
+def test_heartbeat_is_kept_fresh_while_every_slot_waits_on_retries(
+    tmp_path, invoke, fake, monkeypatch
+):
+    """A 429 storm holds the only slot in retries and no answer is committed: the
+    heartbeat must still advance, or a peer would take the worker for dead and send its
+    in-flight samples again."""
+    import exprof.clients.live as live
+
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.05)
+    samples, mocks = make_samples(2)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=1, max_retries=40)
+    server = fake(script={samples[0]["user"]: ["429"] * 30}, retry_after=0.05)
+    db = tmp_path / "runs" / "exprof.db"
+    seen: list[tuple[float, int]] = []  # (the lease's heartbeat, answers the server gave)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set() and len(seen) < 100_000:
+            try:
+                with sqlite3.connect(db) as conn:
+                    row = conn.execute("SELECT heartbeat_at FROM leases").fetchone()
+            except sqlite3.Error:
+                row = None  # not created yet
+            if row:
+                seen.append((row[0], server.state.successes))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = invoke("run", "--config", str(config), "--output-dir", str(tmp_path / "runs"))
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.exit_code == 0, result.output
+    assert server.state.successes == 2
+    during_storm = {beat for beat, answered in seen if answered == 0}
+    assert len(during_storm) > 1  # beaten again before any answer arrived

@@ -237,7 +237,6 @@ class _LiveSession:
         self.done = self.errors = 0
         self.stopping: int | None = None  # the stop signal, once one arrives
         self.fatal: str | None = None  # the cause, once an error will hit every request
-        self.last_beat = time.monotonic()
 
     async def run(self, pending: Iterable[Sample]) -> int:
         limiter = AdaptiveLimit(self.concurrency)
@@ -253,6 +252,11 @@ class _LiveSession:
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         tasks: set[asyncio.Task[None]] = set()
+        # Beats on a timer, not with the answers: in a 429/529 storm every slot may wait
+        # on retries for longer than STALE_LEASE_S, and a worker that went quiet would
+        # be taken for dead and its in-flight samples sent again by a peer.
+        beating = asyncio.create_task(self._beat())
+        beating.add_done_callback(self._settle(set()))
 
         async def one(sample: Sample) -> None:
             try:
@@ -278,14 +282,13 @@ class _LiveSession:
                 task = asyncio.create_task(one(sample))
                 tasks.add(task)
                 task.add_done_callback(self._settle(tasks))
-            while tasks and self.stopping is None and not self.fatal:
+            while tasks and self.stopping is None and not self.fatal and not self.crashed:
                 await asyncio.wait(set(tasks), timeout=0.2)
-                if not self.arrived:  # nothing answered for a while: still beat, so a
-                    self._flush()  # stale heartbeat can mean a dead holder (leases.py)
             await self._wait_or_cancel(tasks)
             if self.crashed:
                 raise self.crashed[0]
         finally:
+            beating.cancel()
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, handler)
@@ -322,6 +325,13 @@ class _LiveSession:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
+    async def _beat(self) -> None:
+        """Keep this worker's heartbeat fresh while the session runs; a worker that lost
+        its place raises ConcurrencyError here (kept by _settle, so the session stops)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.store.heartbeat(self.lease)
+
     def _on_signal(self, signum: int) -> None:
         if self.stopping is None:
             self.stopping = signum
@@ -355,6 +365,3 @@ class _LiveSession:
             self.seq = self.store.append(
                 self.record.run_id, batch, after_seq=None, fenced=self.lease
             )
-        if time.monotonic() - self.last_beat > HEARTBEAT_S:
-            self.store.heartbeat(self.lease)
-            self.last_beat = time.monotonic()
