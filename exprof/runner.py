@@ -304,10 +304,10 @@ class Runner:
         lease = self.store.join_run(run_id) if join else self.store.acquire_lease(run_id)
         try:
             positions = self.store.pending_positions(run_id, retry_failed)
-            if not positions and join:  # the workers already on it finish it
-                self.store.release_lease(lease)
-                summary = run_summary(self.store, run_id)
-                return RunResult(run_id, summary, EXIT_OK, f"run {run_id}: nothing left to claim")
+            if not positions and join:
+                # The workers still on it finish it; if none holds a claim (the last one
+                # died after its final answer, before finishing), this one does.
+                return self._finish(run_id, lease, time.monotonic(), None)
             if not positions and not self._judge_tasks(run_id):
                 try:
                     summary = export_run(self.store, run_id, self.output_dir / run_id)
@@ -422,10 +422,16 @@ class Runner:
         progress.close()
         if budget is not None and budget.reached:
             return self._over_budget(record, lease, budget)
+        return self._finish(run_id, lease, began, record)
+
+    def _finish(
+        self, run_id: str, lease: Lease, began: float, record: RunRecord | None
+    ) -> RunResult:
+        """Leave the run, finishing and exporting it if this worker is its last."""
         try:
             with deferred_signals():
                 # Whichever worker of the run leaves last finishes it, exactly once.
-                left, counts = self.store.finish_if_done(
+                left, counts, mine = self.store.finish_if_done(
                     lease,
                     lambda counts: RunFinished(
                         counts.get("ok", 0),
@@ -435,8 +441,15 @@ class Runner:
                 )
             if left is not None:
                 return self._left_to_others(run_id, left)
+            if not mine:  # another worker finished it, and exports it
+                summary = run_summary(self.store, run_id)
+                return RunResult(run_id, summary, EXIT_OK, f"run {run_id}: nothing left to claim")
             failed = counts.get("failed", 0)
-            summary = self._export(record)  # a signal here abandons the export, see below
+            # a signal here abandons the export, see below
+            if record is not None:
+                summary = self._export(record)
+            else:
+                summary = export_run(self.store, run_id, self.output_dir / run_id)
         except KeyboardInterrupt as stop:
             return self._stopped_exporting(run_id, stop)
         finally:
@@ -451,8 +464,11 @@ class Runner:
         return RunResult(run_id, summary, EXIT_OK, f"run {run_id} complete")
 
     def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:
-        """After Ctrl-C or SIGTERM: record the stop, export what there is, hand over."""
+        """After Ctrl-C or SIGTERM: record the stop, export what there is, hand over;
+        or, while other workers remain on the run, just leave it to them."""
         run_id = record.run_id
+        if self.store.leave_to_others(lease):
+            return self._left_early(run_id, stop_exit_code(stop), "interrupted")
         try:
             with deferred_signals():  # a second signal must not cut this record short
                 self.store.append(  # after the last seq: other workers may be appending
@@ -471,6 +487,17 @@ class Runner:
             summary,
             stop_exit_code(stop),
             f"interrupted; continue with: exprof resume {run_id}",
+        )
+
+    def _left_early(self, run_id: str, code: int, why: str) -> RunResult:
+        """A worker stopped before the run's end while others work on: they finish it
+        (record, export); nothing of this worker's stop is recorded on the shared run."""
+        return RunResult(
+            run_id,
+            run_summary(self.store, run_id),
+            code,
+            f"{why}; this worker left run {run_id} to the other workers still on it "
+            "(they finish and export it)",
         )
 
     def _left_to_others(self, run_id: str, left: int) -> RunResult:
@@ -600,10 +627,15 @@ class Runner:
         print(judge.announcement(count, cost, (t.model for t in tasks)), file=sys.stderr)
 
     def _over_budget(self, record: RunRecord, lease: Lease, budget: Budget) -> RunResult:
-        """Stopped by the budget: recorded as interrupted, so that resume continues it."""
+        """Stopped by the budget: recorded as interrupted, so that resume continues it
+        (by the run's last worker: while others remain, this one leaves it to them)."""
         run_id = record.run_id
+        message = budget.message(run_id)
+        if self.store.leave_to_others(lease):
+            return dataclasses.replace(
+                self._left_early(run_id, EXIT_SAMPLES_FAILED, message), over_budget=True
+            )
         try:
-            message = budget.message(run_id)
             self.store.append(run_id, [RunInterrupted(message)], after_seq=None, fenced=lease)
             summary = self._export(record)
         finally:

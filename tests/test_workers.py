@@ -8,16 +8,17 @@ import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_resume import assert_consistent, done_count, exports, exprof, finish, the_store
+from test_resume import assert_consistent, done_count, exports, exprof, finish, peek, the_store
 
 from conftest import make_samples, write_experiment
 from exprof.dataset import Sample
-from exprof.errors import ConcurrencyError
+from exprof.errors import EXIT_TERMINATED, ConcurrencyError
 from exprof.store.engine import Store
 from exprof.store.events import RunInterrupted, RunStarted
 from exprof.store.record import snapshot
@@ -334,3 +335,89 @@ def test_heartbeat_is_kept_fresh_while_every_slot_waits_on_retries(
     assert server.state.successes == 2
     during_storm = {beat for beat, answered in seen if answered == 0}
     assert len(during_storm) > 1  # beaten again before any answer arrived
+
+
+def event_types(db_url: str, run_id: str) -> list[str]:
+    return [ev.event.type for ev in Store.open(db_url).events(run_id)]
+
+
+def test_a_worker_stopped_early_leaves_the_run_to_the_others(tmp_path, db_url):
+    """SIGTERM to one of two workers: it records no interruption on the shared run (the
+    other is still on it), exports nothing, and says it left; the other finishes it."""
+    n = 150
+    samples, mocks = make_samples(n)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=2)
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    with FakeAnthropic(latency=0.02) as ref_server:
+        start_reference(tmp_path, config, {**env, "ANTHROPIC_BASE_URL": ref_server.url})
+    db, flags = the_store(tmp_path, db_url)
+    with FakeAnthropic(latency=0.02) as server:
+        env["ANTHROPIC_BASE_URL"] = server.url
+        first = exprof(
+            "run", "--config", str(config), "--run-id", "w", *flags, cwd=tmp_path, env=env
+        )
+        wait_for_progress(db, first, 1)
+        joined = exprof("resume", "w", "--join", *flags, cwd=tmp_path, env=env)
+        deadline = time.monotonic() + 60
+        while (  # until the joined worker holds claims: it is sending
+            (peek(db, "SELECT count(DISTINCT token) FROM claims") or 0) < 2
+            and joined.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        joined.send_signal(signal.SIGTERM)
+        code, err = finish(joined)
+        assert code == EXIT_TERMINATED, err
+        assert "this worker left run w to the other workers still on it" in err
+        assert "continue with" not in err
+        code, err = finish(first)
+        assert code == 0, err
+    types = event_types(db_url, "w")
+    assert "run_interrupted" not in types and types.count("run_finished") == 1
+    assert exports(tmp_path / "runs" / "w", strip=True) == exports(
+        tmp_path / "ref" / "w", strip=True
+    )
+
+
+KILL_BEFORE_FINISHING = (
+    "import os, signal, sys\n"
+    "from exprof.store.workers import Workers\n"
+    "def die(*args, **kwargs):\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "Workers.finish_if_done = die\n"
+    "sys.argv[0] = 'exprof'\n"
+    "from exprof.cli import main\n"
+    "main()\n"
+)
+
+
+def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, db_url):
+    """The only worker is SIGKILLed after its final answer, before RunFinished and the
+    export: a `resume --join` that finds nothing to claim finishes and exports the run."""
+    samples, mocks = make_samples(20)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=2)
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    with FakeAnthropic() as ref_server:
+        start_reference(tmp_path, config, {**env, "ANTHROPIC_BASE_URL": ref_server.url})
+    _, flags = the_store(tmp_path, db_url)
+    with FakeAnthropic() as server:
+        env["ANTHROPIC_BASE_URL"] = server.url
+        args = ["run", "--config", str(config), "--run-id", "w", *flags, "--quiet"]
+        killed = subprocess.run(
+            [sys.executable, "-c", KILL_BEFORE_FINISHING, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert "run_finished" not in event_types(db_url, "w")
+        sent = server.state.requests
+        code, err = finish(exprof("resume", "w", "--join", *flags, cwd=tmp_path, env=env))
+        assert code == 0, err
+        assert server.state.requests == sent  # nothing sent again
+    assert event_types(db_url, "w").count("run_finished") == 1
+    assert exports(tmp_path / "runs" / "w", strip=True) == exports(
+        tmp_path / "ref" / "w", strip=True
+    )

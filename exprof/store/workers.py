@@ -201,11 +201,12 @@ class Workers:
 
     def finish_if_done(
         self, lease: Lease, finished: Callable[[dict[str, int]], Event]
-    ) -> tuple[int | None, dict[str, int]]:
-        """Leave the run; if no sample is still owed and no other live worker holds a
-        claim, append `finished(status counts)` in the same transaction, so exactly one
-        worker finishes it. Returns (samples still unanswered, or None once finished;
-        the samples' status counts)."""
+    ) -> tuple[int | None, dict[str, int], bool]:
+        """Leave the run; if no sample is still owed, no other live worker holds a claim
+        and the run is not finished yet, append `finished(status counts)` in the same
+        transaction, so exactly one worker finishes it (and exports it). Returns (samples
+        still unanswered, or None once finished; the samples' status counts; whether this
+        call finished it)."""
         run_id = lease.run_id
         with cast("Store", self).write() as conn:
             fence(conn, lease)  # a worker that lost its place finishes nothing
@@ -229,6 +230,23 @@ class Workers:
                 ).all()
             }
             if counts.get("pending", 0) or held:
-                return counts.get("pending", 0), counts
+                return counts.get("pending", 0), counts, False
+            status = execute(
+                conn, "SELECT status FROM runs WHERE run_id = ?", (run_id,)
+            ).scalar_one()
+            if status in ("complete", "failed"):  # another worker finished it
+                return None, counts, False
             cast("Store", self).append(run_id, [finished(counts)], None, within=conn)
-        return None, counts
+        return None, counts, True
+
+    def leave_to_others(self, lease: Lease) -> int:
+        """If other live workers remain on the run, leave it to them: this worker's row
+        and claims go (its unanswered samples are theirs to claim). Returns how many
+        others remain (0: none, and this worker stays, to record the stop itself)."""
+        with cast("Store", self).write() as conn:
+            others = live_tokens(conn, lease.run_id) - {lease.token}
+            if others:
+                forget(conn, lease.run_id, lease.token)
+        if others:
+            HELD.discard(lease.token)
+        return len(others)
