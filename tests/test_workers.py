@@ -21,6 +21,7 @@ from exprof.dataset import Sample
 from exprof.errors import EXIT_TERMINATED, ConcurrencyError
 from exprof.store.engine import Store
 from exprof.store.events import RunInterrupted, RunStarted
+from exprof.store.leases import Lease
 from exprof.store.record import snapshot
 from fake_anthropic import FakeAnthropic
 
@@ -58,6 +59,16 @@ def duplicates(server: FakeAnthropic, repeats: int) -> int:
     attempts = server.state.attempts
     extra = sum(count - repeats for user, count in attempts.items() if user)
     return extra + attempts.get("", 0)
+
+
+def live_run(store: Store, n: int, repeats: int) -> Lease:
+    """Run "r", a live run of n samples, started and held by this process."""
+    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(n)]
+    config = {"model": "claude-3-opus", "metrics": [], "repeats": repeats}
+    lease = store.acquire_new_run("exp", "r")
+    started = RunStarted("r", "exp", "live", config, "sha", n, {}, "test")
+    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    return lease
 
 
 @pytest.mark.slow
@@ -199,11 +210,7 @@ def test_claims_are_keyed_by_position_and_repeat(db_url):
     """With `repeats: 2` each (sample, repeat) pair is claimed on its own, once; a dead
     worker's claims (stale heartbeat) go back to the pool, and the live ones stay."""
     store = Store.open(db_url, create=True)
-    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(3)]
-    config = {"model": "claude-3-opus", "metrics": [], "repeats": 2}
-    first = store.acquire_new_run("exp", "r")
-    started = RunStarted("r", "exp", "live", config, "sha", 3, {}, "test")
-    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    first = live_run(store, 3, repeats=2)
     second = store.join_run("r")
     owed = ("pending",)
     assert store.claim(first, owed, 3) == [(0, "d0", 0), (1, "d0", 1), (2, "d1", 0)]
@@ -235,11 +242,7 @@ def test_a_taken_over_worker_can_neither_append_nor_claim(db_url):
     A's late answer is refused (not recorded beside B's), and A's next claim is refused
     instead of re-creating its worker row and taking every pending pair."""
     store = Store.open(db_url, create=True)
-    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(4)]
-    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
-    a = store.acquire_new_run("exp", "r")
-    started = RunStarted("r", "exp", "live", config, "sha", 4, {}, "test")
-    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    a = live_run(store, 4, repeats=1)
     owed = ("pending",)
     assert store.claim(a, owed, 2) == [(0, "d0", 0), (1, "d1", 0)]
     with store.write() as conn:  # A stopped beating long ago
@@ -263,11 +266,7 @@ def test_a_joined_worker_dropped_by_a_peer_is_refused(db_url):
     """A joined worker whose heartbeat went stale is dropped by a peer's claim: its
     claims go to the peer, and its own appends and claims are refused."""
     store = Store.open(db_url, create=True)
-    samples = [Sample(f"d{i}", "sys", f"question {i}") for i in range(3)]
-    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
-    first = store.acquire_new_run("exp", "r")
-    started = RunStarted("r", "exp", "live", config, "sha", 3, {}, "test")
-    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    first = live_run(store, 3, repeats=1)
     joined = store.join_run("r")
     owed = ("pending",)
     assert store.claim(joined, owed, 2) == [(0, "d0", 0), (1, "d1", 0)]
@@ -285,13 +284,9 @@ def test_claims_above_the_variable_limit_are_inserted_in_parts(db_url):
     """--concurrency has no upper bound: a claim of 51,000 pairs (255,000 values) must
     not pass the bound-variable limit in one statement (SQLite: 32,766 by default,
     250,000 in Debian's build; PostgreSQL: 65,535)."""
-    store = Store.open(db_url, create=True)
     n = 51_000
-    samples = [Sample(f"d{i}", "sys", f"q{i}") for i in range(n)]
-    config = {"model": "claude-3-opus", "metrics": [], "repeats": 1}
-    lease = store.acquire_new_run("exp", "r")
-    started = RunStarted("r", "exp", "live", config, "sha", n, {}, "test")
-    store.append("r", [started, *snapshot(samples, None)], after_seq=0)
+    store = Store.open(db_url, create=True)
+    lease = live_run(store, n, repeats=1)
     taken = store.claim(lease, ("pending",), n)
     assert [slot for slot, _, _ in taken] == list(range(n))
     store.release_lease(lease)
