@@ -339,14 +339,14 @@ def event_types(db_url: str, run_id: str) -> list[str]:
 def test_a_worker_stopped_early_leaves_the_run_to_the_others(tmp_path, db_url):
     """SIGTERM to one of two workers: it records no interruption on the shared run (the
     other is still on it), exports nothing, and says it left; the other finishes it."""
-    n = 150
+    n = 600  # the first worker alone takes seconds: the joined one is still needed
     samples, mocks = make_samples(n)
     config = write_experiment(tmp_path / "e", samples, mocks, concurrency=2)
     env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
-    with FakeAnthropic(latency=0.02) as ref_server:
+    with FakeAnthropic() as ref_server:
         start_reference(tmp_path, config, {**env, "ANTHROPIC_BASE_URL": ref_server.url})
     db, flags = the_store(tmp_path, db_url)
-    with FakeAnthropic(latency=0.02) as server:
+    with FakeAnthropic(latency=0.03) as server:
         env["ANTHROPIC_BASE_URL"] = server.url
         first = exprof(
             "run", "--config", str(config), "--run-id", "w", *flags, cwd=tmp_path, env=env
@@ -360,6 +360,7 @@ def test_a_worker_stopped_early_leaves_the_run_to_the_others(tmp_path, db_url):
             and time.monotonic() < deadline
         ):
             time.sleep(0.01)
+        assert joined.poll() is None and done_count(db) < n  # still sending, both of them
         joined.send_signal(signal.SIGTERM)
         code, err = finish(joined)
         assert code == EXIT_TERMINATED, err
