@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, max_input_bytes, parse_json, read_text, strict_decoder
 from exprof.jsonio import dumps
@@ -103,6 +101,8 @@ def scan_dataset(path: str | Path) -> DatasetFile:
     samples: the count, the digest and an 8-byte hash per dialogue_id (for duplicates).
     Whatever the pass finds wrong, load_dataset reads the file again to name it exactly
     as it always has (the error path may hold the file; the good path never does)."""
+    import numpy as np  # here: every command imports this module, and most need no numpy
+
     path = Path(path)
     digest = hashlib.sha256()
     ids = bytearray()
