@@ -417,3 +417,29 @@ def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, d
     assert exports(tmp_path / "runs" / "w", strip=True) == exports(
         tmp_path / "ref" / "w", strip=True
     )
+
+
+def test_a_worker_whose_place_was_taken_stops_and_records_nothing_more(tmp_path, db_url):
+    """The rows of a running worker are removed (as a peer's takeover of a worker it
+    took for dead does): its answers still in flight are refused, not recorded beside
+    the new owner's, and it stops with one Error: line."""
+    samples, mocks = make_samples(300)
+    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=4)
+    db, flags = the_store(tmp_path, db_url)
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    with FakeAnthropic(latency=0.05) as server:
+        env["ANTHROPIC_BASE_URL"] = server.url
+        proc = exprof(
+            "run", "--config", str(config), "--run-id", "w", *flags, cwd=tmp_path, env=env
+        )
+        wait_for_progress(db, proc, 5)
+        with Store.open(db_url).write() as conn:
+            for table in ("leases", "workers", "claims"):
+                conn.exec_driver_sql(f"DELETE FROM {table} WHERE run_id = 'w'")
+            recorded = conn.exec_driver_sql(
+                "SELECT count(*) FROM events WHERE run_id = 'w'"
+            ).scalar_one()
+        code, err = finish(proc)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith("Error: run w: this worker lost its place")
+    assert len(event_types(db_url, "w")) == recorded
