@@ -436,3 +436,27 @@ def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(tmp_path
     with pytest.raises(ConcurrencyError):
         store.append("r", [RequestSent("d0"), RequestSent("d1")], after_seq=4)
     assert store.last_seq("r") == 5
+
+
+def test_a_summary_scans_a_runs_samples_once_when_nothing_else_is_there(tmp_path, invoke):
+    """Issue 10 part 6: summarize must not grow with the run. A mock run with neither
+    latencies nor failures is summarised from one scan of its sample rows (the counts,
+    the tokens and the reused answers together), not four."""
+    from sqlalchemy import event
+
+    from exprof.summary import run_summary
+
+    samples, mocks = make_samples(20)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    store = Store.open(store_url(None, tmp_path / "runs"))
+    scans: list[str] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if "FROM samples" in statement:
+            scans.append(statement)
+
+    summary = run_summary(store, "exp")
+    assert summary["samples_completed"] == 20 and "latency_ms" not in summary
+    assert len(scans) == 1, scans

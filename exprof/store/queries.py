@@ -51,6 +51,10 @@ class StatusStats:
     output_tokens: int
     attempts_sum: int
     attempts_count: int
+    reused: int = 0  # answers taken from the store (issue 12), and their tokens
+    reused_input_tokens: int = 0
+    reused_output_tokens: int = 0
+    latencies: int = 0  # samples with a recorded latency
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,9 @@ class Queries:
             "SELECT status, count(*), sum(fact_coverage), sum(refused), "
             "sum(CASE WHEN reused = 1 THEN 0 ELSE input_tokens END), "
             "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END), "
-            "sum(attempts), count(attempts) "
+            "sum(attempts), count(attempts), sum(reused), "
+            "sum(CASE WHEN reused = 1 THEN input_tokens ELSE 0 END), "
+            "sum(CASE WHEN reused = 1 THEN output_tokens ELSE 0 END), count(latency_ms) "
             "FROM samples WHERE run_id = ? GROUP BY status",
             (run_id,),
         )
@@ -140,6 +146,10 @@ class Queries:
                 int(r[5] or 0),
                 int(r[6] or 0),
                 int(r[7]),
+                int(r[8] or 0),
+                int(r[9] or 0),
+                int(r[10] or 0),
+                int(r[11]),
             )
             for r in rows
         }
@@ -255,15 +265,6 @@ class Queries:
         return from_row(type_, loads(payload))
 
     # -- experiments (issue 12) -------------------------------------------------
-
-    def reused_stats(self, run_id: str) -> tuple[int, int, int]:
-        """Answers reused from the store: how many, and their input and output tokens."""
-        row = self._all(
-            "SELECT count(*), sum(input_tokens), sum(output_tokens) FROM samples "
-            "WHERE run_id = ? AND status = 'ok' AND reused = 1",
-            (run_id,),
-        )[0]
-        return int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
     def runs_of_model(self, model: str, mode: str) -> list[str]:
         """Runs that asked this model in this mode: where an identical request may be."""
