@@ -9,6 +9,7 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -34,6 +35,7 @@ NAME = "runs_and_samples"
 TABLES = ("runs", "samples")
 CATCH_UP_BATCH = 5000
 NEW_SAMPLE_COLUMNS = ("run_id", "dialogue_id", "repeat", "idx", "status", "requests")
+_SAMPLE_EVENTS = (RequestSent, ResponseReceived, SampleScored)  # merged per sample
 
 
 def position(conn: Connection) -> int:
@@ -100,22 +102,26 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
     overwrites an 'ok', and run-status changes keep their event order.
     """
     new_samples: list[tuple[Any, ...]] = []
-    changes: dict[tuple[str, str, int], dict[str, Any]] = {}
+    # Per (run, sample, repeat): [requests sent, response values, score values], the
+    # values in RESPONSE_COLUMNS and SCORE_COLUMNS order (None: no such event).
+    changes: dict[tuple[str, str, int], list[Any]] = {}
     repeats: dict[str, int] = {}  # per run, read once per batch
     failures: list[tuple[Any, ...]] = []
     statuses: list[tuple[str, str]] = []
     for stored in events:
         ev = stored.event
         # Every answered sample's three events first: they are nearly all of a run.
-        if isinstance(ev, RequestSent):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols["requests"] = cols.get("requests", 0) + 1
-        elif isinstance(ev, ResponseReceived):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols.update(_response_columns(stored.id, ev))
-        elif isinstance(ev, SampleScored):
-            cols = changes.setdefault((stored.run_id, ev.dialogue_id, ev.repeat), {})
-            cols.update(_score_columns(ev))
+        if isinstance(ev, _SAMPLE_EVENTS):
+            key = (stored.run_id, ev.dialogue_id, ev.repeat)
+            change = changes.get(key)
+            if change is None:
+                change = changes[key] = [0, None, None]
+            if isinstance(ev, RequestSent):
+                change[0] += 1
+            elif isinstance(ev, ResponseReceived):
+                change[1] = _response_values(stored.id, ev)
+            else:
+                change[2] = _score_values(ev)
         elif isinstance(ev, RunStarted):
             _insert_run(conn, stored, ev)
         elif isinstance(ev, DatasetChunk):
@@ -138,18 +144,14 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
             statuses.append(("complete" if ev.failed == 0 else "failed", stored.run_id))
     if new_samples:
         insert_rows(conn, "samples", NEW_SAMPLE_COLUMNS, new_samples)
-    by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for (run_id, dialogue_id, repeat), cols in changes.items():
-        by_shape.setdefault(tuple(cols), []).append((*cols.values(), run_id, dialogue_id, repeat))
+    # Grouped by which of the three a sample had: one UPDATE statement per shape.
+    by_shape: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+    for key, (sent, response, score) in changes.items():
+        shape = (sent > 0, response is not None, score is not None)
+        row = ((sent,) if sent else ()) + (response or ()) + (score or ()) + key
+        by_shape.setdefault(shape, []).append(row)
     for shape, rows in by_shape.items():
-        sets = ", ".join(
-            "requests = requests + ?" if col == "requests" else f"{col} = ?" for col in shape
-        )
-        execute(
-            conn,
-            f"UPDATE samples SET {sets} WHERE run_id = ? AND dialogue_id = ? AND repeat = ?",
-            rows,
-        )
+        execute(conn, _sample_update(*shape), rows)
     if failures:
         execute(
             conn,
@@ -215,30 +217,55 @@ def usage_tokens(meta: dict[str, Any]) -> tuple[int | None, int | None]:
     )
 
 
-def _response_columns(event_id: int, ev: ResponseReceived) -> dict[str, Any]:
+RESPONSE_COLUMNS = (
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "attempts",
+    "response_event_id",
+    "error_class",
+    "reused",
+)
+SCORE_COLUMNS = ("fact_coverage", "refused", "facts_missing")
+
+
+@lru_cache(maxsize=8)
+def _sample_update(sent: bool, response: bool, score: bool) -> str:
+    """The UPDATE for a sample's merged changes: its requests, response and scores."""
+    sets = (["requests = requests + ?"] if sent else []) + [
+        f"{col} = ?"
+        for present, columns in ((response, RESPONSE_COLUMNS), (score, SCORE_COLUMNS))
+        if present
+        for col in columns
+    ]
+    return (
+        f"UPDATE samples SET {', '.join(sets)} WHERE run_id = ? AND dialogue_id = ? AND repeat = ?"
+    )
+
+
+def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
+    """An answer's RESPONSE_COLUMNS."""
     meta = ev.metadata
     latency = meta.get("latency_ms")
     input_tokens, output_tokens = usage_tokens(meta)
-    return {
-        "status": "ok",
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "latency_ms": latency if isinstance(latency, int | float) else None,
-        "attempts": _int_or_none(meta.get("attempts")),
-        "response_event_id": event_id,
-        "error_class": None,
-        "reused": 1 if isinstance(ev, ResponseReused) else None,
-    }
+    return (
+        "ok",
+        input_tokens,
+        output_tokens,
+        latency if isinstance(latency, int | float) else None,
+        _int_or_none(meta.get("attempts")),
+        event_id,
+        None,
+        1 if isinstance(ev, ResponseReused) else None,
+    )
 
 
-def _score_columns(ev: SampleScored) -> dict[str, Any]:
-    # The missed facts are kept as recorded, so exports and compare never score again.
+def _score_values(ev: SampleScored) -> tuple[Any, ...]:
+    """A score's SCORE_COLUMNS. The missed facts are kept as recorded, so exports and
+    compare never score again."""
     missing = dumps(list(ev.facts_missing)) if ev.facts_missing else None
-    return {
-        "fact_coverage": ev.fact_coverage,
-        "refused": int(ev.refused),
-        "facts_missing": missing,
-    }
+    return (ev.fact_coverage, int(ev.refused), missing)
 
 
 def _int_or_none(value: object) -> int | None:
