@@ -14,6 +14,7 @@ up after a killed export can only ever remove our own leftovers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.decoder
 import json.scanner
@@ -24,7 +25,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 from exprof.errors import ExprofError
 
@@ -228,34 +229,83 @@ class _Located(Exception):
         self.problem = problem
 
 
-def write_atomic(path: Path, chunks: Iterable[str]) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it. The file gets
-    the mode any file the user writes gets (0666 less the umask), not mkstemp's 0600."""
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent
-        )
-    except OSError as exc:
-        raise ExprofError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            buffer: list[str] = []
-            for chunk in chunks:
-                buffer.append(chunk)
-                if len(buffer) >= 4096:
-                    f.write("".join(buffer))
-                    buffer.clear()
-            f.write("".join(buffer))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+class AtomicFile:
+    """A file written in pieces to a temporary beside `path`, which `commit` fsyncs and
+    renames over it and `discard` removes: the file is whole or absent, never half.
+    The file gets the mode any file the user writes gets (0666 less the umask), not
+    mkstemp's 0600. Writes are buffered a block of pieces at a time."""
+
+    BLOCK = 4096  # pieces per write
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            fd, self.tmp = tempfile.mkstemp(
+                prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent
+            )
+        except OSError as exc:
+            raise ExprofError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        self.file: IO[str] | None = None
+        self.buffer: list[str] = []
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        except BaseException as exc:
+            os.close(fd)
+            self.fail(exc)
+
+    def write(self, piece: str) -> None:
+        self.buffer.append(piece)
+        if len(self.buffer) >= self.BLOCK:
+            self._flush_buffer()
+
+    def commit(self) -> None:
+        """Make the file whole under its name (fsync, then rename)."""
+        assert self.file is not None, "committed or discarded already"
+        try:
+            self._flush_buffer()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            os.replace(self.tmp, self.path)
+        except BaseException as exc:
+            self.fail(exc)
+
+    def discard(self) -> None:
+        """Remove the temporary (no-op once committed or discarded)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+            Path(self.tmp).unlink(missing_ok=True)
+
+    def _flush_buffer(self) -> None:
+        assert self.file is not None
+        try:
+            self.file.write("".join(self.buffer))
+        except BaseException as exc:
+            self.fail(exc)
+        self.buffer.clear()
+
+    def fail(self, exc: BaseException) -> NoReturn:
+        """Leave nothing behind; an OSError becomes one ExprofError naming the file."""
+        with contextlib.suppress(OSError):
+            self.discard()
+        Path(self.tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            reason = exc.strerror or str(exc)
-            raise ExprofError(f"{path}: cannot write: {reason}") from None
-        raise
+            raise ExprofError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        raise exc
+
+
+def write_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """Write `chunks` to `path` whole or not at all (see AtomicFile)."""
+    out = AtomicFile(path)
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+    except BaseException as exc:
+        out.fail(exc)
+    out.commit()
 
 
 def temp_target(name: str) -> str | None:

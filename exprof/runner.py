@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -29,7 +30,7 @@ from exprof.errors import (
     stop_exit_code,
     stop_name,
 )
-from exprof.export import check_export_dir, export_run
+from exprof.export import StreamedExport, check_export_dir, export_run
 from exprof.heap import collector_paused, settled_heap
 from exprof.jsonio import dumps
 from exprof.render import Progress
@@ -383,49 +384,75 @@ class Runner:
                 raise
         todo_count = len(pending) if positions is None else len(positions)
         progress = Progress(todo_count, quiet=self.quiet)
-        try:
-            # Signals are flags throughout; the mock and the judge check between commits,
-            # the live session and the batch client take them themselves.
-            with deferred_signals() as check:
-                if record.started.mode in ("mock", "rescore"):
-                    seq = self._run_mock(record, lease, seq, pending, progress, check, budget)
-                elif record.config.batch:
-                    from exprof.batch_run import run_batch
+        with self._streamed_export(record, pending) as streamed:
+            try:
+                # Signals are flags throughout; the mock and the judge check between commits,
+                # the live session and the batch client take them themselves.
+                with deferred_signals() as check:
+                    if record.started.mode in ("mock", "rescore"):
+                        seq = self._run_mock(
+                            record, lease, seq, pending, progress, check, budget, streamed
+                        )
+                    elif record.config.batch:
+                        from exprof.batch_run import run_batch
 
-                    seq = run_batch(
-                        self.store,
-                        lease,
-                        seq,
-                        record.config,
-                        run_id,
-                        range(len(pending)) if positions is None else positions,
-                        progress,
-                        self.poll_interval,
-                    )
-                else:
-                    from exprof.clients.live import run_live
+                        seq = run_batch(
+                            self.store,
+                            lease,
+                            seq,
+                            record.config,
+                            run_id,
+                            range(len(pending)) if positions is None else positions,
+                            progress,
+                            self.poll_interval,
+                        )
+                    else:
+                        from exprof.clients.live import run_live
 
-                    owed = ("pending", "failed") if retry_failed else ("pending",)
-                    chunk = concurrency or record.config.concurrency
-                    source = ClaimSource(self.store, lease, pending, owed, chunk)
-                    todo = source if budget is None else budget.within(source)
-                    seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
+                        owed = ("pending", "failed") if retry_failed else ("pending",)
+                        chunk = concurrency or record.config.concurrency
+                        source = ClaimSource(self.store, lease, pending, owed, chunk)
+                        todo = source if budget is None else budget.within(source)
+                        seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
+                    progress.close()
+                    progress.enabled = False  # closed: the judge phase draws its own bar
+                    seq = self._judge(record, seq, concurrency, announce)
+            except KeyboardInterrupt as stop:
                 progress.close()
-                progress.enabled = False  # closed: the judge phase draws its own bar
-                seq = self._judge(record, seq, concurrency, announce)
-        except KeyboardInterrupt as stop:
+                return self._interrupted(record, lease, stop)
+            except BaseException:
+                self.store.release_lease(lease)
+                raise
             progress.close()
-            return self._interrupted(record, lease, stop)
-        except BaseException:
-            self.store.release_lease(lease)
-            raise
-        progress.close()
-        if budget is not None and budget.reached:
-            return self._over_budget(record, lease, budget)
-        return self._finish(run_id, lease, began, record)
+            if budget is not None and budget.reached:
+                return self._over_budget(record, lease, budget)
+            return self._finish(run_id, lease, began, record, streamed)
+
+    def _streamed_export(
+        self, record: RunRecord, pending: list[Sample]
+    ) -> contextlib.AbstractContextManager[StreamedExport | None]:
+        """A mock run's export written as it answers, where it equals the export from the
+        store: this loop answers every (sample, repeat) of the run (nothing before it did,
+        nothing was reused) and no judge grades them afterwards. Discarded on leaving the
+        block unless the run finished and put it in place."""
+        config = record.config
+        whole = len(pending) == record.started.samples_total * config.repeats
+        if record.started.mode != "mock" or not whole or judge.specs(config.metrics):
+            return contextlib.nullcontext()
+        out = self.output_dir / record.run_id
+        try:
+            check_export_dir(out, record.run_id, self.store)
+        except ExprofError:  # the export from the store says so, once the run is recorded
+            return contextlib.nullcontext()
+        return StreamedExport(out, record.started, len(pending))
 
     def _finish(
-        self, run_id: str, lease: Lease, began: float, record: RunRecord | None
+        self,
+        run_id: str,
+        lease: Lease,
+        began: float,
+        record: RunRecord | None,
+        streamed: StreamedExport | None = None,
     ) -> RunResult:
         """Leave the run, finishing and exporting it if this worker is its last."""
         try:
@@ -447,7 +474,7 @@ class Runner:
             failed = counts.get("failed", 0)
             # a signal here abandons the export, see below
             if record is not None:
-                summary = self._export(record)
+                summary = self._export(record, streamed)
             else:
                 summary = export_run(self.store, run_id, self.output_dir / run_id)
         except KeyboardInterrupt as stop:
@@ -531,6 +558,7 @@ class Runner:
         progress: Progress,
         check_signals: Callable[[], None],
         budget: Budget | None = None,
+        streamed: StreamedExport | None = None,
     ) -> int:
         client: MockClient | ReplayClient = MockClient(record.mocks)
         if record.started.mode == "rescore":
@@ -554,7 +582,10 @@ class Runner:
                 for sample in pending[start : start + MOCK_BATCH]:
                     outcome = client.complete(sample)
                     errors += isinstance(outcome, Failure)
-                    batch.extend(sample_events(sample, outcome, metrics))
+                    events = sample_events(sample, outcome, metrics)
+                    batch.extend(events)
+                    if streamed is not None:
+                        streamed.add(sample, events)
                 seq = self.store.append(record.run_id, batch, after_seq=seq)
                 del batch  # freed here, while the collector still looks away
             done = min(start + MOCK_BATCH, len(pending))
@@ -666,10 +697,14 @@ class Runner:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _export(self, record: RunRecord) -> dict[str, Any]:
-        """Export, handing over the dataset when we hold all of it (saves re-reading it)."""
+    def _export(self, record: RunRecord, streamed: StreamedExport | None = None) -> dict[str, Any]:
+        """Export: the files written as the run answered, when they are whole (see
+        _streamed_export); else from the store, handing over the dataset when we hold all
+        of it (saves re-reading it)."""
         samples = None if record.partial else record.samples
         try:
+            if streamed is not None and streamed.whole:
+                return streamed.complete(self.store, record.run_id)
             return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
         except ExprofError as exc:
             # Exit 1, not 2: the run is recorded (exit 2 promises that nothing was).

@@ -43,13 +43,17 @@ def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[Slot, 
         for name in values:  # a later grade replaces an earlier failure
             failed.pop(name, None)
         failed.update(errors)
-    # Config order, every metric present (None where a judge has not scored it yet).
+    return {slot: in_config_order(names, row, row["metric_errors"]) for slot, row in out.items()}
+
+
+def in_config_order(
+    names: list[str], values: dict[str, Any], errors: dict[str, str]
+) -> dict[str, Any]:
+    """One answer's custom metrics as exports show them: config order, every metric
+    present (None where it has no value yet), then its metric_errors where any failed."""
     return {
-        slot: {
-            **{name: row.get(name) for name in names},
-            **({"metric_errors": row["metric_errors"]} if row["metric_errors"] else {}),
-        }
-        for slot, row in out.items()
+        **{name: values.get(name) for name in names},
+        **({"metric_errors": errors} if errors else {}),
     }
 
 
