@@ -228,7 +228,11 @@ class ExportLines:
             line["completion"] = response.completion
         if "metadata" in self.fields:
             line.update(self.defaults)
-            line.update((k, v) for k, v in response.metadata.items() if k not in self.shadowing)
+            meta = response.metadata
+            if self.shadowing.isdisjoint(meta):
+                line.update(meta)
+            else:
+                line.update((k, v) for k, v in meta.items() if k not in self.shadowing)
         return _line(line)
 
     def score(self, response: ResponseReceived, scored: Scores, values: dict[str, Any]) -> str:
@@ -296,8 +300,12 @@ class StreamedExport:
         requests, responses, scores = self.files
         try:
             requests.write(self.lines.request(sample, sample.repeat))
-            response = next((e for e in events if isinstance(e, ResponseReceived)), None)
-            scored = next((e for e in events if isinstance(e, SampleScored)), None)
+            response = scored = None
+            for event in events:
+                if isinstance(event, ResponseReceived):
+                    response = event
+                elif isinstance(event, SampleScored):
+                    scored = event
             if response is not None and scored is not None:  # else failed: no answer
                 responses.write(self.lines.response(response))
                 values = (
