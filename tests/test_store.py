@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from conftest import REPO, make_samples, write_experiment
 from exprof.errors import ConcurrencyError, ExprofError
-from exprof.store import projections
+from exprof.store import dialects, projections
 from exprof.store.engine import SCHEMA_HEAD, Store, store_url
 from exprof.store.events import (
     EVENT_TYPES,
@@ -182,6 +182,7 @@ def test_migrates_an_empty_database(tmp_path):
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"events", "runs", "samples", "projection_positions", "leases"} <= tables
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw.execute("PRAGMA page_size").fetchone()[0] == dialects.PAGE_SIZE == 16384
 
 
 def _store_at_first_revision(path: Path) -> None:
@@ -212,6 +213,8 @@ def test_upgrades_an_older_store_keeping_its_events(tmp_path):
     store = Store.open(store_url(str(path), "."), create=True)
     assert store.revision() == SCHEMA_HEAD
     assert [e.type for e in store.events("old")] == ["run_started", "dataset_chunk"]
+    with sqlite3.connect(path) as raw:  # a store keeps the page size it was made with
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
     # The new projections are built from the old events on the next append.
     store.append("old", [RequestSent("d0")], after_seq=2)
     with store.engine.connect() as conn:

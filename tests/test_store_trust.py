@@ -260,7 +260,7 @@ def test_doctor_reports_an_overwritten_page(one_run, invoke):
     db = one_run[1]
     _sql(db, "PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(db.read_bytes())
-    page = 4096
+    page = int.from_bytes(data[16:18], "big")  # the file header's page size
     pages = len(data) // page
     victim = pages - 2  # a page of the last table or index written, not the schema page
     data[victim * page : (victim + 1) * page] = b"\xa5" * page

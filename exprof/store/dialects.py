@@ -37,6 +37,9 @@ STORE_TABLES = (
 )
 POSTGRES_HINT = "install the PostgreSQL driver: pip install 'exprof[postgres]' (psycopg 3)"
 WAL_TRIES = 100  # x 50 ms: concurrent first opens wait for each other's journal switch
+# SQLite pages of a new store: 16 KiB rather than the default 4 KiB cut a 100k-sample mock
+# run's SQLite time by a fifth (fewer pages per event, and per dataset snapshot chunk).
+PAGE_SIZE = 16384
 
 
 def normalize_url(url: str) -> str:
@@ -96,8 +99,9 @@ def create(url: str, location: str, readonly: bool) -> Engine:
 
 
 def enable_wal(conn: Connection) -> None:
-    """Switch a SQLite store (ours, or empty) to WAL; the mode is kept in the file. A
-    concurrent first open may hold the lock for a moment: wait for it, boundedly."""
+    """Switch a SQLite store (ours, or empty) to WAL; the mode is kept in the file. A new
+    (empty) file first gets PAGE_SIZE pages. A concurrent first open may hold the lock
+    for a moment: wait for it, boundedly."""
     if conn.dialect.name != "sqlite":
         return
     raw = conn.connection.dbapi_connection  # outside any transaction, as the pragma needs
@@ -106,6 +110,8 @@ def enable_wal(conn: Connection) -> None:
         try:
             if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 return
+            # Only an empty file takes it (and only before WAL): an old store keeps its own.
+            raw.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             raw.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
