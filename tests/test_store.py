@@ -125,6 +125,21 @@ def test_duplicate_seq_is_refused_and_leaves_nothing(store):
         assert conn.exec_driver_sql("SELECT sum(requests) FROM samples").scalar() == 0
 
 
+@pytest.mark.parametrize("count", [141, 142, 1000])  # below, at, above a multi-row INSERT
+def test_a_large_append_stores_every_event_in_order_or_none(store, count):
+    """SQLite inserts many rows per statement (dialects.insert_rows): every event lands,
+    in order, and a clash anywhere among them leaves nothing."""
+    store.append("r", _started(), after_seq=0)
+    sent = [RequestSent(f"d{i}") for i in range(count)]
+    with pytest.raises(ConcurrencyError):
+        store.append("r", sent, after_seq=1)  # seq 2 is the dataset chunk's
+    assert [e.seq for e in store.events("r")] == [1, 2]
+    store.append("r", sent, after_seq=2)
+    back = list(store.events("r"))
+    assert [e.seq for e in back] == list(range(1, count + 3))
+    assert [e.event for e in back[2:]] == sent
+
+
 def test_database_refuses_update_and_delete(store):
     """The database itself (a trigger, on SQLite and on PostgreSQL) refuses to change an
     event, whoever asks."""
