@@ -155,7 +155,7 @@ def main() -> None:
         floor_wall, floor_cpu = min(f[0] for f in floors), min(f[1] for f in floors)
         wall, cpu = min(r[0] for r in runs), min(r[2] for r in runs)
         rss = max(r[1] for r in runs)
-        big = [timed_cpu(["summarize", "bench", *db], work) for _ in range(3)]
+        big = [timed_cpu(["summarize", "bench", *db], work) for _ in range(5)]
         shutil.copytree(REPO / "configs", work / "configs")
         shutil.copytree(REPO / "data", work / "data_sample")
         sample_cfg = work / "configs" / "sample_experiment.yaml"
