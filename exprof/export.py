@@ -36,7 +36,7 @@ from exprof.store.record import iter_samples, load_started
 from exprof.summary import run_summary
 
 FILES = EXPORT_FILES
-LINE_FILES = ("requests.jsonl", "responses.jsonl", "scores.jsonl")  # then summary.json
+LINE_FILES = tuple(name for name in FILES if name.endswith(".jsonl"))  # then summary.json
 MARKER = ".exprof-export.json"
 # The store's sidecar files: a run id (a folder name) may never be one of these.
 STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
@@ -184,6 +184,17 @@ def _complete(
     return summary
 
 
+class Scores(Protocol):
+    """An answer's recorded built-in scores: a SampleScored event, or the store's row."""
+
+    @property
+    def fact_coverage(self) -> float: ...
+    @property
+    def refused(self) -> bool: ...
+    @property
+    def facts_missing(self) -> Sequence[str]: ...
+
+
 class ExportLines:
     """The one place for how a run's requests and answers become export lines, whether
     the answers are read back from the store (export_run) or are in hand as a mock run
@@ -250,17 +261,6 @@ class ExportLines:
         return _line(line)
 
 
-class Scores(Protocol):
-    """An answer's recorded built-in scores: a SampleScored event, or the store's row."""
-
-    @property
-    def fact_coverage(self) -> float: ...
-    @property
-    def refused(self) -> bool: ...
-    @property
-    def facts_missing(self) -> Sequence[str]: ...
-
-
 class StreamedExport:
     """A whole mock run's export, written as it answers (as any tool without a store
     would) instead of read back from the store at the end, which cost a 100k-sample run
@@ -280,7 +280,7 @@ class StreamedExport:
         try:
             _make_export_dir(out)
             self.files = _line_files(out)
-        except ExprofError:  # left to the export from the store, which says what is wrong
+        except (ExprofError, OSError):  # left to the export from the store, which says why
             self.files = ()
 
     def __enter__(self) -> StreamedExport:
@@ -322,8 +322,16 @@ class StreamedExport:
         self.added += 1
 
     def complete(self, store: Store, run_id: str) -> dict[str, Any]:
+        """Put the files in place, once the folder is still this run's to write (another
+        export may have been written into it meanwhile): refused as export_run would."""
         assert self.whole, "only a whole run's export is put in place"
         files, self.files = self.files, ()
+        try:
+            check_export_dir(self.out, run_id, store)
+        except BaseException:
+            for file in files:
+                file.discard()
+            raise
         return _complete(store, run_id, self.out, files)
 
     def discard(self) -> None:

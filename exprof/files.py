@@ -252,7 +252,7 @@ class AtomicFile:
             self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         except BaseException as exc:
             os.close(fd)
-            self.fail(exc)
+            self._fail(exc)
 
     def write(self, piece: str) -> None:
         self.buffer.append(piece)
@@ -270,28 +270,31 @@ class AtomicFile:
             self.file = None
             os.replace(self.tmp, self.path)
         except BaseException as exc:
-            self.fail(exc)
+            self._fail(exc)
 
     def discard(self) -> None:
-        """Remove the temporary (no-op once committed or discarded)."""
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-            Path(self.tmp).unlink(missing_ok=True)
+        """Remove the temporary (no-op once committed or discarded); never raises, as it
+        is what cleans up after a failure."""
+        file, self.file = self.file, None
+        if file is not None:
+            with contextlib.suppress(OSError):  # a full disk flushing the last block
+                file.close()
+            with contextlib.suppress(OSError):
+                Path(self.tmp).unlink(missing_ok=True)
 
     def _flush_buffer(self) -> None:
         assert self.file is not None
         try:
             self.file.write("".join(self.buffer))
         except BaseException as exc:
-            self.fail(exc)
+            self._fail(exc)
         self.buffer.clear()
 
-    def fail(self, exc: BaseException) -> NoReturn:
+    def _fail(self, exc: BaseException) -> NoReturn:
         """Leave nothing behind; an OSError becomes one ExprofError naming the file."""
+        self.discard()
         with contextlib.suppress(OSError):
-            self.discard()
-        Path(self.tmp).unlink(missing_ok=True)
+            Path(self.tmp).unlink(missing_ok=True)  # after a failed close in commit
         if isinstance(exc, OSError):
             raise ExprofError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
         raise exc
@@ -304,7 +307,7 @@ def write_atomic(path: Path, chunks: Iterable[str]) -> None:
         for chunk in chunks:
             out.write(chunk)
     except BaseException as exc:
-        out.fail(exc)
+        out._fail(exc)
     out.commit()
 
 

@@ -384,7 +384,12 @@ class Runner:
                 raise
         todo_count = len(pending) if positions is None else len(positions)
         progress = Progress(todo_count, quiet=self.quiet)
-        with self._streamed_export(record, pending) as streamed:
+        try:
+            streaming = self._streamed_export(record, pending)
+        except BaseException:  # Ctrl-C making the files: the lease is not kept
+            self.store.release_lease(lease)
+            raise
+        with streaming as streamed:
             try:
                 # Signals are flags throughout; the mock and the judge check between commits,
                 # the live session and the batch client take them themselves.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import exprof.export
 import exprof.runner
 from conftest import make_samples, write_experiment
 from exprof.export import FILES, MARKER
@@ -18,10 +19,19 @@ REAL_EXPORT = exprof.runner.export_run
 
 # A metric that fails on some answers, so scores.jsonl carries metric_errors too.
 FLAKY = """
+import numpy
+
 def longish(sample, completion, metadata):
     if sample["dialogue_id"].endswith("3"):
         raise ValueError("no")
     return len(completion) > 12
+
+def tiny(sample, completion, metadata):
+    return numpy.float64(len(completion) * 1e-7)  # a float subclass, written as a float
+
+def meddle(sample, completion, metadata):
+    metadata["seen"] = metadata.get("seen", 0) + 1  # must not reach what is recorded
+    return 1
 """
 
 CASES = {
@@ -32,6 +42,8 @@ CASES = {
             "fact_coverage",
             {"name": "cites", "type": "contains_any", "values": ["fact1-"]},
             {"name": "longish", "type": "python", "function": "flaky:longish"},
+            {"name": "tiny", "type": "python", "function": "flaky:tiny"},
+            {"name": "meddle", "type": "python", "function": "flaky:meddle"},
         ],
     },
     "completion_only": {"output_fields": ["completion"]},
@@ -79,6 +91,8 @@ def test_a_whole_mock_run_streams_the_export_the_store_gives(tmp_path, invoke, c
     if case == "repeats_and_metrics":
         scores = [json.loads(line) for line in (streamed / "scores.jsonl").read_text().splitlines()]
         assert any("metric_errors" in s for s in scores) and any(s["longish"] for s in scores)
+        assert "e-" in (streamed / "scores.jsonl").read_text()  # 1e-06: tiny's small floats
+        assert all("seen" not in json.loads(line) for line in lines)
 
 
 def test_a_run_stopped_by_its_budget_exports_from_the_store(tmp_path, invoke):
@@ -136,3 +150,23 @@ def test_answers_the_loop_did_not_make_export_from_the_store(tmp_path, invoke, m
     if case == "judge":
         scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
         assert [s["helpful"] for s in scores] == [4] * 20  # graded after the loop
+
+
+def test_a_folder_taken_meanwhile_is_refused_at_the_end(tmp_path, invoke, monkeypatch):
+    """Someone writes into the run's export folder while it runs: the streamed files are
+    not put beside theirs, exactly as the export from the store refuses the folder."""
+    config = write_experiment(tmp_path, *make_samples(30))
+    out = tmp_path / "runs" / "exp"
+    add = exprof.export.StreamedExport.add
+
+    def add_then_intrude(self, sample, events):
+        (out / "notes.txt").write_text("mine", encoding="utf-8")
+        add(self, sample, events)
+
+    monkeypatch.setattr(exprof.export.StreamedExport, "add", add_then_intrude)
+    result = invoke("run", "--config", str(config), "--quiet")
+    assert result.exit_code == 1
+    assert "not empty and not an export of run 'exp'" in result.stderr
+    assert "the run is recorded" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from exprof.clients.outcome import Failure, Outcome
@@ -45,8 +46,10 @@ def sample_events(
     refused = builtin.is_refusal(outcome.completion, outcome.metadata)
     values = errors = None
     if metrics:
+        # A copy: the repeats of a mock sample share one metadata dict, and a metric
+        # that changed it would change what the other repeats record.
         values, errors = custom.evaluate(
-            metrics, sample.to_payload(), outcome.completion, outcome.metadata
+            metrics, sample.to_payload(), outcome.completion, copy.deepcopy(outcome.metadata)
         )
     scored = SampleScored(
         sample.dialogue_id, coverage, refused, missing, values, errors or None, repeat

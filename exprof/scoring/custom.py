@@ -383,9 +383,11 @@ def check_value(value: object) -> Value:
             raise TypeError("a metric's dict must map names to numbers or booleans")
         return {k: check_value(v) for k, v in value.items()}  # type: ignore[misc]
     if isinstance(value, bool):
-        return value
+        return bool(value)
     if isinstance(value, int | float) and math.isfinite(value):
-        return value
+        # As the built-in type: a subclass's (numpy.float64's) JSON would differ between
+        # the line written as the run answers and the one read back from the store.
+        return float(value) if isinstance(value, float) else int(value)
     raise TypeError(f"a metric must return a number, a boolean or a dict, got {value!r}"[:200])
 
 
