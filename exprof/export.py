@@ -266,10 +266,10 @@ class StreamedExport:
     would) instead of read back from the store at the end, which cost a 100k-sample run
     a sixth of its time. The lines are ExportLines', from the very events the run
     appends, so the files are byte for byte what `exprof export` writes from the store
-    (the crash-loop and golden tests compare the two). The runner uses it only where that
-    holds: every (sample, repeat) of the run answered by one loop, in dataset order, and
-    the run finished; anything else is exported from the store. Any write failure drops
-    it, and the export from the store then says what is wrong."""
+    (tests/test_streamed_export.py and the crash loops compare the two). The runner uses
+    it only where that holds: every (sample, repeat) of the run answered by one loop, in
+    dataset order, and the run finished; anything else is exported from the store. Any
+    write failure drops it, and the export from the store then says what is wrong."""
 
     def __init__(self, out: Path, started: RunStarted, expected: int) -> None:
         self.out = out
