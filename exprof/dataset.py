@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,14 @@ def sample_digest_line(sample: Sample) -> bytes:
     return dumps(sample.to_payload()).encode() + b"\n"
 
 
+def dataset_sha256(samples: Iterable[Sample]) -> str:
+    """The dataset digest a run records: its samples' payloads, a JSON line each."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(sample_digest_line(sample))
+    return digest.hexdigest()
+
+
 def scan_dataset(path: str | Path) -> DatasetFile:
     """Validate the dataset in one streaming pass, holding neither its text nor its
     samples: the count, the digest and an 8-byte hash per dialogue_id (for duplicates).
@@ -122,10 +130,7 @@ def scan_dataset(path: str | Path) -> DatasetFile:
         samples = load_dataset(path)  # raises the error, named as always
         # Valid after all: two dialogue_ids share a hash (about 1 in 10^7 at a million
         # samples), or the file was fixed meanwhile. Digest what was loaded.
-        digest = hashlib.sha256()
-        for sample in samples:
-            digest.update(sample_digest_line(sample))
-        count = len(samples)
+        return DatasetFile(path, len(samples), dataset_sha256(samples))
     return DatasetFile(path, count, digest.hexdigest())
 
 

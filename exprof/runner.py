@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import socket
 import sys
@@ -21,7 +20,7 @@ from exprof.clients.mock import MockClient
 from exprof.clients.outcome import Failure
 from exprof.clients.replay import ReplayClient
 from exprof.config import Config, auto_run_id
-from exprof.dataset import DatasetFile, Sample
+from exprof.dataset import DatasetFile, Sample, dataset_sha256
 from exprof.errors import (
     EXIT_OK,
     EXIT_SAMPLES_FAILED,
@@ -32,7 +31,6 @@ from exprof.errors import (
 )
 from exprof.export import StreamedExport, check_export_dir, export_run
 from exprof.heap import collector_paused, settled_heap
-from exprof.jsonio import dumps
 from exprof.render import Progress
 from exprof.scoring import custom, judge, sample_events
 from exprof.signals import deferred_signals
@@ -69,14 +67,6 @@ class RunResult:
     exit_code: int
     message: str
     over_budget: bool = False  # stopped by budget_usd (issue 12); resumable
-
-
-def dataset_sha256(samples: list[Sample]) -> str:
-    digest = hashlib.sha256()
-    for sample in samples:
-        digest.update(dumps(sample.to_payload()).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:

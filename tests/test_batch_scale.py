@@ -13,9 +13,9 @@ from test_bad_input import DATASET_CASES, MOCKS, _write
 import exprof.dataset
 from conftest import KEY, write_experiment
 from exprof.config import load_config
-from exprof.dataset import load_dataset, scan_dataset
+from exprof.dataset import dataset_sha256, load_dataset, scan_dataset
 from exprof.errors import ExprofError
-from exprof.runner import Runner, dataset_sha256
+from exprof.runner import Runner
 from exprof.store.engine import Store, store_url
 
 
