@@ -27,6 +27,7 @@ from exprof.store.leases import HELD, LEASE_COLUMNS, Lease
 from exprof.store.queries import Queries, like_prefix
 from exprof.store.workers import (
     Workers,
+    add_row,
     anyone_on,
     beat,
     drop_dead,
@@ -316,7 +317,7 @@ def _last_seq(conn: Connection, run_id: str) -> int:
 def _insert_lease(conn: Connection, run_id: str) -> Lease:
     mine = Lease.mine(run_id)
     execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead holder's
-    execute(conn, f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", mine.row())
+    add_row(conn, "leases", mine)
     HELD.add(mine.token)
     return mine
 

@@ -15,6 +15,7 @@ the store's write lock; on SQLite the claim holds the write lock (BEGIN IMMEDIAT
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -35,19 +36,27 @@ if TYPE_CHECKING:  # the methods below are Store's (this mixes into it)
 CLAIM_ROWS_PER_INSERT = 1000
 
 
+def rows_of(conn: Connection, table: str, run_id: str) -> list[Lease]:
+    """The run's rows in `leases` (its holder: one at most) or `workers`, alive or not."""
+    rows = execute(conn, f"SELECT {LEASE_COLUMNS} FROM {table} WHERE run_id = ?", (run_id,))
+    return [Lease(*row) for row in rows.all()]
+
+
+def add_row(conn: Connection, table: str, lease: Lease) -> None:
+    """A lease holder's row in `leases`, or a worker's in `workers` (one shape)."""
+    execute(
+        conn, f"INSERT INTO {table} ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", lease.row()
+    )
+
+
 def live_holder(conn: Connection, run_id: str) -> Lease | None:
     """The run's lease holder, if it is still alive."""
-    row = execute(
-        conn, f"SELECT {LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    lease = Lease(*row) if row else None
-    return lease if lease and lease.is_alive() else None
+    return next((lease for lease in rows_of(conn, "leases", run_id) if lease.is_alive()), None)
 
 
 def live_workers(conn: Connection, run_id: str) -> list[Lease]:
     """The joined workers of the run that are still alive."""
-    rows = execute(conn, f"SELECT {LEASE_COLUMNS} FROM workers WHERE run_id = ?", (run_id,))
-    return [lease for lease in (Lease(*row) for row in rows.all()) if lease.is_alive()]
+    return [lease for lease in rows_of(conn, "workers", run_id) if lease.is_alive()]
 
 
 def anyone_on(conn: Connection, run_id: str) -> Lease | None:
@@ -92,11 +101,8 @@ def register(conn: Connection, lease: Lease) -> None:
     if _has_row(conn, "workers", lease):
         return
     fence(conn, lease)  # the lease holder's first claim: its lease row must still be there
-    execute(
-        conn,
-        f"INSERT INTO workers ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (*lease.row()[:5], time.time(), lease.started),  # beating now: the lease's may be older
-    )
+    # Beating now: the lease's own heartbeat may be older.
+    add_row(conn, "workers", dataclasses.replace(lease, heartbeat_at=time.time()))
 
 
 def drop_dead(conn: Connection, mine: Lease) -> None:
@@ -104,10 +110,7 @@ def drop_dead(conn: Connection, mine: Lease) -> None:
     (and a dead holder's lease row), so that their unanswered samples can be claimed
     again and any late write of theirs is refused (fence)."""
     for table in ("workers", "leases"):
-        rows = execute(
-            conn, f"SELECT {LEASE_COLUMNS} FROM {table} WHERE run_id = ?", (mine.run_id,)
-        )
-        for lease in (Lease(*row) for row in rows.all()):
+        for lease in rows_of(conn, table, mine.run_id):
             if lease.token != mine.token and not lease.is_alive():
                 forget(conn, mine.run_id, lease.token)
 
@@ -140,11 +143,7 @@ class Workers:
         """Register this process as one more worker of the run."""
         mine = Lease.mine(run_id)
         with cast("Store", self).write() as conn:
-            execute(
-                conn,
-                f"INSERT INTO workers ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                mine.row(),
-            )
+            add_row(conn, "workers", mine)
         HELD.add(mine.token)
         return mine
 
