@@ -467,11 +467,7 @@ class Runner:
                 summary = run_summary(self.store, run_id)
                 return RunResult(run_id, summary, EXIT_OK, f"run {run_id}: nothing left to claim")
             failed = counts.get("failed", 0)
-            # a signal here abandons the export, see below
-            if record is not None:
-                summary = self._export(record, streamed)
-            else:
-                summary = export_run(self.store, run_id, self.output_dir / run_id)
+            summary = self._export(run_id, record, streamed)  # a signal abandons it, see below
         except KeyboardInterrupt as stop:
             return self._stopped_exporting(run_id, stop)
         finally:
@@ -499,7 +495,7 @@ class Runner:
                     after_seq=None,
                     fenced=lease,
                 )
-            summary = self._export(record)
+            summary = self._export(run_id, record)
         except KeyboardInterrupt as again:
             return self._stopped_exporting(run_id, again)
         finally:
@@ -663,7 +659,7 @@ class Runner:
             )
         try:
             self.store.append(run_id, [RunInterrupted(message)], after_seq=None, fenced=lease)
-            summary = self._export(record)
+            summary = self._export(run_id, record)
         finally:
             self.store.release_lease(lease)
         return RunResult(run_id, summary, EXIT_SAMPLES_FAILED, message, over_budget=True)
@@ -692,19 +688,24 @@ class Runner:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _export(self, record: RunRecord, streamed: StreamedExport | None = None) -> dict[str, Any]:
-        """Export: the files written as the run answered, when they are whole (see
-        _streamed_export); else from the store, handing over the dataset when we hold all
-        of it (saves re-reading it)."""
-        samples = None if record.partial else record.samples
+    def _export(
+        self,
+        run_id: str,
+        record: RunRecord | None = None,
+        streamed: StreamedExport | None = None,
+    ) -> dict[str, Any]:
+        """Export a recorded run: the files written as it answered, when they are whole
+        (see _streamed_export); else from the store, handing over the dataset when we
+        hold all of it (saves re-reading it)."""
+        samples = None if record is None or record.partial else record.samples
         try:
             if streamed is not None and streamed.whole:
-                return streamed.complete(self.store, record.run_id)
-            return export_run(self.store, record.run_id, self.output_dir / record.run_id, samples)
+                return streamed.complete(self.store, run_id)
+            return export_run(self.store, run_id, self.output_dir / run_id, samples)
         except ExprofError as exc:
             # Exit 1, not 2: the run is recorded (exit 2 promises that nothing was).
             raise ExprofError(
                 f"{exc.message}; the run is recorded: once that is fixed, write its files "
-                f"with `exprof export {record.run_id}`",
+                f"with `exprof export {run_id}`",
                 EXIT_SAMPLES_FAILED,
             ) from None

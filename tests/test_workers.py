@@ -387,9 +387,12 @@ KILL_BEFORE_FINISHING = (
 )
 
 
-def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, db_url):
+@pytest.mark.parametrize("intruded", [False, True])
+def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, db_url, intruded):
     """The only worker is SIGKILLed after its final answer, before RunFinished and the
-    export: a `resume --join` that finds nothing to claim finishes and exports the run."""
+    export: a `resume --join` that finds nothing to claim finishes and exports the run.
+    If someone else's file sits in the export folder, the run is still finished, and the
+    refusal says the run is recorded (exit 1, not 2), as any finished run's does."""
     samples, mocks = make_samples(20)
     config = write_experiment(tmp_path / "e", samples, mocks, concurrency=2)
     env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
@@ -410,7 +413,17 @@ def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, d
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert "run_finished" not in event_types(db_url, "w")
         sent = server.state.requests
+        if intruded:
+            (tmp_path / "runs" / "w").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "runs" / "w" / "notes.txt").write_text("mine", encoding="utf-8")
         code, err = finish(exprof("resume", "w", "--join", *flags, cwd=tmp_path, env=env))
+        if intruded:
+            assert code == 1, err
+            assert "not empty and not an export of run 'w'" in err
+            assert "the run is recorded" in err
+            assert event_types(db_url, "w").count("run_finished") == 1
+            assert sorted(p.name for p in (tmp_path / "runs" / "w").iterdir()) == ["notes.txt"]
+            return
         assert code == 0, err
         assert server.state.requests == sent  # nothing sent again
     assert event_types(db_url, "w").count("run_finished") == 1
