@@ -252,7 +252,7 @@ def run(
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
     # A live batch run streams its dataset (a million samples never held); the rest load it.
     samples: list[Sample] = []  # for a dry run or an experiment: they need it whole
-    dataset: list[Sample] | DatasetFile = samples
+    dataset: list[Sample] | DatasetFile
     if live and config.batch and not config.matrix and not dry_run:
         dataset = scan_dataset(config.dataset_path)
     else:
