@@ -1,4 +1,4 @@
-"""Batch runs (issue 13): samples go out as Message Batches at half the price, and no
+"""Batch runs: samples go out as Message Batches at half the price, and no
 batch is ever lost to a crash.
 
 The protocol, in events: BatchIntent (which samples, and a clock reading) is committed

@@ -1,4 +1,4 @@
-"""`budget_usd` (issue 12): stop dispatching once the recorded cost reaches a limit.
+"""`budget_usd`: stop dispatching once the recorded cost reaches a limit.
 
 The cost is what the store says was spent: the tokens of the answers recorded for the
 runs under the budget (all the cells of an experiment), priced by the pricing table;

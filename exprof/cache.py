@@ -1,4 +1,4 @@
-"""Reusing recorded answers (issue 12, `cache: true`): the cache is the event store.
+"""Reusing recorded answers (`cache: true`): the cache is the event store.
 
 A request is identical to a recorded one when the model, the parameters actually sent,
 the system prompt, the user prompt, max_tokens and the API version are the same, and so

@@ -440,7 +440,7 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         headers.insert(-1, "batches")
     if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them
         headers.insert(-1, "metrics")
-    if any("cell" in r for r in rows):  # matrix cells' parameters (issue 12)
+    if any("cell" in r for r in rows):  # matrix cells' parameters
         headers.insert(2, "cell")
     click.echo(render([[_cell(r.get(h)) for h in headers] for r in rows], headers, format_, rows))
 
@@ -706,7 +706,7 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
         headers[4:4] = ["repeats", "pass_at_k", "pass_hat_k", "refusal_flips"]
     if any("responses_reused" in c for c in cells):  # cache: true
         headers[-2:-2] = ["responses_reused", "cost_avoided_usd"]
-    # Custom metrics (issue 9), each with its interval, after the built-in ones.
+    # Custom metrics, each with its interval, after the built-in ones.
     custom = list(dict.fromkeys(name for c in cells for name in c.get("metrics") or {}))
     at = headers.index("geometric_mean") + 1
     headers[at:at] = [f"metrics.{n}{suffix}" for n in custom for suffix in ("", "_ci95")]

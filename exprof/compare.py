@@ -95,7 +95,7 @@ def load_side(ref: str, store_factory: Any) -> Side:
 
 
 def _average_repeats(rows: list[tuple[str, float, bool]]) -> list[tuple[str, float, float]]:
-    """One row per sample, its repeats averaged (issue 12): coverage and refusal rate are
+    """One row per sample, its repeats averaged: coverage and refusal rate are
     then means over each sample's repeats, so compare pairs samples, not repeats."""
     sums: dict[str, list[float]] = {}
     for dialogue_id, coverage, refused in rows:
@@ -130,7 +130,7 @@ def _side_from_dir(path: Path) -> Side:
         try:
             row = loads(line)
             dialogue_id = row["dialogue_id"]
-            # With repeats (issue 12) a line is one (sample, repeat): averaged below.
+            # With repeats a line is one (sample, repeat): averaged below.
             rows[dialogue_id, int(row.get("repeat", 0))] = row
             scores.append((dialogue_id, float(row["fact_coverage"]), bool(row["refused"])))
             missing[dialogue_id] = list(row["facts_missing"])

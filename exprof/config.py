@@ -49,7 +49,7 @@ OPTIONAL_KEYS = (
     "cache",
     "budget_usd",
 )
-# The parameters a matrix may vary (issue 12), and the most cells run without --yes.
+# The parameters a matrix may vary, and the most cells run without --yes.
 MATRIX_KEYS = ("model", "temperature", "max_tokens", "system")
 MAX_CELLS = 24
 MAX_REPEATS = 1000
@@ -75,14 +75,14 @@ class Config:
     mock_responses_path: str
     log_schema_version: int = 1
     output_fields: list[str] = field(default_factory=lambda: ["completion", "metadata"])
-    # Built-in names, and custom metric specs as normalised by scoring.custom (issue 9).
+    # Built-in names, and custom metric specs as normalised by scoring.custom.
     metrics: list[str | dict[str, Any]] = field(default_factory=lambda: list(METRIC_NAMES))
     concurrency: int = DEFAULT_CONCURRENCY
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout_s: float = DEFAULT_TIMEOUT_S
     api_version: str = SDK_API_VERSION
     pricing: dict[str, dict[str, float]] = field(default_factory=dict)
-    batch: bool = False  # send through the Message Batches API (issue 13)
+    batch: bool = False  # send through the Message Batches API
     batch_poll_s: float | None = None  # first poll interval; None: the batch runner's default
     rate_limit: dict[str, int] = field(default_factory=dict)  # a cap below the org's limits
     # Issue 12. `matrix` maps a parameter to its values (system: name -> text); a cell's

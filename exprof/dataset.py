@@ -26,7 +26,7 @@ class Sample:
     system: str
     user: str
     required_facts: tuple[str, ...] = ()
-    # Which repeat of the sample a request is (issue 12); never part of the snapshot.
+    # Which repeat of the sample a request is; never part of the snapshot.
     repeat: int = 0
 
     def to_payload(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`exprof run --dry-run` (issue 12): what a run or an experiment would send and cost,
+"""`exprof run --dry-run`: what a run or an experiment would send and cost,
 computed without writing anything.
 
 Input tokens come from messages.count_tokens in live mode. Offline they are estimated

@@ -1,4 +1,4 @@
-"""Matrix experiments (issue 12): one config, many cells, each cell a run of its own.
+"""Matrix experiments: one config, many cells, each cell a run of its own.
 
 `matrix:` maps parameters (model, temperature, max_tokens, system) to lists of values;
 every combination is a cell. The experiment is recorded first, as an ExperimentStarted
@@ -268,7 +268,7 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
     if summary.get("repeats"):
         for name in ("repeats", "pass_at_k", "pass_hat_k", "refusal_flips"):
             out[name] = summary[name]
-    if summary.get("metrics"):  # custom metrics (issue 9): their means, as in summarize
+    if summary.get("metrics"):  # custom metrics: their means, as in summarize
         out["metrics"], out["metrics_ci95"] = summary["metrics"], summary["metrics_ci95"]
     if "responses_reused" in summary:  # cache: true (answers taken from the store)
         out["responses_reused"] = summary["responses_reused"]

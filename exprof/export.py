@@ -209,7 +209,7 @@ class ExportLines:
             if started.mode == "mock"
             else {}
         )
-        # With repeats (issue 12) every line is one (sample, repeat) and names its repeat;
+        # With repeats every line is one (sample, repeat) and names its repeat;
         # without, the lines are exactly what they were before repeats existed.
         self.with_repeat = config.repeats > 1
         # Metadata never shadows the line's own fields (the mock loader refuses such

@@ -66,12 +66,12 @@ class RunResult:
     summary: dict[str, Any]
     exit_code: int
     message: str
-    over_budget: bool = False  # stopped by budget_usd (issue 12); resumable
+    over_budget: bool = False  # stopped by budget_usd; resumable
 
 
 def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:
     """Each sample `repeats` times, as distinct requests tagged with their repeat index
-    (issue 12); the samples themselves when there is one repeat."""
+    ; the samples themselves when there is one repeat."""
     if repeats == 1:
         return samples
     return [dataclasses.replace(s, repeat=r) for s in samples for r in range(repeats)]
@@ -667,7 +667,7 @@ class Runner:
     def _reuse(
         self, record: RunRecord, seq: int, pending: list[Sample]
     ) -> tuple[int, list[Sample]]:
-        """Record the answers the store already holds for identical requests (issue 12);
+        """Record the answers the store already holds for identical requests;
         return the new seq and the samples still to send."""
         from exprof.cache import find_answers
 

@@ -33,7 +33,7 @@ def run_summary(
     # when they can find something (a mock answer seldom has a latency), so a summary
     # grows as little as it can with the run.
     by_status = store.sample_stats(run_id)
-    # With repeats (issue 12) every (sample, repeat) pair is one unit of work.
+    # With repeats every (sample, repeat) pair is one unit of work.
     total, mode = run.samples_total * run.repeats, run.mode
     ok = by_status.get("ok", StatusStats(0, 0.0, 0, 0, 0, 0, 0))
     completed = ok.count
@@ -63,7 +63,7 @@ def run_summary(
     if run.repeats > 1:
         summary.update(repeat_fields(store, run_id, run.repeats, repeat_stats))
     reused, reused_in, reused_out = ok.reused, ok.reused_input_tokens, ok.reused_output_tokens
-    if reused:  # answers taken from the store (issue 12): what they would have cost
+    if reused:  # answers taken from the store: what they would have cost
         summary["responses_reused"] = reused
         avoided = estimate_cost(
             start.config["model"], reused_in, reused_out, start.config["pricing"]
@@ -166,7 +166,7 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         }
         row.update(metrics.aggregate(coverage_sum, refused, done))
         started = load_started(store, run_id)
-        if started.cell is not None:  # a matrix cell (issue 12): its parameters
+        if started.cell is not None:  # a matrix cell: its parameters
             row["cell"] = ", ".join(f"{k}={v}" for k, v in started.cell["params"].items())
         # Custom metric means, read from the events only for runs that have them.
         config = started.config

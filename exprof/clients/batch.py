@@ -1,4 +1,4 @@
-"""The Message Batches client (issue 13), on the official SDK's `messages.batches`.
+"""The Message Batches client, on the official SDK's `messages.batches`.
 
 Create bodies are streamed (one request serialised at a time, through the SDK's `post`
 with an iterable body) and results are read line by line from the SDK's streaming

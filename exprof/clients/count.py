@@ -1,5 +1,5 @@
 """Input-token counts from the API's free messages.count_tokens endpoint, for
-`exprof run --dry-run` in live mode (issue 12). Nothing is recorded."""
+`exprof run --dry-run` in live mode. Nothing is recorded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rescore client (issue 9): answers each sample with the response another run
+"""The rescore client: answers each sample with the response another run
 recorded for it, so a run can be scored again with new metrics and no API call."""
 
 from __future__ import annotations

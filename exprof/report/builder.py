@@ -200,7 +200,7 @@ def _run_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
             strict=True,
         )
     ]
-    for name, value in (summary.get("metrics") or {}).items():  # custom metrics (issue 9)
+    for name, value in (summary.get("metrics") or {}).items():  # custom metrics
         parts = value.items() if isinstance(value, dict) else [(None, value)]
         for key, mean in parts:
             label = name if key is None else f"{name}.{key}"

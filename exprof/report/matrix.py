@@ -1,4 +1,4 @@
-"""What the experiment page shows (issue 14 part 5): a heatmap of cells by metric, and
+"""What the experiment page shows: a heatmap of cells by metric, and
 every cell against a baseline.
 
 Nothing here computes a statistic. The cells' metrics come from

@@ -27,7 +27,7 @@ def sample_events(
     """The events that record one sample's request and its outcome, scored with the
     built-in metrics and `metrics`, the config's custom ones (see custom.build). With
     `reused_from`, the outcome is the answer recorded by that event, taken instead of
-    sending (issue 12): no request, a ResponseReused, and the scores as usual."""
+    sending: no request, a ResponseReused, and the scores as usual."""
     repeat = sample.repeat
     sent = RequestSent(sample.dialogue_id, getattr(outcome, "attempts", 1), repeat)
     if isinstance(outcome, Failure):

@@ -1,4 +1,4 @@
-"""Custom metrics (issue 9): the `metrics:` entries that are mappings, validated once when
+"""Custom metrics: the `metrics:` entries that are mappings, validated once when
 the config is loaded and evaluated on every answer as it is recorded.
 
 A spec is normalised to a plain dict (paths made absolute, a JSON Schema's content

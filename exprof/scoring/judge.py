@@ -1,4 +1,4 @@
-"""Model-graded (`judge`) metrics (issue 9): the grader's prompt, its reply parsed to a
+"""Model-graded (`judge`) metrics: the grader's prompt, its reply parsed to a
 score, the cost announced before any request, and the grading itself through the run's
 own client: the mock answers from the spec's `judge_responses`, a live run through the
 SDK. The runner records each grader request and reply as events.
@@ -40,7 +40,7 @@ class Task:
     max_tokens: int
     system: str
     user: str
-    repeat: int = 0  # which repeat's answer (issue 12): each is graded on its own
+    repeat: int = 0  # which repeat's answer: each is graded on its own
 
 
 def specs(metrics: Iterable[object]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ Slot = tuple[str, int]  # (dialogue_id, repeat): one answer of a run with repeat
 
 def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[Slot, dict[str, Any]]:
     """(dialogue_id, repeat) -> {metric: value, ..., "metric_errors": {...} where any
-    failed}: each repeat keeps its own values (issue 12). Judge scores come from their
+    failed}: each repeat keeps its own values. Judge scores come from their
     own events; the latest event for an answer wins."""
     names = metric_names(config)
     if not names:
@@ -58,7 +58,7 @@ def in_config_order(
 
 
 def per_dialogue(by_slot: dict[Slot, dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    """dialogue_id -> its values, the repeats of a sample averaged (issue 12): a sample is
+    """dialogue_id -> its values, the repeats of a sample averaged: a sample is
     one cluster, so its metric value is the mean of its repeats' values (None where no
     repeat has one; a dict metric's keys each averaged). A sample answered once keeps its
     row as recorded, so a run without repeats reads exactly as before."""
@@ -105,7 +105,7 @@ def summary_fields(
     """`metrics` (each custom metric's mean) and `metric_errors` (counts) for summary.json;
     empty for a run without custom metrics, so its summary keeps the seed's keys. With
     repeats the means are over samples, each the mean of its repeats, and
-    `metrics_ci95` gives each one's clustered 95% interval (issue 12); `ci` asks for
+    `metrics_ci95` gives each one's clustered 95% interval; `ci` asks for
     the intervals without repeats too (summarize EXPERIMENT_ID shows every metric's)."""
     names = metric_names(config)
     if not names:

@@ -1,4 +1,4 @@
-"""A batch run's Message Batches, folded from its batch events (issue 13).
+"""A batch run's Message Batches, folded from its batch events.
 
 Intents, the batches they created, what the last poll saw, which ended and which the
 user cancelled: everything a resume, `exprof cancel` and `exprof runs` need, read back

@@ -54,7 +54,7 @@ class RunStarted(Event):
     sent_params: dict[str, Any]
     exprof_version: str
     snapshot_chunk: int = 2000  # samples per DatasetChunk: chunk k holds k*n .. k*n+n-1
-    # A matrix cell's place (issue 12): {"experiment", "name", "params"}; absent from the
+    # A matrix cell's place: {"experiment", "name", "params"}; absent from the
     # payload of a run outside an experiment, which records exactly what it always did.
     cell: dict[str, Any] | None = None
 
@@ -97,7 +97,7 @@ class RequestSent(Event):
     type: ClassVar[str] = "request_sent"
     dialogue_id: str
     attempts: int = 1
-    repeat: int = 0  # which of the run's repeats of the sample (issue 12)
+    repeat: int = 0  # which of the run's repeats of the sample
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class SampleScored(Event):
     fact_coverage: float
     refused: bool
     facts_missing: list[str] = field(default_factory=list)
-    # Custom metrics (issue 9): absent from the payload when the config has none, so a
+    # Custom metrics: absent from the payload when the config has none, so a
     # seed-only run records exactly what it always did.
     metrics: dict[str, Any] | None = None
     metric_errors: dict[str, str] | None = None
@@ -143,7 +143,7 @@ class SampleScored(Event):
 
 @dataclass(frozen=True)
 class JudgeRequestSent(Event):
-    """A grader model's prompt for one sample and one judge metric (issue 9)."""
+    """A grader model's prompt for one sample and one judge metric."""
 
     type: ClassVar[str] = "judge_request_sent"
     dialogue_id: str
@@ -151,7 +151,7 @@ class JudgeRequestSent(Event):
     model: str
     system: str
     user: str
-    repeat: int = 0  # which repeat's answer is graded (issue 12)
+    repeat: int = 0  # which repeat's answer is graded
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class JudgeScored(Event):
 
 @dataclass(frozen=True)
 class RescoreStarted(Event):
-    """A rescore run (issue 9): which run's recorded responses it reuses, and how its
+    """A rescore run: which run's recorded responses it reuses, and how its
     config differs from that run's."""
 
     type: ClassVar[str] = "rescore_started"
@@ -195,7 +195,7 @@ class RunFinished(Event):
 
 @dataclass(frozen=True)
 class BatchIntent(Event):
-    """Written before a Message Batches create call (issue 13): which samples the batch
+    """Written before a Message Batches create call: which samples the batch
     will carry, as [start, stop) position ranges, and a lower bound on its creation time,
     so that a resume after a crash between the call and BatchSubmitted can find the batch
     in the API's list (by creation time and request count) instead of paying again."""
@@ -263,7 +263,7 @@ BATCH_EVENTS = (BatchIntent, BatchSubmitted, BatchVoided, BatchPolled, BatchEnde
 
 @dataclass(frozen=True)
 class ExperimentStarted(Event):
-    """A matrix experiment's record (issue 12), the first event of its own stream (keyed
+    """A matrix experiment's record, the first event of its own stream (keyed
     by the experiment id): the config, the mode, and each cell's name, parameters and run
     id, written before any cell starts so that resume knows every cell."""
 
@@ -276,7 +276,7 @@ class ExperimentStarted(Event):
 
 @dataclass(frozen=True)
 class ResponseReused(ResponseReceived):
-    """An answer taken from the store instead of sent (issue 12, `cache: true`): the
+    """An answer taken from the store instead of sent (`cache: true`): the
     identical request's recorded answer, copied, with the id of the event that first
     recorded it. It counts as the sample's response everywhere a response does."""
 

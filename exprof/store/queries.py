@@ -51,7 +51,7 @@ class StatusStats:
     output_tokens: int
     attempts_sum: int
     attempts_count: int
-    reused: int = 0  # answers taken from the store (issue 12), and their tokens
+    reused: int = 0  # answers taken from the store, and their tokens
     reused_input_tokens: int = 0
     reused_output_tokens: int = 0
     latencies: int = 0  # samples with a recorded latency
@@ -127,7 +127,7 @@ class Queries:
 
     def sample_stats(self, run_id: str) -> dict[str, StatusStats]:
         rows = self._all(
-            # A reused answer's tokens were not paid for again (issue 12): not counted.
+            # A reused answer's tokens were not paid for again: not counted.
             "SELECT status, count(*), sum(fact_coverage), sum(refused), "
             "sum(CASE WHEN reused = 1 THEN 0 ELSE input_tokens END), "
             "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END), "
@@ -264,7 +264,7 @@ class Queries:
         [(type_, payload)] = self._all("SELECT type, payload FROM events WHERE id = ?", (event_id,))
         return from_row(type_, loads(payload))
 
-    # -- experiments (issue 12) -------------------------------------------------
+    # -- experiments -------------------------------------------------
 
     def runs_of_model(self, model: str, mode: str) -> list[str]:
         """Runs that asked this model in this mode: where an identical request may be."""
