@@ -236,7 +236,7 @@ def run(
     """Start a new run: send every sample, record it, export, print the summary."""
     from exprof.config import check_run_id, load_config, with_overrides
     from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
-    from exprof.runner import Runner
+    from exprof.run.runner import Runner
 
     _check_concurrency(concurrency)
     if run_id is not None:
@@ -324,7 +324,7 @@ def resume(
     """Continue a run that stopped early, sending only the samples still owed; given an
     experiment id, continue every unfinished cell of the experiment. With --join, work
     on a live run beside the workers already on it."""
-    from exprof.runner import Runner
+    from exprof.run.runner import Runner
 
     _check_concurrency(concurrency)
     store = open_store(db, output_dir)
@@ -341,7 +341,7 @@ def resume(
         _finish_experiment(found, format_)
     budget = None
     if budget_usd is not None:
-        from exprof.budget import Budget
+        from exprof.run.budget import Budget
 
         budget = Budget(store, [run_id], budget_usd)
     result = runner.resume(
@@ -374,7 +374,7 @@ def rescore(
 ) -> None:
     """A new run scoring RUN_ID's recorded responses with FILE's metrics: no API call."""
     from exprof.config import check_run_id, load_config
-    from exprof.runner import Runner
+    from exprof.run.runner import Runner
 
     if new_run_id is not None:
         check_run_id(new_run_id, "--run-id")
@@ -590,7 +590,7 @@ def report(
 @store_options
 def cancel(run_id: str, output_dir: str, db: str | None) -> None:
     """Cancel a batch run's in-flight batches on purpose (not sent again on resume)."""
-    from exprof.batch_run import cancel_run
+    from exprof.run.batch import cancel_run
 
     cancelled = cancel_run(open_store(db, output_dir), run_id)
     click.echo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import json
 import os
@@ -280,3 +281,23 @@ def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
                     "the record's own; rename it"
                 )
     return data
+
+
+def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:
+    """Each sample `repeats` times, as distinct requests tagged with their repeat index;
+    the samples themselves when there is one repeat."""
+    if repeats == 1:
+        return samples
+    return [dataclasses.replace(s, repeat=r) for s in samples for r in range(repeats)]
+
+
+def pending_pairs(samples: list[Sample], slots: set[int], repeats: int) -> list[Sample]:
+    """The (sample, repeat) pairs still owed, from their slots (position * repeats +
+    repeat) and the owed samples in dataset order (as load_run returns them)."""
+    if repeats == 1:
+        return samples
+    by_position = dict(zip(sorted({slot // repeats for slot in slots}), samples, strict=True))
+    return [
+        dataclasses.replace(by_position[slot // repeats], repeat=slot % repeats)
+        for slot in sorted(slots)
+    ]

@@ -9,7 +9,7 @@ tokens are not known before the answers: the cost shows the input part and, as a
 bound, what every request would cost if it used all of max_tokens.
 
 With `cache: true`, the requests the store would answer from a recorded identical
-request (exprof.cache) are counted apart, as `reused`, and cost nothing.
+request (exprof.run.cache) are counted apart, as `reused`, and cost nothing.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from exprof import __version__
-from exprof.cache import find_sources, request_identity
 from exprof.config import Config
-from exprof.dataset import Sample
+from exprof.dataset import Sample, with_repeats
 from exprof.experiment import cell_config, cell_samples, plan_cells
 from exprof.pricing import price_for
-from exprof.runner import with_repeats
+from exprof.run.cache import find_sources, request_identity
 from exprof.store.engine import Store
 from exprof.store.events import RunStarted
 

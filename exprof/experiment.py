@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from exprof.budget import Budget
 from exprof.config import MAX_CELLS, Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -30,7 +29,8 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
-from exprof.runner import Runner, RunResult
+from exprof.run.budget import Budget
+from exprof.run.runner import Runner, RunResult
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted

@@ -195,9 +195,9 @@ def test_polls_back_off_from_the_poll_interval(tmp_path, fake, invoke):
 
 
 def test_batch_split_at_the_request_limit(tmp_path, fake, invoke, monkeypatch):
-    import exprof.batch_run
+    import exprof.run.batch
 
-    monkeypatch.setattr(exprof.batch_run, "MAX_REQUESTS", 7)
+    monkeypatch.setattr(exprof.run.batch, "MAX_REQUESTS", 7)
     server = fake()
     config = experiment(tmp_path, batch_samples(30))
     assert invoke("run", "--config", str(config)).exit_code == 0

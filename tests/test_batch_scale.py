@@ -15,7 +15,7 @@ from conftest import KEY, write_experiment
 from exprof.config import load_config
 from exprof.dataset import dataset_sha256, load_dataset, scan_dataset
 from exprof.errors import ExprofError
-from exprof.runner import Runner
+from exprof.run.runner import Runner
 from exprof.store.engine import Store, store_url
 
 

@@ -553,7 +553,7 @@ def test_resume_with_repeats_sends_only_the_missing_pairs(tmp_path, invoke):
     assert store.pending_positions("exp", True) == {4, 5}  # slots of d00002's repeats
     # Give the mock its answer back through a fresh run's record: resume reads the
     # recorded mocks, so instead check what resume would send.
-    from exprof.runner import pending_pairs
+    from exprof.dataset import pending_pairs
     from exprof.store.record import load_run
 
     owed = store.pending_positions("exp", True)

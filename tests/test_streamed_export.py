@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import exprof.export
-import exprof.runner
+import exprof.run.runner
 from conftest import make_samples, write_experiment
 from exprof.export import FILES, MARKER
 
-REAL_EXPORT = exprof.runner.export_run
+REAL_EXPORT = exprof.run.runner.export_run
 
 # A metric that fails on some answers, so scores.jsonl carries metric_errors too.
 FLAKY = """
@@ -65,7 +65,7 @@ def from_store_refused(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("exported from the store")
 
-    monkeypatch.setattr(exprof.runner, "export_run", refuse)
+    monkeypatch.setattr(exprof.run.runner, "export_run", refuse)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -75,7 +75,7 @@ def test_a_whole_mock_run_streams_the_export_the_store_gives(tmp_path, invoke, c
     (tmp_path / "e" / "flaky.py").write_text(FLAKY, encoding="utf-8")
     calls = []
     monkeypatch.setattr(
-        exprof.runner, "export_run", lambda *a, **k: calls.append(a) or REAL_EXPORT(*a, **k)
+        exprof.run.runner, "export_run", lambda *a, **k: calls.append(a) or REAL_EXPORT(*a, **k)
     )
     run = invoke("run", "--config", str(config), "--quiet")
     assert run.exit_code == 1, run.output  # the samples without a mock answer failed
@@ -111,7 +111,7 @@ def test_a_resumed_run_exports_from_the_store(tmp_path, invoke, from_store_refus
     """The resume answers only the rest: its export needs the store (refused here)."""
     config = write_experiment(tmp_path, *make_samples(30), budget_usd=0.01)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(exprof.runner, "export_run", REAL_EXPORT)
+        patch.setattr(exprof.run.runner, "export_run", REAL_EXPORT)
         assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
     with pytest.raises(AssertionError, match="exported from the store"):
         invoke("resume", "exp", "--quiet", "--budget-usd", "10")
@@ -140,7 +140,7 @@ def test_answers_the_loop_did_not_make_export_from_the_store(tmp_path, invoke, m
         assert invoke("run", "--config", str(config), "--quiet", "--run-id", "one").exit_code == 0
     calls = []
     monkeypatch.setattr(
-        exprof.runner, "export_run", lambda *a, **k: calls.append(a[1]) or REAL_EXPORT(*a, **k)
+        exprof.run.runner, "export_run", lambda *a, **k: calls.append(a[1]) or REAL_EXPORT(*a, **k)
     )
     result = invoke("run", "--config", str(config), "--quiet", "--run-id", "two")
     assert result.exit_code == 0, result.output

@@ -19,7 +19,7 @@ from test_compare import make_run
 
 from conftest import make_samples, write_experiment
 from exprof.export import FILES, MARKER, export_run
-from exprof.runner import Runner
+from exprof.run.runner import Runner
 from exprof.store.engine import Store, store_url
 
 SAMPLES = [{"dialogue_id": "a", "system": "s", "user": "u", "required_facts": ["x"]}]

@@ -298,7 +298,7 @@ def test_heartbeat_is_kept_fresh_while_every_slot_waits_on_retries(
     """A 429 storm holds the only slot in retries and no answer is committed: the
     heartbeat must still advance, or a peer would take the worker for dead and send its
     in-flight samples again."""
-    import exprof.clients.live as live
+    import exprof.run.live as live
 
     monkeypatch.setattr(live, "HEARTBEAT_S", 0.05)
     samples, mocks = make_samples(2)

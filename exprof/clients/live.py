@@ -1,10 +1,9 @@
-"""Live runs through the official anthropic SDK: concurrency, retries, AIMD, Ctrl-C.
+"""The Messages API through the official anthropic SDK: one request's answer, with
+retries, AIMD and the rate-limit pacer.
 
 Retries are ours (the SDK's are turned off) so that each attempt is counted, the
 in-flight limit can adapt to 429s, and a final failure records how many attempts it
-took. Each answer is committed before its slot is given to the next request (answers
-that land in the same event-loop turn share one transaction), so a kill wastes at most
-`concurrency` requests: those in flight, plus answers not yet committed.
+took. The loop that drives many requests is exprof.run.live.
 """
 
 from __future__ import annotations
@@ -12,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from exprof.clients.credentials import redact
@@ -24,16 +20,7 @@ from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
-from exprof.errors import STOP_SIGNALS, ExprofError, interruption
-from exprof.heap import settled_heap
-from exprof.render import Progress
-from exprof.scoring import custom, sample_events
-from exprof.store.engine import Lease, Store
-from exprof.store.events import Event, RunInterrupted
-from exprof.store.record import RunRecord
 
-HEARTBEAT_S = 10.0
-SIGINT_GRACE_S = 5.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
@@ -187,181 +174,3 @@ def _backoff(attempt: int, headers: Any) -> float:
     if after is not None:
         return after
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
-
-
-def run_live(
-    store: Store,
-    record: RunRecord,
-    lease: Lease,
-    seq: int,
-    pending: Iterable[Sample],
-    concurrency: int | None,
-    progress: Progress,
-) -> int:
-    """Send `pending` through the API; return the last seq this worker appended (the run's
-    last, unless other workers joined: they append to the run too). Raises KeyboardInterrupt
-    after a Ctrl-C, once the answers that arrived in the grace period are recorded."""
-    config = record.config
-    if not config.sends_temperature:
-        print(
-            f"warning: temperature {config.temperature} is recorded but not sent: API version "
-            f'{config.api_version} rejects sampling parameters; set api_version: "2023-06-01" '
-            "in the config to send it",
-            file=sys.stderr,
-        )
-    session = _LiveSession(store, record, lease, seq, concurrency or config.concurrency, progress)
-    import anthropic  # noqa: F401  (imported before the freeze, so frozen with the rest)
-
-    # The SDK allocates heavily per request; without this, each full collection would
-    # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
-    with settled_heap():
-        return asyncio.run(session.run(pending))
-
-
-class _LiveSession:
-    def __init__(
-        self,
-        store: Store,
-        record: RunRecord,
-        lease: Lease,
-        seq: int,
-        concurrency: int,
-        progress: Progress,
-    ) -> None:
-        self.store, self.record, self.lease, self.seq = store, record, lease, seq
-        self.concurrency = concurrency
-        self.progress = progress
-        self.arrived: list[Event] = []
-        self.committed: asyncio.Future[None] | None = None
-        self.crashed: list[BaseException] = []
-        self.done = self.errors = 0
-        self.stopping: int | None = None  # the stop signal, once one arrives
-        self.fatal: str | None = None  # the cause, once an error will hit every request
-
-    async def run(self, pending: Iterable[Sample]) -> int:
-        limiter = AdaptiveLimit(self.concurrency)
-        client = LiveClient(self.record.config, limiter)
-        metrics = custom.build(self.record.config.metrics)
-        # Samples in progress (sending, or waiting to retry) are bounded by the configured
-        # concurrency; requests actually in flight by the adaptive limit, inside complete().
-        workers = asyncio.Semaphore(self.concurrency)
-        loop = asyncio.get_running_loop()
-        # The loop's handlers replace the runner's, and removing them would leave
-        # Python's defaults (SIGTERM: die at once), so the runner's are put back after.
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        tasks: set[asyncio.Task[None]] = set()
-        # Beats on a timer, not with the answers: in a 429/529 storm every slot may wait
-        # on retries for longer than STALE_LEASE_S, and a worker that went quiet would
-        # be taken for dead and its in-flight samples sent again by a peer.
-        beating = asyncio.create_task(self._beat())
-        beating.add_done_callback(self._settle(set()))
-
-        async def one(sample: Sample) -> None:
-            try:
-                try:
-                    outcome = await client.complete(sample)
-                except Halted:
-                    return  # never sent: the sample stays pending for a resume
-                if isinstance(outcome, Failure) and outcome.fatal and self.fatal is None:
-                    self.fatal = outcome.fatal
-                await self._record(sample_events(sample, outcome, metrics))
-                self.done += 1
-                self.errors += isinstance(outcome, Failure)
-                self.progress.update(self.done, self.errors, client.status())
-            finally:
-                workers.release()
-
-        try:
-            for sample in pending:
-                await workers.acquire()
-                if self.stopping is not None or self.crashed or self.fatal:
-                    workers.release()
-                    break
-                task = asyncio.create_task(one(sample))
-                tasks.add(task)
-                task.add_done_callback(self._settle(tasks))
-            while tasks and self.stopping is None and not self.fatal and not self.crashed:
-                await asyncio.wait(set(tasks), timeout=0.2)
-            await self._wait_or_cancel(tasks)
-            if self.crashed:
-                raise self.crashed[0]
-        finally:
-            beating.cancel()
-            for signum, handler in previous.items():
-                loop.remove_signal_handler(signum)
-                signal.signal(signum, handler)
-            self._flush()
-            await client.close()
-        if self.fatal:
-            self.progress.close()
-            reason = f"stopped: {self.fatal}"
-            self.seq = self.store.append(
-                self.record.run_id, [RunInterrupted(reason)], after_seq=None, fenced=self.lease
-            )
-            raise ExprofError(self.fatal)
-        if self.stopping is not None:
-            raise interruption(self.stopping)
-        return self.seq
-
-    def _settle(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-        """A done-callback: forget the task, keeping any error (asyncio.wait would not)."""
-
-        def settle(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                self.crashed.append(task.exception())  # type: ignore[arg-type]
-
-        return settle
-
-    async def _wait_or_cancel(self, tasks: set[asyncio.Task[None]]) -> None:
-        """After Ctrl-C or a fatal error: a grace period for the requests in flight, then
-        abandon them."""
-        if not tasks:
-            return
-        _, late = await asyncio.wait(set(tasks), timeout=SIGINT_GRACE_S)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-
-    async def _beat(self) -> None:
-        """Keep this worker's heartbeat fresh while the session runs; a worker that lost
-        its place raises ConcurrencyError here (kept by _settle, so the session stops)."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            self.store.heartbeat(self.lease)
-
-    def _on_signal(self, signum: int) -> None:
-        if self.stopping is None:
-            self.stopping = signum
-            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-            print(f"\n{name}: finishing the requests in flight...", file=sys.stderr)
-
-    async def _record(self, events: list[Event]) -> None:
-        """Queue a sample's events and wait until they are committed."""
-        self.arrived.extend(events)
-        if self.committed is None:
-            self.committed = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._commit)
-        await asyncio.shield(self.committed)
-
-    def _commit(self) -> None:
-        committed, self.committed = self.committed, None
-        try:
-            self._flush()
-        except Exception as exc:  # the waiting tasks raise it; see run()
-            if committed is not None:
-                committed.set_exception(exc)
-            return
-        if committed is not None:
-            committed.set_result(None)
-
-    def _flush(self) -> None:
-        if self.arrived:
-            batch, self.arrived = self.arrived, []
-            # After the run's last seq, not ours: other workers (resume --join) interleave.
-            # Fenced: refused if this worker lost its place (its claims were taken over).
-            self.seq = self.store.append(
-                self.record.run_id, batch, after_seq=None, fenced=self.lease
-            )

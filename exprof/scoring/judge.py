@@ -1,12 +1,10 @@
 """Model-graded (`judge`) metrics: the grader's prompt, its reply parsed to a
-score, the cost announced before any request, and the grading itself through the run's
-own client: the mock answers from the spec's `judge_responses`, a live run through the
-SDK. The runner records each grader request and reply as events.
+score, the cost announced before any request, and the mock grader (the spec's
+`judge_responses`). The grading loop, live grader included, is exprof.run.judge.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from exprof.clients.outcome import Failure, Outcome, Response
-from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.pricing import estimate_cost
 from exprof.scoring.custom import custom_specs
@@ -147,37 +144,3 @@ def mock_grade(tasks: Sequence[Task], judge_specs: Sequence[dict[str, Any]]) -> 
         else:
             out.append(Response(entry, {}))
     return out
-
-
-def live_grade(tasks: Sequence[Task], config: Config, concurrency: int) -> list[Outcome]:
-    """The grader through the SDK, as the run's own requests go: same retries, limits."""
-    from exprof.clients.limits import AdaptiveLimit
-    from exprof.clients.live import Halted, LiveClient
-
-    async def grade_all() -> list[Outcome]:
-        limiter = AdaptiveLimit(concurrency)
-        clients: dict[tuple[str, int], LiveClient] = {}
-        for task in tasks:
-            key = (task.model, task.max_tokens)
-            if key not in clients:
-                judge_config = Config.from_dict(
-                    {**config.to_dict(), "model": task.model, "max_tokens": task.max_tokens}
-                )
-                clients[key] = LiveClient(judge_config, limiter)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(task: Task) -> Outcome:
-            async with gate:
-                client = clients[(task.model, task.max_tokens)]
-                try:
-                    return await client.complete(Sample(task.dialogue_id, task.system, task.user))
-                except Halted:
-                    return Failure("Halted", "not sent: the grader failed for every request")
-
-        try:
-            return list(await asyncio.gather(*(one(t) for t in tasks)))
-        finally:
-            for client in clients.values():
-                await client.close()
-
-    return asyncio.run(grade_all())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from exprof.clients.batch import (
     BODY_OVERHEAD,
@@ -41,11 +41,9 @@ from exprof.clients.credentials import require_credentials
 from exprof.clients.outcome import Failure
 from exprof.config import Config
 from exprof.errors import ConcurrencyError, ExprofError
-from exprof.render import Progress
-from exprof.scoring import custom, sample_events
-from exprof.signals import deferred_signals
+from exprof.run.session import Session
 from exprof.store.batches import Batch, BatchState, batch_state, iter_ranges, to_ranges
-from exprof.store.engine import Lease, Store
+from exprof.store.engine import Store
 from exprof.store.events import (
     BatchCancelled,
     BatchEnded,
@@ -61,64 +59,37 @@ DEFAULT_POLL_S = 5.0
 POLL_CAP_S = 60.0
 POLL_BACKOFF = 1.5
 INGEST_FLUSH = 30_000  # events per transaction while ingesting (10,000 results): fewer commits
-HEARTBEAT_S = 10.0
 POLL_EVENT_EVERY_S = 10.0  # a batch's changing counts are recorded at most this often
 
 
-def run_batch(
-    store: Store,
-    lease: Lease,
-    seq: int,
-    config: Config,
-    run_id: str,
-    positions: Sequence[int],
-    progress: Progress,
-    poll_s: float | None = None,
-) -> int:
+def run_batch(session: Session, positions: Sequence[int], poll_s: float | None = None) -> None:
     """Send the samples at dataset `positions` (ascending) as batches, wait, record the
-    results; return the run's last seq. The samples are read from the run's snapshot as
-    they are needed, never held all at once. Raises KeyboardInterrupt (Terminated for
-    SIGTERM) after a signal, once what has arrived is recorded."""
-    session = _BatchSession(store, lease, seq, config, run_id, positions, progress)
-    session.poll_s = poll_s or config.batch_poll_s or DEFAULT_POLL_S
-    with deferred_signals() as check:
-        session.check_signals = check
-        try:
-            session.run()
-        except KeyboardInterrupt:
-            session.flush()  # what has arrived is recorded before the stop goes up
-            raise
-        finally:
-            session.client.close()
-    return session.seq
+    results. The samples are read from the run's snapshot as they are needed, never held
+    all at once. Raises KeyboardInterrupt (Terminated for SIGTERM) after a signal, once
+    what has arrived is recorded."""
+    loop = _BatchLoop(session, positions)
+    loop.poll_s = poll_s or session.config.batch_poll_s or DEFAULT_POLL_S
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        session.flush()  # what has arrived is recorded before the stop goes up
+        raise
+    finally:
+        loop.client.close()
 
 
-class _BatchSession:
-    def __init__(
-        self,
-        store: Store,
-        lease: Lease,
-        seq: int,
-        config: Config,
-        run_id: str,
-        positions: Sequence[int],
-        progress: Progress,
-    ) -> None:
-        self.store, self.lease, self.seq = store, lease, seq
-        self.config, self.run_id = config, run_id
-        self.positions, self.progress = positions, progress
+class _BatchLoop:
+    def __init__(self, session: Session, positions: Sequence[int]) -> None:
+        self.session = session
+        self.store, self.config, self.run_id = session.store, session.config, session.run_id
+        self.positions = positions
         self.owed = bytearray(b"\x01") * len(positions)  # by slot: no answer recorded yet
-        self.samples = SnapshotReader(store, run_id)
-        self.tag = run_tag(run_id)
-        self.metrics = custom.build(config.metrics)
-        self.client = BatchClient(config)
-        self.state: BatchState = batch_state(store, run_id)
-        self.arrived: list[Event] = []
-        self.done = self.errors = 0
+        self.samples = SnapshotReader(self.store, self.run_id)
+        self.tag = run_tag(self.run_id)
+        self.client = BatchClient(self.config)
+        self.state: BatchState = batch_state(self.store, self.run_id)
         self.poll_s = DEFAULT_POLL_S
         self.settle_s = list_settle_s()
-        self.check_signals: Callable[[], None] = lambda: None  # set by run_batch
-        self.last_beat = time.monotonic()
         self.polled_at: dict[str, float] = {}
         self.last_info: dict[str, BatchInfo] = {}
 
@@ -237,7 +208,7 @@ class _BatchSession:
             self.append([BatchPolled(batch.batch_id, info.status, info.counts)])
             batch.status, batch.counts = info.status, dict(info.counts)
             self.polled_at[batch.batch_id] = now
-        self.beat()
+        self.session.beat()
         return info
 
     def ingest(self, batch: Batch, info: BatchInfo) -> list[int]:
@@ -247,7 +218,7 @@ class _BatchSession:
         # The batch's owed samples, looked up as its results arrive in any order; the
         # prompts only when a custom metric may read them.
         owed = (p for p in iter_ranges(intent.ranges) if self.is_owed(p))
-        samples = self.samples.many(owed, prompts=bool(self.metrics))
+        samples = self.samples.many(owed, prompts=bool(self.session.metrics))
         for result in self.client.results(batch.batch_id):
             parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
             if parsed is None or parsed[0] != batch.intent:
@@ -264,15 +235,13 @@ class _BatchSession:
                 outcome = Failure("batch_canceled", "cancelled with exprof cancel", None, attempts)
             if isinstance(outcome, str):
                 continue  # left owed: sent again below
-            self.arrived.extend(sample_events(sample, outcome, self.metrics))
+            self.session.record(sample, outcome)
             self.owed[slot] = 0
-            self.done += 1
-            self.errors += isinstance(outcome, Failure)
-            if len(self.arrived) >= INGEST_FLUSH:
-                self.flush()
+            if len(self.session.arrived) >= INGEST_FLUSH:
+                self.session.flush()
                 self.show()
                 self.check()
-        self.flush()
+        self.session.flush()
         again = [pos for pos in iter_ranges(intent.ranges) if self.is_owed(pos)]
         self.append([BatchEnded(batch.batch_id, info.counts)])
         batch.ended, batch.status, batch.counts = True, "ended", dict(info.counts)
@@ -308,34 +277,13 @@ class _BatchSession:
         self.state.voided.add(intent.intent)
 
     def append(self, events: list[Event]) -> None:
-        self.flush()
-        self.commit(events)
-
-    def flush(self) -> None:
-        if self.arrived:
-            batch, self.arrived = self.arrived, []
-            self.commit(batch)
-        self.beat()
-
-    def commit(self, events: list[Event]) -> None:
-        try:
-            self.seq = self.store.append(self.run_id, events, after_seq=self.seq)
-        except ConcurrencyError:
-            # `exprof cancel` records its BatchCancelled while we hold the lease (the
-            # only other writer a lease admits): our events were rolled back whole, so
-            # append them after it.
-            self.seq = self.store.append(
-                self.run_id, events, after_seq=self.store.last_seq(self.run_id)
-            )
-
-    def beat(self) -> None:
-        if time.monotonic() - self.last_beat > HEARTBEAT_S:
-            self.store.heartbeat(self.lease)
-            self.last_beat = time.monotonic()
+        """Record `events` now, after what has arrived."""
+        self.session.flush()
+        self.session.append(events)
 
     def check(self) -> None:
         """A safe point: raises the stop signal caught since the last one."""
-        self.check_signals()
+        self.session.check_signals()
 
     def wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -348,7 +296,7 @@ class _BatchSession:
 
     def show(self, note: str = "") -> None:
         if note:
-            self.progress.update(self.done, self.errors, note)
+            self.session.show(note)
             return
         totals: dict[str, int] = {}
         for batch in self.state.live:
@@ -359,7 +307,7 @@ class _BatchSession:
             f"{key} {totals.get(key, 0)}"
             for key in ("processing", "succeeded", "errored", "expired")
         )
-        self.progress.update(self.done, self.errors, f"batches {len(self.state.live)}: {counts}")
+        self.session.show(f"batches {len(self.state.live)}: {counts}")
 
 
 def cancel_run(store: Store, run_id: str) -> list[str]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from exprof.clients.outcome import Response
 from exprof.dataset import Sample
 from exprof.store.engine import Store
 from exprof.store.events import ResponseReceived, ResponseReused, RunStarted
 from exprof.store.record import iter_samples
+
+if TYPE_CHECKING:
+    from exprof.run.session import Session
 
 
 def _key(system: str, user: str, repeat: int) -> str:
@@ -77,3 +81,20 @@ def find_answers(
         source = event.source_event_id if isinstance(event, ResponseReused) else event_id
         out[slot] = (source, Response(event.completion, event.metadata))
     return out
+
+
+def reuse(session: Session, pending: list[Sample]) -> list[Sample]:
+    """Record the answers the store already holds for identical requests; return the
+    samples still to send."""
+    found = find_answers(session.store, session.run.started, pending)
+    if not found:
+        return pending
+    rest = []
+    for sample in pending:
+        hit = found.get((sample.dialogue_id, sample.repeat))
+        if hit is None:
+            rest.append(sample)
+        else:
+            session.record(sample, hit[1], reused_from=hit[0])
+    session.flush()
+    return rest

@@ -1,26 +1,22 @@
-"""Running samples and recording every step as events: new runs and resumed ones."""
+"""Starting, resuming and rescoring runs: each picks its loop (exprof.run.mock, .live
+or .batch), drives it through one Session, then grades (exprof.run.judge), and turns
+how the run ended into a RunResult: finished, failed samples, interrupted, over budget,
+or left to the other workers still on it."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from exprof import __version__
-from exprof.budget import Budget
-from exprof.claims import ClaimSource, check_joinable
-from exprof.clients.mock import MockClient
-from exprof.clients.outcome import Failure
-from exprof.clients.replay import ReplayClient
 from exprof.config import Config, auto_run_id
-from exprof.dataset import DatasetFile, Sample, dataset_sha256
+from exprof.dataset import DatasetFile, Sample, dataset_sha256, pending_pairs, with_repeats
 from exprof.errors import (
     EXIT_OK,
     EXIT_SAMPLES_FAILED,
@@ -30,14 +26,17 @@ from exprof.errors import (
     stop_name,
 )
 from exprof.export import StreamedExport, check_export_dir, export_run
-from exprof.heap import collector_paused, settled_heap
+from exprof.heap import settled_heap
 from exprof.render import Progress
-from exprof.scoring import custom, judge, sample_events
+from exprof.run.budget import Budget
+from exprof.run.claims import ClaimSource, check_joinable
+from exprof.run.judge import announce_grading, grading, grading_mode, owed_tasks, run_judge
+from exprof.run.session import Session
+from exprof.scoring import judge
 from exprof.signals import deferred_signals
 from exprof.store.engine import Lease, Store
 from exprof.store.events import (
     Event,
-    JudgeScored,
     RescoreStarted,
     RunFinished,
     RunInterrupted,
@@ -47,17 +46,12 @@ from exprof.store.events import (
 from exprof.store.record import (
     SNAPSHOT_CHUNK,
     RunRecord,
-    iter_samples,
     load_run,
     load_started,
     recorded_responses,
-    rescore_source,
     snapshot,
 )
 from exprof.summary import run_summary
-
-MOCK_BATCH = 2000  # mock samples per transaction; live runs commit as answers arrive
-JUDGE_BATCH = 200  # grader requests per transaction (and per wave of live requests)
 
 
 @dataclass(frozen=True)
@@ -67,48 +61,6 @@ class RunResult:
     exit_code: int
     message: str
     over_budget: bool = False  # stopped by budget_usd; resumable
-
-
-def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:
-    """Each sample `repeats` times, as distinct requests tagged with their repeat index
-    ; the samples themselves when there is one repeat."""
-    if repeats == 1:
-        return samples
-    return [dataclasses.replace(s, repeat=r) for s in samples for r in range(repeats)]
-
-
-def pending_pairs(samples: list[Sample], slots: set[int], repeats: int) -> list[Sample]:
-    """The (sample, repeat) pairs still owed, from their slots (position * repeats +
-    repeat) and the owed samples in dataset order (as load_run returns them)."""
-    if repeats == 1:
-        return samples
-    by_position = dict(zip(sorted({slot // repeats for slot in slots}), samples, strict=True))
-    return [
-        dataclasses.replace(by_position[slot // repeats], repeat=slot % repeats)
-        for slot in sorted(slots)
-    ]
-
-
-def grading(
-    specs: list[dict[str, Any]],
-    samples: Iterable[Sample],
-    answers: dict[tuple[str, int], tuple[str, dict[str, Any]]],
-) -> list[judge.Task]:
-    """The grader requests for every recorded answer, each repeat's on its own, in
-    dataset order then repeat order."""
-    by_sample: dict[str, list[int]] = {}
-    for dialogue_id, repeat in answers:
-        by_sample.setdefault(dialogue_id, []).append(repeat)
-    return [
-        task
-        for sample in samples
-        for repeat in sorted(by_sample.get(sample.dialogue_id, ()))
-        for task in judge.tasks_for(
-            specs,
-            dataclasses.replace(sample, repeat=repeat),
-            answers[sample.dialogue_id, repeat][0],
-        )
-    ]
 
 
 class Runner:
@@ -188,7 +140,7 @@ class Runner:
                 else with_repeats(samples, config.repeats)
             )
             tasks = [t for s in pairs for t in judge.tasks_for(judge_specs, s, "")]
-            self._announce(tasks, config.pricing, config.max_tokens)
+            announce_grading(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         started = load_started(self.store, chosen)
         if isinstance(samples, DatasetFile):  # the batch run reads them from the snapshot
@@ -238,12 +190,12 @@ class Runner:
 
         judge_specs = judge.specs(config.metrics)
         if judge_specs:
-            if self._judge_mode(source_run_id) == "live":
+            if grading_mode(self.store, source_run_id) == "live":
                 from exprof.clients.credentials import require_credentials
 
                 require_credentials(f"rescore {source_run_id} with judge metrics")
             answers = recorded_responses(self.store, source_run_id)
-            self._announce(grading(judge_specs, source.samples, answers), config.pricing)
+            announce_grading(grading(judge_specs, source.samples, answers), config.pricing)
         chosen, lease, seq = self._begin(source.started.experiment_id, run_id, events)
         record = RunRecord(load_started(self.store, chosen), source.samples, {})
         # Every (sample, repeat) the source holds is answered again with its own answer.
@@ -287,7 +239,7 @@ class Runner:
         if join:
             check_joinable(started.mode, started.config, run_id)
         if started.mode == "live" or (
-            judge.specs(started.config["metrics"]) and self._judge_mode(run_id) == "live"
+            judge.specs(started.config["metrics"]) and grading_mode(self.store, run_id) == "live"
         ):
             from exprof.clients.credentials import require_credentials
 
@@ -299,7 +251,7 @@ class Runner:
                 # The workers still on it finish it; if none holds a claim (the last one
                 # died after its final answer, before finishing), this one does.
                 return self._finish(run_id, lease, time.monotonic(), None)
-            if not positions and not self._judge_tasks(run_id):
+            if not positions and not owed_tasks(self.store, run_id):
                 try:
                     summary = export_run(self.store, run_id, self.output_dir / run_id)
                 except KeyboardInterrupt as stop:
@@ -364,64 +316,57 @@ class Runner:
         a batch run is given the positions only (and an empty `pending`). A live run's
         samples are claimed from the store, so that workers joining it (`resume --join`)
         share them; `retry_failed` says whether failed ones are owed."""
-        run_id = record.run_id
         began = time.monotonic()
-        if record.config.cache:
-            try:
-                seq, pending = self._reuse(record, seq, pending)
-            except BaseException:
-                self.store.release_lease(lease)
-                raise
-        todo_count = len(pending) if positions is None else len(positions)
-        progress = Progress(todo_count, quiet=self.quiet)
+        mode, config = record.started.mode, record.config
+        live = mode == "live" and not config.batch
+        others = "workers" if live else "cancel" if mode == "live" else "none"
+        session = Session(self.store, record, lease, seq, Progress(0, quiet=True), budget, others)
         try:
+            if config.cache:
+                from exprof.run.cache import reuse
+
+                pending = reuse(session, pending)
+            todo = len(pending) if positions is None else len(positions)
+            session.restart(Progress(todo, quiet=self.quiet))  # what reuse recorded is not shown
             streaming = self._streamed_export(record, pending)
         except BaseException:  # Ctrl-C making the files: the lease is not kept
             self.store.release_lease(lease)
             raise
         with streaming as streamed:
             try:
-                # Signals are flags throughout; the mock and the judge check between commits,
-                # the live session and the batch client take them themselves.
+                # Signals are flags throughout; the mock, the batch loop and the judge
+                # check them between commits, the live loop takes them itself.
                 with deferred_signals() as check:
-                    if record.started.mode in ("mock", "rescore"):
-                        seq = self._run_mock(
-                            record, lease, seq, pending, progress, check, budget, streamed
-                        )
-                    elif record.config.batch:
-                        from exprof.batch_run import run_batch
+                    session.check_signals = check
+                    if mode in ("mock", "rescore"):
+                        from exprof.run.mock import run_mock
 
-                        seq = run_batch(
-                            self.store,
-                            lease,
-                            seq,
-                            record.config,
-                            run_id,
-                            range(len(pending)) if positions is None else positions,
-                            progress,
-                            self.poll_interval,
-                        )
+                        run_mock(session, pending, streamed)
+                    elif config.batch:
+                        from exprof.run.batch import run_batch
+
+                        slots = range(len(pending)) if positions is None else positions
+                        run_batch(session, slots, self.poll_interval)
                     else:
-                        from exprof.clients.live import run_live
+                        from exprof.run.live import run_live
 
                         owed = ("pending", "failed") if retry_failed else ("pending",)
-                        chunk = concurrency or record.config.concurrency
+                        chunk = concurrency or config.concurrency
                         source = ClaimSource(self.store, lease, pending, owed, chunk)
-                        todo = source if budget is None else budget.within(source)
-                        seq = run_live(self.store, record, lease, seq, todo, concurrency, progress)
-                    progress.close()
-                    progress.enabled = False  # closed: the judge phase draws its own bar
-                    seq = self._judge(record, seq, concurrency, announce)
+                        run_live(session, source, concurrency)
+                    session.progress.close()
+                    session.progress.enabled = False  # closed: the judge phase draws its own bar
+                    run_judge(session, concurrency, self.quiet, announce)
             except KeyboardInterrupt as stop:
-                progress.close()
+                session.progress.close()
                 return self._interrupted(record, lease, stop)
             except BaseException:
                 self.store.release_lease(lease)
                 raise
-            progress.close()
-            if budget is not None and budget.reached:
-                return self._over_budget(record, lease, budget)
-            return self._finish(run_id, lease, began, record, streamed)
+            session.progress.close()
+            if session.budget is not None and session.budget.reached:
+                return self._over_budget(record, lease, session.budget)
+            return self._finish(record.run_id, lease, began, record, streamed)
 
     def _streamed_export(
         self, record: RunRecord, pending: list[Sample]
@@ -540,151 +485,19 @@ class Runner:
             f"interrupted during the export; finish it with: exprof resume {run_id}",
         )
 
-    def _run_mock(
-        self,
-        record: RunRecord,
-        lease: Lease,
-        seq: int,
-        pending: list[Sample],
-        progress: Progress,
-        check_signals: Callable[[], None],
-        budget: Budget | None = None,
-        streamed: StreamedExport | None = None,
-    ) -> int:
-        client: MockClient | ReplayClient = MockClient(record.mocks)
-        if record.started.mode == "rescore":
-            source = rescore_source(self.store, record.run_id).source_run_id
-            client = ReplayClient(source, recorded_responses(self.store, source))
-            budget = None  # a rescore pays for nothing: its answers are recorded ones
-        if budget is not None:  # mock answers carry usage: held to budget_usd like live
-            mocks = record.mocks
-            pending = budget.affordable(
-                record.run_id,
-                pending,
-                lambda s: (mocks.get(s.dialogue_id) or {}).get("metadata", {}),
-            )
-        metrics = custom.build(record.config.metrics)
-        done = errors = 0
-        last_beat = time.monotonic()
-        for start in range(0, len(pending), MOCK_BATCH):
-            check_signals()  # Ctrl-C / SIGTERM land here, between commits, never inside one
-            with collector_paused():
-                batch: list[Event] = []
-                for sample in pending[start : start + MOCK_BATCH]:
-                    outcome = client.complete(sample)
-                    errors += isinstance(outcome, Failure)
-                    events = sample_events(sample, outcome, metrics)
-                    batch.extend(events)
-                    if streamed is not None:
-                        streamed.add(sample, events)
-                seq = self.store.append(record.run_id, batch, after_seq=seq)
-                del batch  # freed here, while the collector still looks away
-            done = min(start + MOCK_BATCH, len(pending))
-            progress.update(done, errors)
-            if time.monotonic() - last_beat > 5:
-                self.store.heartbeat(lease)
-                last_beat = time.monotonic()
-        return seq
-
-    def _judge(self, record: RunRecord, seq: int, concurrency: int | None, announce: bool) -> int:
-        """Grade every answer without a judge score yet, a batch at a time, recording each
-        grader request and reply; resumable like the answers themselves."""
-        specs = judge.specs(record.config.metrics)
-        tasks = self._judge_tasks(record.run_id) if specs else []
-        if not tasks:
-            return seq
-        if announce:
-            self._announce(tasks, record.config.pricing)
-        live = self._judge_mode(record.run_id) == "live"
-        width = concurrency or record.config.concurrency
-        progress = Progress(len(tasks), quiet=self.quiet)
-        errors = 0
-        with deferred_signals() as check:
-            for start in range(0, len(tasks), JUDGE_BATCH):
-                check()
-                chunk = tasks[start : start + JUDGE_BATCH]
-                if live:
-                    outcomes = judge.live_grade(chunk, record.config, width)
-                else:
-                    outcomes = judge.mock_grade(chunk, specs)
-                batch: list[Event] = []
-                for task, outcome in zip(chunk, outcomes, strict=True):
-                    batch.extend(judge.judge_events(task, outcome))
-                    errors += isinstance(outcome, Failure)
-                seq = self.store.append(record.run_id, batch, after_seq=seq)
-                progress.update(start + len(chunk), errors, "grading")
-        progress.close()
-        return seq
-
-    def _judge_tasks(self, run_id: str) -> list[judge.Task]:
-        """Grader requests owed: each answered sample under each judge metric, but those
-        already scored (a failed or unparsable grade is tried again)."""
-        specs = judge.specs(load_started(self.store, run_id).config["metrics"])
-        if not specs:
-            return []
-        answers = recorded_responses(self.store, run_id)
-        done = {
-            (stored.event.dialogue_id, stored.event.repeat, stored.event.metric)
-            for stored in self.store.events(run_id, types=("judge_scored",))
-            if isinstance(stored.event, JudgeScored) and stored.event.value is not None
-        }
-        return [
-            task
-            for task in grading(specs, iter_samples(self.store, run_id), answers)
-            if (task.dialogue_id, task.repeat, task.metric) not in done
-        ]
-
-    def _judge_mode(self, run_id: str) -> str:
-        """mock or live: a rescore grades the way the run it rescores answered."""
-        mode = load_started(self.store, run_id).mode
-        while mode == "rescore":
-            run_id = rescore_source(self.store, run_id).source_run_id
-            mode = load_started(self.store, run_id).mode
-        return mode
-
-    def _announce(
-        self, tasks: list[judge.Task], pricing: dict[str, Any], answer_tokens: int = 0
-    ) -> None:
-        count, cost = judge.estimate(tasks, pricing, answer_tokens)
-        print(judge.announcement(count, cost, (t.model for t in tasks)), file=sys.stderr)
-
     def _over_budget(self, record: RunRecord, lease: Lease, budget: Budget) -> RunResult:
         """Stopped by the budget: recorded as interrupted, so that resume continues it
         (by the run's last worker: while others remain, this one leaves it to them)."""
         run_id = record.run_id
         message = budget.message(run_id)
         if self.store.leave_to_others(lease):
-            return dataclasses.replace(
-                self._left_early(run_id, EXIT_SAMPLES_FAILED, message), over_budget=True
-            )
+            return replace(self._left_early(run_id, EXIT_SAMPLES_FAILED, message), over_budget=True)
         try:
             self.store.append(run_id, [RunInterrupted(message)], after_seq=None, fenced=lease)
             summary = self._export(run_id, record)
         finally:
             self.store.release_lease(lease)
         return RunResult(run_id, summary, EXIT_SAMPLES_FAILED, message, over_budget=True)
-
-    def _reuse(
-        self, record: RunRecord, seq: int, pending: list[Sample]
-    ) -> tuple[int, list[Sample]]:
-        """Record the answers the store already holds for identical requests;
-        return the new seq and the samples still to send."""
-        from exprof.cache import find_answers
-
-        found = find_answers(self.store, record.started, pending)
-        if not found:
-            return seq, pending
-        metrics = custom.build(record.config.metrics)
-        events: list[Event] = []
-        rest = []
-        for sample in pending:
-            hit = found.get((sample.dialogue_id, sample.repeat))
-            if hit is None:
-                rest.append(sample)
-            else:
-                events.extend(sample_events(sample, hit[1], metrics, reused_from=hit[0]))
-        seq = self.store.append(record.run_id, events, after_seq=seq)
-        return seq, rest
 
     # -- helpers ---------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+"""The live loop: many requests through the API at once, each answer committed before
+its slot is given to the next request (answers that land in the same event-loop turn
+share one transaction), so a kill wastes at most `concurrency` requests: those in
+flight, plus answers not yet committed. Ctrl-C and SIGTERM give the requests in flight
+a grace period, then abandon them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Iterable
+
+from exprof.clients.limits import AdaptiveLimit
+from exprof.clients.live import Halted, LiveClient
+from exprof.clients.outcome import Failure
+from exprof.dataset import Sample
+from exprof.errors import STOP_SIGNALS, ExprofError, interruption
+from exprof.heap import settled_heap
+from exprof.run.session import HEARTBEAT_S, Session
+from exprof.store.events import RunInterrupted
+
+SIGINT_GRACE_S = 5.0
+
+
+def run_live(session: Session, pending: Iterable[Sample], concurrency: int | None) -> None:
+    """Send `pending` through the API. Raises KeyboardInterrupt after a Ctrl-C, once the
+    answers that arrived in the grace period are recorded."""
+    config = session.config
+    if not config.sends_temperature:
+        print(
+            f"warning: temperature {config.temperature} is recorded but not sent: API version "
+            f'{config.api_version} rejects sampling parameters; set api_version: "2023-06-01" '
+            "in the config to send it",
+            file=sys.stderr,
+        )
+    if session.budget is not None:  # none is dispatched once the limit is reached
+        pending = session.budget.within(pending)
+    loop = _LiveLoop(session, concurrency or config.concurrency)
+    import anthropic  # noqa: F401  (imported before the freeze, so frozen with the rest)
+
+    # The SDK allocates heavily per request; without this, each full collection would
+    # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
+    with settled_heap():
+        asyncio.run(loop.run(pending))
+
+
+class _LiveLoop:
+    def __init__(self, session: Session, concurrency: int) -> None:
+        self.session = session
+        self.concurrency = concurrency
+        self.committed: asyncio.Future[None] | None = None
+        self.crashed: list[BaseException] = []
+        self.stopping: int | None = None  # the stop signal, once one arrives
+        self.fatal: str | None = None  # the cause, once an error will hit every request
+
+    async def run(self, pending: Iterable[Sample]) -> None:
+        session = self.session
+        limiter = AdaptiveLimit(self.concurrency)
+        client = LiveClient(session.config, limiter)
+        # Samples in progress (sending, or waiting to retry) are bounded by the configured
+        # concurrency; requests actually in flight by the adaptive limit, inside complete().
+        workers = asyncio.Semaphore(self.concurrency)
+        loop = asyncio.get_running_loop()
+        # The loop's handlers replace the runner's, and removing them would leave
+        # Python's defaults (SIGTERM: die at once), so the runner's are put back after.
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        tasks: set[asyncio.Task[None]] = set()
+        # Beats on a timer, not with the answers: in a 429/529 storm every slot may wait
+        # on retries for longer than STALE_LEASE_S, and a worker that went quiet would
+        # be taken for dead and its in-flight samples sent again by a peer.
+        beating = asyncio.create_task(self._beat())
+        beating.add_done_callback(self._settle(set()))
+
+        async def one(sample: Sample) -> None:
+            try:
+                try:
+                    outcome = await client.complete(sample)
+                except Halted:
+                    return  # never sent: the sample stays pending for a resume
+                if isinstance(outcome, Failure) and outcome.fatal and self.fatal is None:
+                    self.fatal = outcome.fatal
+                session.record(sample, outcome)
+                await self._committed()
+                session.show(client.status())
+            finally:
+                workers.release()
+
+        try:
+            for sample in pending:
+                await workers.acquire()
+                if self.stopping is not None or self.crashed or self.fatal:
+                    workers.release()
+                    break
+                task = asyncio.create_task(one(sample))
+                tasks.add(task)
+                task.add_done_callback(self._settle(tasks))
+            while tasks and self.stopping is None and not self.fatal and not self.crashed:
+                await asyncio.wait(set(tasks), timeout=0.2)
+            await self._wait_or_cancel(tasks)
+            if self.crashed:
+                raise self.crashed[0]
+        finally:
+            beating.cancel()
+            for signum, handler in previous.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)
+            session.flush()
+            await client.close()
+        if self.fatal:
+            session.progress.close()
+            session.append([RunInterrupted(f"stopped: {self.fatal}")])
+            raise ExprofError(self.fatal)
+        if self.stopping is not None:
+            raise interruption(self.stopping)
+
+    def _settle(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        """A done-callback: forget the task, keeping any error (asyncio.wait would not)."""
+
+        def settle(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self.crashed.append(task.exception())  # type: ignore[arg-type]
+
+        return settle
+
+    async def _wait_or_cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+        """After Ctrl-C or a fatal error: a grace period for the requests in flight, then
+        abandon them."""
+        if not tasks:
+            return
+        _, late = await asyncio.wait(set(tasks), timeout=SIGINT_GRACE_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        """Keep this worker's heartbeat fresh while the session runs; a worker that lost
+        its place raises ConcurrencyError here (kept by _settle, so the session stops)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.session.heartbeat()
+
+    def _on_signal(self, signum: int) -> None:
+        if self.stopping is None:
+            self.stopping = signum
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n{name}: finishing the requests in flight...", file=sys.stderr)
+
+    async def _committed(self) -> None:
+        """Wait until the events queued so far are committed: one commit for all the
+        answers that arrive in this turn of the event loop."""
+        if self.committed is None:
+            self.committed = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        await asyncio.shield(self.committed)
+
+    def _commit(self) -> None:
+        committed, self.committed = self.committed, None
+        try:
+            self.session.flush()
+        except Exception as exc:  # the waiting tasks raise it; see run()
+            if committed is not None:
+                committed.set_exception(exc)
+            return
+        if committed is not None:
+            committed.set_result(None)

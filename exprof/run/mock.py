@@ -1,0 +1,43 @@
+"""The mock loop: answers from the config's mock file, or, for a rescore, the answers
+another run recorded. Thousands of answers per transaction; a stop signal lands
+between transactions, never inside one."""
+
+from __future__ import annotations
+
+from exprof.clients.mock import MockClient
+from exprof.clients.replay import ReplayClient
+from exprof.dataset import Sample
+from exprof.export import StreamedExport
+from exprof.heap import collector_paused
+from exprof.run.session import Session
+from exprof.store.record import recorded_responses, rescore_source
+
+MOCK_BATCH = 2000  # mock samples per transaction
+
+
+def run_mock(
+    session: Session, pending: list[Sample], streamed: StreamedExport | None = None
+) -> None:
+    """Answer and record `pending`; `streamed` receives each sample's events as well."""
+    store, record = session.store, session.run
+    client: MockClient | ReplayClient = MockClient(record.mocks)
+    if record.started.mode == "rescore":
+        source = rescore_source(store, record.run_id).source_run_id
+        client = ReplayClient(source, recorded_responses(store, source))
+        session.budget = None  # a rescore pays for nothing: its answers are recorded ones
+    if session.budget is not None:  # mock answers carry usage: held to budget_usd like live
+        mocks = record.mocks
+        pending = session.budget.affordable(
+            record.run_id,
+            pending,
+            lambda s: (mocks.get(s.dialogue_id) or {}).get("metadata", {}),
+        )
+    for start in range(0, len(pending), MOCK_BATCH):
+        session.check_signals()  # between commits, never inside one
+        with collector_paused():
+            for sample in pending[start : start + MOCK_BATCH]:
+                events = session.record(sample, client.complete(sample))
+                if streamed is not None:
+                    streamed.add(sample, events)
+            session.flush()  # the chunk's events are freed here, while the collector looks away
+        session.show()
