@@ -21,6 +21,7 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import read_text
+from exprof.scoring.guard import Guard, MetricStopped
 
 BUILTIN = ("fact_coverage", "refusal_rate", "geometric_mean")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -28,9 +29,10 @@ NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 RESERVED = frozenset(
     BUILTIN + ("dialogue_id", "refused", "facts_missing", "metrics", "metric_errors", "status")
 )
-REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+REGEX_FLAGS = {"i": "IGNORECASE", "m": "MULTILINE", "s": "DOTALL", "x": "VERBOSE"}
 LENGTH_UNITS = ("words", "chars", "tokens")
 JUDGE_MAX_TOKENS = 16
+DEFAULT_METRIC_TIMEOUT_S = 10.0
 
 # Options each type takes: name -> required?
 OPTIONS: dict[str, dict[str, bool]] = {
@@ -241,12 +243,14 @@ def _resolve(value: str, config_dir: Path, where: str) -> Path:
 class Metric:
     name: str
     fn: MetricFn
+    timeout_s: float = DEFAULT_METRIC_TIMEOUT_S  # per call; see exprof.scoring.guard
 
 
-def build(metrics: Iterable[object]) -> list[Metric]:
-    """Callables for a recorded `metrics` list's non-judge custom entries, in order."""
+def build(metrics: Iterable[object], timeout_s: float = DEFAULT_METRIC_TIMEOUT_S) -> list[Metric]:
+    """Callables for a recorded `metrics` list's non-judge custom entries, in order,
+    each call held to `timeout_s` (the config's metric_timeout_s)."""
     return [
-        Metric(spec["name"], build_one(spec, f"metrics ({spec['name']})"))
+        Metric(spec["name"], build_one(spec, f"metrics ({spec['name']})"), timeout_s)
         for spec in custom_specs(metrics)
         if spec["type"] != "judge"
     ]
@@ -264,12 +268,14 @@ def build_one(spec: dict[str, Any], where: str) -> MetricFn:
 
         return contains
     if kind == "regex":
+        import regex as user_regex  # its matching gives way to signals; see guard
+
         flags = 0
         for letter in spec["flags"]:
-            flags |= REGEX_FLAGS[letter]
+            flags |= getattr(user_regex, REGEX_FLAGS[letter])
         try:
-            compiled = re.compile(spec["pattern"], flags)
-        except re.error as exc:
+            compiled = user_regex.compile(spec["pattern"], flags)
+        except user_regex.error as exc:
             raise ExprofError(f"{where}: bad regex {spec['pattern']!r}: {exc}") from None
         find = compiled.fullmatch if spec["match"] == "full" else compiled.search
 
@@ -364,15 +370,19 @@ def evaluate(
     metrics: Sequence[Metric], sample: dict[str, Any], completion: str, metadata: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each metric's value for one answer, and the errors of those that failed. A metric
-    that raises (user code may) gets None and its error; the run goes on."""
+    that raises (user code may) or overruns its time limit gets None and its error; the
+    run goes on."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for metric in metrics:
-        try:
-            values[metric.name] = check_value(metric.fn(sample, completion, metadata))
-        except Exception as exc:
-            values[metric.name] = None
-            errors[metric.name] = f"{type(exc).__name__}: {exc}"[:500]
+    with Guard() as guard:
+        for metric in metrics:
+            try:
+                with guard.limit(metric.timeout_s):
+                    value = metric.fn(sample, completion, metadata)
+                values[metric.name] = check_value(value)
+            except (Exception, MetricStopped) as exc:
+                values[metric.name] = None
+                errors[metric.name] = f"{type(exc).__name__}: {exc}"[:500]
     return values, errors
 
 
