@@ -29,6 +29,11 @@ class LeaseHeldError(ExprofError):
     """Another live process holds the run."""
 
 
+class StoreWriteError(ExprofError):
+    """The store refused a write (a full disk, a read-only file): what was committed
+    before stands, so a run that had begun is recorded and resumable."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what containers, CI runners and systemd send), handled as Ctrl-C is
     (record, release, print the resume hint) but with exit code 143. A KeyboardInterrupt,

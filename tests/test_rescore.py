@@ -267,3 +267,23 @@ def test_rescore_with_a_judge_sends_only_the_grades_and_resumes_failed_ones(tmp_
     assert all(isinstance(s["helpful"], float) for s in scores)
     result = invoke("resume", summary["run_id"], "--quiet")
     assert result.exit_code == 0 and server.state.requests == 11  # nothing owed
+
+
+def test_rescore_of_a_run_with_failed_samples_points_at_the_source_not_a_resume_loop(
+    tmp_path, invoke
+):
+    """A rescore's failed samples are those its source never answered: resuming the
+    rescore would only fail them again. The hint sends the user to the source."""
+    samples, mocks = make_samples(6, missing_every=3)  # d00000 and d00003 have no answer
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    rescored = with_metrics(config, "more.yaml", ["fact_coverage", CITES])
+    result = invoke("rescore", "exp", "--config", str(rescored), "--quiet", "--run-id", "re")
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "2 sample(s) have no answer in run exp to score: answer them with "
+        "`exprof resume exp`, then rescore exp again"
+    )
+    again = invoke("resume", "re", "--quiet")  # a resume of the rescore says the same
+    assert again.stderr.strip().splitlines()[-1] == last

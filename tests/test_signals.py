@@ -207,3 +207,35 @@ def test_a_stop_ends_a_batch_run_whose_create_call_hangs(tmp_path, sig, code):
         assert resumed.returncode == 0, err
         assert server.batches.created == 1  # adopted on resume, not sent again
         assert server.batches.billed == 10
+
+
+def test_a_disk_that_fills_mid_run_leaves_it_recorded_and_resumable(tmp_path):
+    """The store's file cannot grow past a limit (RLIMIT_FSIZE, as a full disk): the run
+    began, so it is recorded: exit 1 and the way on, never exit 2 ("nothing written")."""
+    import resource
+
+    samples, mocks = make_samples(20_000)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (9_000_000, 9_000_000))
+
+    full = subprocess.run(
+        [sys.executable, "-m", "exprof", "run", "--config", str(config), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=300,
+    )
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr
+    [line] = full.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "the run is recorded" in line, line
+    assert "exprof resume exp" in line
+    resumed = start(tmp_path, "resume", "exp")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    lines = (tmp_path / "runs" / "exp" / "responses.jsonl").read_text().splitlines()
+    assert len(lines) == 20_000

@@ -22,6 +22,7 @@ from exprof.errors import (
     EXIT_SAMPLES_FAILED,
     ConcurrencyError,
     ExprofError,
+    StoreWriteError,
     stop_exit_code,
     stop_name,
 )
@@ -49,6 +50,7 @@ from exprof.store.record import (
     load_run,
     load_started,
     recorded_responses,
+    rescore_source,
     snapshot,
 )
 from exprof.summary import run_summary
@@ -368,6 +370,14 @@ class Runner:
             except KeyboardInterrupt as stop:
                 session.progress.close()
                 return self._interrupted(record, lease, stop)
+            except StoreWriteError as exc:  # what was committed stands: resumable
+                with contextlib.suppress(ExprofError):
+                    self.store.release_lease(lease)
+                raise ExprofError(
+                    f"{exc.message}; the run is recorded: once that is fixed, continue "
+                    f"with: exprof resume {record.run_id}",
+                    EXIT_SAMPLES_FAILED,
+                ) from None
             except BaseException:
                 self.store.release_lease(lease)
                 raise
@@ -429,8 +439,19 @@ class Runner:
             run_id,
             summary,
             failed,
-            f"{failed} sample(s) failed; retry them with: exprof resume {run_id}",
+            self._failed_message(run_id, failed),
             f"run {run_id} complete",
+        )
+
+    def _failed_message(self, run_id: str, failed: int) -> str:
+        """How to get the failed samples answered: resume the run, or, for a rescore
+        (whose failures are samples its source never answered), resume the source."""
+        if load_started(self.store, run_id).mode != "rescore":
+            return f"{failed} sample(s) failed; retry them with: exprof resume {run_id}"
+        source = rescore_source(self.store, run_id).source_run_id
+        return (
+            f"{failed} sample(s) have no answer in run {source} to score: answer them with "
+            f"`exprof resume {source}`, then rescore {source} again"
         )
 
     def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:

@@ -17,7 +17,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
+from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError, StoreWriteError
 from exprof.jsonio import dumps, loads
 from exprof.store import dialects, projections
 from exprof.store.checks import Checks
@@ -399,13 +399,13 @@ class _WriteTransaction:
             else:
                 self.tx.rollback()
         except OperationalError as failed:  # e.g. a full disk at commit
-            raise ExprofError(
+            raise StoreWriteError(
                 f"{self.location}: cannot write to the store: {_reason(failed, self.secret)}"
             ) from None
         finally:
             self.conn.close()
         if isinstance(exc, OperationalError):  # read-only file, disk I/O error, ...
-            raise ExprofError(
+            raise StoreWriteError(
                 f"{self.location}: cannot write to the store: {_reason(exc, self.secret)}"
             ) from None
 
