@@ -6,9 +6,9 @@ summarize`, and size the store.
 
 Targets (issue #2): >= 10,000 samples/s end to end with exports, peak RSS <= 300 MB,
 `summarize` <= 0.5 s on the 100k run and <= 0.4 s on the 3-sample sample, and a store
-no larger than 3x the exported JSONL bytes. Issue #10: the run within 3x the floor (the
-same process reading the dataset and mocks, scoring every answer and writing three export
-files, with no store); `summarize` at 100k within 0.1 s of the 3-sample run; on
+no larger than 3x the exported JSONL bytes. The run within 3x the floor (plain Python,
+nothing of exprof imported: reading the config, dataset and mocks, scoring every answer
+by the seed's rules and writing three export files, with no store); `summarize` at 100k within 0.1 s of the 3-sample run; on
 PostgreSQL, within 2x the SQLite run. With --db, the store is that (empty) database.
 
 The floor and the run alternate three times (`--repeat`) and the best of each is kept
@@ -81,32 +81,49 @@ def timed_cpu(argv: list[str], cwd: Path) -> tuple[float, float, float, str]:
     return wall, peak_kb / 1024, cpu, out
 
 
-# The floor: what any profiler must do for a mock run, in a fresh interpreter as the run
-# is: read the dataset and mocks, answer and score each sample (the scoring is exprof's
-# own), write requests.jsonl, responses.jsonl and summary.json. No store, no events table.
+# The floor: what any profiler must do for a mock run, in plain Python and a fresh
+# interpreter as the run is, importing nothing of exprof: read the YAML config, the JSON
+# dataset and mocks, score each answer by the seed's rules (a fact is covered when it is
+# a case-insensitive substring; a refusal is a refusal-typed answer or one that says
+# "i'm sorry" / "cannot comply"), write requests.jsonl, responses.jsonl and summary.json.
 FLOOR = """
-import sys, time
+import json, math, sys
 from pathlib import Path
-from exprof.config import load_config
-from exprof.dataset import load_dataset, load_mock_responses
-from exprof.clients.mock import MockClient
-from exprof.jsonio import dumps
-from exprof.scoring import sample_events
-from exprof.store.events import SampleScored
-config = load_config(sys.argv[1])
-samples = load_dataset(config.dataset_path)
-client = MockClient(load_mock_responses(config.mock_responses_path))
+import yaml
+path = Path(sys.argv[1])
+config = yaml.safe_load(path.read_text())
+def resolve(name):
+    for base in (path.parent, Path.cwd()):
+        if (base / name).exists():
+            return base / name
+    return Path(name)
+samples = json.loads(resolve(config["dataset_path"]).read_text())
+dataset = resolve(config["dataset_path"])
+mock_path = config.get("mock_responses_path")
+mocks = json.loads((resolve(mock_path) if mock_path else dataset.parent / "mock_responses.json").read_text())
 out = Path(sys.argv[2]); out.mkdir(parents=True)
-covered = n = 0
+covered = refused = n = 0
 with open(out / "requests.jsonl", "w") as req, open(out / "responses.jsonl", "w") as resp:
     for sample in samples:
-        req.write(dumps(sample.to_payload()) + "\\n")
-        for ev in sample_events(sample, client.complete(sample)):
-            if isinstance(ev, SampleScored):
-                covered += ev.fact_coverage; n += 1
-            else:
-                resp.write(dumps(ev.to_payload()) + "\\n")
-(out / "summary.json").write_text(dumps({"samples": n, "fact_coverage": covered / max(n, 1)}))
+        req.write(json.dumps({"dialogue_id": sample["dialogue_id"], "model": config["model"],
+            "max_tokens": config["max_tokens"], "system": sample.get("system", ""),
+            "user": sample["user"]}) + "\\n")
+        mock = mocks.get(sample["dialogue_id"])
+        if mock is None:
+            continue
+        text, meta = mock["completion"], mock.get("metadata", {})
+        low = text.lower()
+        facts = sample.get("required_facts", [])
+        found = sum(f.lower() in low for f in facts)
+        coverage = found / len(facts) if facts else 1.0
+        refusal = meta.get("type") == "refusal" or any(
+            m in low.replace("\u2019", "'") for m in ("i'm sorry", "cannot comply"))
+        covered += coverage; refused += refusal; n += 1
+        resp.write(json.dumps({"dialogue_id": sample["dialogue_id"], "completion": text,
+            **meta, "fact_coverage": coverage, "refused": refusal}) + "\\n")
+rate = refused / max(n, 1); coverage = covered / max(n, 1)
+(out / "summary.json").write_text(json.dumps({"samples": n, "fact_coverage": coverage,
+    "refusal_rate": rate, "geometric_mean": math.sqrt(coverage * (1 - rate))}))
 """
 
 
