@@ -8,8 +8,9 @@ Targets (issue #2): >= 10,000 samples/s end to end with exports, peak RSS <= 300
 `summarize` <= 0.5 s on the 100k run and <= 0.4 s on the 3-sample sample, and a store
 no larger than 3x the exported JSONL bytes. The run within 3x the floor (plain Python,
 nothing of exprof imported: reading the config, dataset and mocks, scoring every answer
-by the seed's rules and writing three export files, with no store); `summarize` at 100k within 0.1 s of the 3-sample run; on
-PostgreSQL, within 2x the SQLite run. With --db, the store is that (empty) database.
+by the seed's rules and writing three export files, with no store); `summarize` at 100k
+within 0.1 s of the 3-sample run; on PostgreSQL, within 2x the SQLite run. With --db,
+the store is that (empty) database.
 
 The floor and the run alternate three times (`--repeat`) and the best of each is kept
 (best wall and best CPU each on its own), with each attempt's wall ratio printed too.
@@ -100,7 +101,8 @@ def resolve(name):
 samples = json.loads(resolve(config["dataset_path"]).read_text())
 dataset = resolve(config["dataset_path"])
 mock_path = config.get("mock_responses_path")
-mocks = json.loads((resolve(mock_path) if mock_path else dataset.parent / "mock_responses.json").read_text())
+mocks_file = resolve(mock_path) if mock_path else dataset.parent / "mock_responses.json"
+mocks = json.loads(mocks_file.read_text())
 out = Path(sys.argv[2]); out.mkdir(parents=True)
 covered = refused = n = 0
 with open(out / "requests.jsonl", "w") as req, open(out / "responses.jsonl", "w") as resp:
