@@ -77,13 +77,12 @@ def resolve(
     found = store.latest_run_of(ref) if latest else None
     if found is not None:
         return RunRef(store, found)
-    if exports or latest:
-        raise ExprofError(
-            f"{store.location}: no run, experiment or export directory named {ref!r} "
-            "(see `exprof runs`)"
-        )
-    store.require_run(ref)  # the store's own "no run" error
-    raise AssertionError("require_run accepted an unknown run")
+    if not exports and not latest:  # a command that takes run ids: the store's own error
+        store.require_run(ref)
+    raise ExprofError(
+        f"{store.location}: no run, experiment or export directory named {ref!r} "
+        "(see `exprof runs`)"
+    )
 
 
 def run_id_of(ref: str, store: Any) -> str:
