@@ -33,6 +33,7 @@ RESERVED = frozenset(
 REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 LENGTH_UNITS = ("words", "chars", "tokens")
 JUDGE_MAX_TOKENS = 16
+REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 # Options each type takes: name -> required?
 OPTIONS: dict[str, dict[str, bool]] = {
@@ -256,17 +257,56 @@ def compile_regex(spec: dict[str, Any], where: str) -> re.Pattern[str]:
 
 
 def schema_validator(spec: dict[str, Any], where: str) -> Any:
-    """A validator for a json spec's embedded schema."""
+    """A validator for a json spec's embedded schema, which resolves only references
+    inside the schema (and to the bundled meta-schemas): nothing is fetched."""
     import jsonschema
 
-    cls = jsonschema.validators.validator_for(spec["schema"])
+    schema, at = spec["schema"], f"{where}: {spec['schema_path']}"
+    cls = jsonschema.validators.validator_for(schema)
     try:
-        cls.check_schema(spec["schema"])
+        cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise ExprofError(
-            f"{where}: {spec['schema_path']}: invalid JSON Schema: {exc.message}"
-        ) from None
-    return cls(spec["schema"])
+        raise ExprofError(f"{at}: invalid JSON Schema: {exc.message}") from None
+    return cls(schema, registry=_local_registry(schema, at))
+
+
+def _refuse(uri: str) -> Any:
+    from referencing.exceptions import NoSuchResource
+
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+def _local_registry(schema: Any, at: str) -> Any:
+    """The schema's own resources (by `$id` too), each of its references checked to
+    resolve among them, so that a remote `$ref` is refused before anything is written."""
+    from jsonschema_specifications import REGISTRY as META_SCHEMAS
+    from referencing import Registry, Resource
+    from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    root = Resource.from_contents(schema, default_specification=DRAFT202012)
+    uri = root.id() or ""
+    registry = Registry(retrieve=_refuse)  # type: ignore[call-arg]
+    registry = registry.with_resource(uri, root).crawl().combine(META_SCHEMAS)
+    stack = [(registry.resolver(base_uri=uri), root)]
+    while stack:  # a loop, not recursion: a schema may nest deeper than Python's stack
+        resolver, resource = stack.pop()
+        contents = resource.contents
+        for key in REF_KEYS if isinstance(contents, dict) else ():
+            ref = contents.get(key)
+            if not isinstance(ref, str):
+                continue
+            try:
+                resolver.lookup(ref)
+            except (PointerToNowhere, NoSuchAnchor, InvalidAnchor):
+                raise ExprofError(f"{at}: {key} {ref!r} points to nothing in the schema") from None
+            except Unresolvable:
+                raise ExprofError(
+                    f"{at}: {key} {ref!r} is outside the schema; only references within it "
+                    "(such as '#/$defs/name') are resolved, and nothing is fetched"
+                ) from None
+        stack.extend((resolver.in_subresource(sub), sub) for sub in resource.subresources())
+    return registry
 
 
 def import_function(target: str, search_path: str, where: str) -> MetricFn:
