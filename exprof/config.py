@@ -13,7 +13,7 @@ import yaml
 
 from exprof.errors import ExprofError
 from exprof.files import MAX_CONFIG_BYTES, read_text
-from exprof.metric_specs import SpecContext, parse_metrics
+from exprof.metric_specs import DEFAULT_METRIC_TIMEOUT_S, SpecContext, parse_metrics
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -48,6 +48,7 @@ OPTIONAL_KEYS = (
     "repeats",
     "cache",
     "budget_usd",
+    "metric_timeout_s",
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
 MATRIX_KEYS = ("model", "temperature", "max_tokens", "system")
@@ -61,6 +62,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "cache": False,
     "budget_usd": None,
     "system": None,
+    "metric_timeout_s": DEFAULT_METRIC_TIMEOUT_S,
 }
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 
@@ -85,13 +87,14 @@ class Config:
     batch: bool = False  # send through the Message Batches API
     batch_poll_s: float | None = None  # first poll interval; None: the batch runner's default
     rate_limit: dict[str, int] = field(default_factory=dict)  # a cap below the org's limits
-    # Issue 12. `matrix` maps a parameter to its values (system: name -> text); a cell's
+    # `matrix` maps a parameter to its values (system: name -> text); a cell's
     # own config has no matrix and, when the matrix varies it, the cell's `system`.
     matrix: dict[str, Any] | None = None
     repeats: int = 1
     cache: bool = False
     budget_usd: float | None = None
     system: str | None = None
+    metric_timeout_s: float = DEFAULT_METRIC_TIMEOUT_S  # each custom metric call's limit
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -295,6 +298,9 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["max_retries"] = _integer(raw["max_retries"], where("max_retries"), minimum=0)
     if "timeout_s" in raw:
         out["timeout_s"] = _number(raw["timeout_s"], where("timeout_s"), 0.001, None)
+    if "metric_timeout_s" in raw:
+        limit = _number(raw["metric_timeout_s"], where("metric_timeout_s"), 0.001, 86400.0)
+        out["metric_timeout_s"] = float(limit)
     if "api_version" in raw:
         out["api_version"] = _string(raw["api_version"], where("api_version"))
     if "pricing" in raw:

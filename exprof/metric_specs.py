@@ -30,9 +30,10 @@ NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 RESERVED = frozenset(
     BUILTIN + ("dialogue_id", "refused", "facts_missing", "metrics", "metric_errors", "status")
 )
-REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+REGEX_FLAGS = {"i": "IGNORECASE", "m": "MULTILINE", "s": "DOTALL", "x": "VERBOSE"}
 LENGTH_UNITS = ("words", "chars", "tokens")
 JUDGE_MAX_TOKENS = 16
+DEFAULT_METRIC_TIMEOUT_S = 10.0
 REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 # Options each type takes: name -> required?
@@ -246,13 +247,17 @@ def _check(spec: dict[str, Any], where: str) -> None:
         import_function(spec["function"], spec["search_path"], where)
 
 
-def compile_regex(spec: dict[str, Any], where: str) -> re.Pattern[str]:
+def compile_regex(spec: dict[str, Any], where: str) -> Any:
+    """A regex metric's pattern, on the `regex` package: its matching gives way to
+    signals (see exprof.scoring.guard)."""
+    import regex as user_regex
+
     flags = 0
     for letter in spec["flags"]:
-        flags |= REGEX_FLAGS[letter]
+        flags |= getattr(user_regex, REGEX_FLAGS[letter])
     try:
-        return re.compile(spec["pattern"], flags)
-    except re.error as exc:
+        return user_regex.compile(spec["pattern"], flags)
+    except user_regex.error as exc:
         raise ExprofError(f"{where}: bad regex {spec['pattern']!r}: {exc}") from None
 
 

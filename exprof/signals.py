@@ -12,8 +12,12 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from exprof.errors import STOP_SIGNALS, interruption
+
+T = TypeVar("T")
+_END: Any = object()
 
 
 @contextlib.contextmanager
@@ -41,3 +45,34 @@ def deferred_signals() -> Iterator[Callable[[], None]]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     check()
+
+
+@contextlib.contextmanager
+def raising_signals() -> Iterator[None]:
+    """Inside a deferred_signals block, around a call that may block for long and has
+    no transaction open (an HTTP call to the API): a stop signal raises at once, in
+    the call, as Python's own Ctrl-C does. Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise interruption(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def raising_iter(items: Iterator[T]) -> Iterator[T]:
+    """`items`, each drawn under raising_signals (a stream read from the API); what the
+    caller does with an item in between (record it) is not interrupted."""
+    while True:
+        with raising_signals():
+            item = next(items, _END)
+        if item is _END:
+            return
+        yield item  # type: ignore[misc]

@@ -254,23 +254,6 @@ def test_db_upgrade_command(tmp_path, invoke):
     assert f"schema at revision {SCHEMA_HEAD}" in result.stderr
 
 
-def test_no_sql_outside_the_store_package():
-    """Only exprof/store/ speaks SQL or touches the engine (issue 10, part 1)."""
-    import re
-
-    speaks_sql = re.compile(
-        r"(?<!exprof\.store)\.engine\b|exec_driver_sql|\bconnect\(|\b(SELECT|INSERT|UPDATE|DELETE)\s+\w+.*\b(FROM|INTO|SET)\b"
-    )
-    offenders = []
-    for path in sorted((REPO / "exprof").rglob("*.py")):
-        if "store" in path.relative_to(REPO / "exprof").parts[:1]:
-            continue
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if speaks_sql.search(line):
-                offenders.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()}")
-    assert offenders == []
-
-
 def test_stored_events_come_back_typed(store):
     store.append("r", [*_started(), SampleScored("d0", 0.5, False, ["f"])], after_seq=0)
     assert [type(e.event) for e in store.events("r")] == [RunStarted, DatasetChunk, SampleScored]

@@ -42,6 +42,7 @@ from exprof.clients.outcome import Failure
 from exprof.config import Config
 from exprof.errors import ConcurrencyError, ExprofError
 from exprof.run.session import Session
+from exprof.signals import raising_iter, raising_signals
 from exprof.store.batches import Batch, BatchState, batch_state, iter_ranges, to_ranges
 from exprof.store.engine import Store
 from exprof.store.events import (
@@ -140,7 +141,8 @@ class _BatchLoop:
         self.state.intents[intent_no] = intent
         body = create_body(self.line(intent_no, pos) for pos in taken)
         try:
-            info = self.client.create(body)
+            with raising_signals():  # the intent is recorded: a resume reconciles it
+                info = self.client.create(body)
         except api_errors(self.client) as exc:
             if self.client.describe_error(exc) is not None:
                 self.void(intent, "the create call was refused")
@@ -176,7 +178,7 @@ class _BatchLoop:
         claimed = set(self.state.batches)
         best: BatchInfo | None = None
         try:
-            for info in self.client.list_since(intent.not_before):
+            for info in raising_iter(iter(self.client.list_since(intent.not_before))):
                 if info.batch_id in claimed or info.total != intent.requests:
                     continue
                 if info.created_epoch < intent.not_before - LIST_SKEW_S:
@@ -196,7 +198,8 @@ class _BatchLoop:
     def poll(self, batch: Batch) -> BatchInfo | None:
         self.check()
         try:
-            info = self.client.retrieve(batch.batch_id)
+            with raising_signals():
+                info = self.client.retrieve(batch.batch_id)
         except api_errors(self.client) as exc:
             stop_on(self.client, exc)
             return None  # waited out: the next poll asks again
@@ -219,7 +222,7 @@ class _BatchLoop:
         # prompts only when a custom metric may read them.
         owed = (p for p in iter_ranges(intent.ranges) if self.is_owed(p))
         samples = self.samples.many(owed, prompts=bool(self.session.metrics))
-        for result in self.client.results(batch.batch_id):
+        for result in raising_iter(iter(self.client.results(batch.batch_id))):
             parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
             if parsed is None or parsed[0] != batch.intent:
                 continue  # not a request of this batch: never ours to record

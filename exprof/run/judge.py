@@ -16,6 +16,7 @@ from exprof.dataset import Sample
 from exprof.render import Progress
 from exprof.run.session import Session
 from exprof.scoring import judge
+from exprof.signals import raising_signals
 from exprof.store.engine import Store
 from exprof.store.events import JudgeScored
 from exprof.store.record import iter_samples, load_started, recorded_responses, rescore_source
@@ -38,7 +39,11 @@ def run_judge(session: Session, concurrency: int | None, quiet: bool, announce: 
     for start in range(0, len(tasks), JUDGE_BATCH):
         session.check_signals()
         chunk = tasks[start : start + JUDGE_BATCH]
-        outcomes = live_grade(chunk, config, width) if live else judge.mock_grade(chunk, specs)
+        if live:
+            with raising_signals():  # replies still in flight are abandoned, as live ones
+                outcomes = live_grade(chunk, config, width)
+        else:
+            outcomes = judge.mock_grade(chunk, specs)
         for task, outcome in zip(chunk, outcomes, strict=True):
             session.grade(task, outcome)
         session.flush()

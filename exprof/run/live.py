@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.live import Halted, LiveClient
@@ -54,6 +55,7 @@ class _LiveLoop:
         self.crashed: list[BaseException] = []
         self.stopping: int | None = None  # the stop signal, once one arrives
         self.fatal: str | None = None  # the cause, once an error will hit every request
+        self.halt: asyncio.Event | None = None  # set on a stop, a fatal error or a crash
 
     async def run(self, pending: Iterable[Sample]) -> None:
         session = self.session
@@ -68,6 +70,13 @@ class _LiveLoop:
         previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
+        self.halt = asyncio.Event()
+        try:  # a signal that came before the loop's handlers: nothing is sent
+            session.check_signals()
+        except KeyboardInterrupt:
+            self._restore(loop, previous)
+            await client.close()
+            raise
         tasks: set[asyncio.Task[None]] = set()
         # Beats on a timer, not with the answers: in a 429/529 storm every slot may wait
         # on retries for longer than STALE_LEASE_S, and a worker that went quiet would
@@ -83,6 +92,7 @@ class _LiveLoop:
                     return  # never sent: the sample stays pending for a resume
                 if isinstance(outcome, Failure) and outcome.fatal and self.fatal is None:
                     self.fatal = outcome.fatal
+                    self._wake()
                 session.record(sample, outcome)
                 await self._committed()
                 session.show(client.status())
@@ -91,7 +101,8 @@ class _LiveLoop:
 
         try:
             for sample in pending:
-                await workers.acquire()
+                if not await self._slot(workers):
+                    break
                 if self.stopping is not None or self.crashed or self.fatal:
                     workers.release()
                     break
@@ -105,9 +116,7 @@ class _LiveLoop:
                 raise self.crashed[0]
         finally:
             beating.cancel()
-            for signum, handler in previous.items():
-                loop.remove_signal_handler(signum)
-                signal.signal(signum, handler)
+            self._restore(loop, previous)
             session.flush()
             await client.close()
         if self.fatal:
@@ -117,6 +126,34 @@ class _LiveLoop:
         if self.stopping is not None:
             raise interruption(self.stopping)
 
+    def _restore(self, loop: asyncio.AbstractEventLoop, previous: dict[Any, Any]) -> None:
+        """Put the runner's signal handlers back in place of the loop's."""
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
+
+    async def _slot(self, workers: asyncio.Semaphore) -> bool:
+        """Wait for a free slot, or for the halt (a stop signal while every slot waits on
+        a slow server): True once a slot is taken, False on a halt."""
+        if not workers.locked():
+            await workers.acquire()
+            return True
+        assert self.halt is not None
+        taking = asyncio.ensure_future(workers.acquire())
+        halted = asyncio.ensure_future(self.halt.wait())
+        await asyncio.wait({taking, halted}, return_when=asyncio.FIRST_COMPLETED)
+        halted.cancel()
+        if not taking.done():
+            taking.cancel()
+            await asyncio.gather(taking, return_exceptions=True)
+        if taking.cancelled():
+            return False
+        return True
+
+    def _wake(self) -> None:
+        if self.halt is not None:
+            self.halt.set()
+
     def _settle(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         """A done-callback: forget the task, keeping any error (asyncio.wait would not)."""
 
@@ -124,6 +161,7 @@ class _LiveLoop:
             tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
                 self.crashed.append(task.exception())  # type: ignore[arg-type]
+                self._wake()
 
         return settle
 
@@ -147,6 +185,7 @@ class _LiveLoop:
     def _on_signal(self, signum: int) -> None:
         if self.stopping is None:
             self.stopping = signum
+            self._wake()
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             print(f"\n{name}: finishing the requests in flight...", file=sys.stderr)
 

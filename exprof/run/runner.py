@@ -63,6 +63,15 @@ class RunResult:
     over_budget: bool = False  # stopped by budget_usd; resumable
 
 
+def _ended(
+    run_id: str, summary: dict[str, Any], failed: int, if_failed: str, if_ok: str
+) -> RunResult:
+    """A run with nothing left to send: exit 1 with `if_failed` if samples failed."""
+    if failed:
+        return RunResult(run_id, summary, EXIT_SAMPLES_FAILED, if_failed)
+    return RunResult(run_id, summary, EXIT_OK, if_ok)
+
+
 class Runner:
     """Starts and resumes runs on a Store; usable from Python without the CLI."""
 
@@ -259,14 +268,13 @@ class Runner:
                     return self._stopped_exporting(run_id, stop)
                 self.store.release_lease(lease)
                 failed = summary["samples_failed"]
-                if failed:
-                    return RunResult(
-                        run_id,
-                        summary,
-                        EXIT_SAMPLES_FAILED,
-                        f"nothing sent: {failed} failed sample(s) left alone (--no-retry-failed)",
-                    )
-                return RunResult(run_id, summary, EXIT_OK, f"run {run_id} is already complete")
+                return _ended(
+                    run_id,
+                    summary,
+                    failed,
+                    f"nothing sent: {failed} failed sample(s) left alone (--no-retry-failed)",
+                    f"run {run_id} is already complete",
+                )
             repeats = started.config.get("repeats", 1)
             if started.mode == "live" and started.config.get("batch"):
                 # A batch run reads its samples from the snapshot as it sends them.
@@ -417,14 +425,13 @@ class Runner:
             return self._stopped_exporting(run_id, stop)
         finally:
             self.store.release_lease(lease)
-        if failed:
-            return RunResult(
-                run_id,
-                summary,
-                EXIT_SAMPLES_FAILED,
-                f"{failed} sample(s) failed; retry them with: exprof resume {run_id}",
-            )
-        return RunResult(run_id, summary, EXIT_OK, f"run {run_id} complete")
+        return _ended(
+            run_id,
+            summary,
+            failed,
+            f"{failed} sample(s) failed; retry them with: exprof resume {run_id}",
+            f"run {run_id} complete",
+        )
 
     def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:
         """After Ctrl-C or SIGTERM: record the stop, export what there is, hand over;

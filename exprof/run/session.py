@@ -17,7 +17,7 @@ from exprof.dataset import Sample
 from exprof.errors import ConcurrencyError
 from exprof.render import Progress
 from exprof.run.budget import Budget
-from exprof.scoring import custom, judge, sample_events
+from exprof.scoring import custom, guard, judge, sample_events
 from exprof.store.engine import Store
 from exprof.store.events import Event
 from exprof.store.leases import Lease
@@ -52,7 +52,8 @@ class Session:
         self.progress = progress
         self.budget = budget
         self.others = others
-        self.metrics = custom.build(record.config.metrics)
+        self.metrics = custom.build(record.config.metrics, record.config.metric_timeout_s)
+        guard.new_run()
         self.arrived: list[Event] = []
         self.done = self.errors = 0
         self.check_signals: Callable[[], None] = lambda: None  # set by the runner

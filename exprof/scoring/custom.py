@@ -14,12 +14,14 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.metric_specs import (
+    DEFAULT_METRIC_TIMEOUT_S,
     MetricFn,
     compile_regex,
     custom_specs,
     import_function,
     schema_validator,
 )
+from exprof.scoring.guard import Guard, MetricStopped
 
 Value = float | int | bool | dict[str, float | int | bool]
 
@@ -31,12 +33,14 @@ Value = float | int | bool | dict[str, float | int | bool]
 class Metric:
     name: str
     fn: MetricFn
+    timeout_s: float = DEFAULT_METRIC_TIMEOUT_S  # per call; see exprof.scoring.guard
 
 
-def build(metrics: Iterable[object]) -> list[Metric]:
-    """Callables for a recorded `metrics` list's non-judge custom entries, in order."""
+def build(metrics: Iterable[object], timeout_s: float = DEFAULT_METRIC_TIMEOUT_S) -> list[Metric]:
+    """Callables for a recorded `metrics` list's non-judge custom entries, in order,
+    each call held to `timeout_s` (the config's metric_timeout_s)."""
     return [
-        Metric(spec["name"], build_one(spec, f"metrics ({spec['name']})"))
+        Metric(spec["name"], build_one(spec, f"metrics ({spec['name']})"), timeout_s)
         for spec in custom_specs(metrics)
         if spec["type"] != "judge"
     ]
@@ -111,15 +115,19 @@ def evaluate(
     metrics: Sequence[Metric], sample: dict[str, Any], completion: str, metadata: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each metric's value for one answer, and the errors of those that failed. A metric
-    that raises (user code may) gets None and its error; the run goes on."""
+    that raises (user code may) or overruns its time limit gets None and its error; the
+    run goes on."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for metric in metrics:
-        try:
-            values[metric.name] = check_value(metric.fn(sample, completion, metadata))
-        except Exception as exc:
-            values[metric.name] = None
-            errors[metric.name] = f"{type(exc).__name__}: {exc}"[:500]
+    with Guard() as guard:
+        for metric in metrics:
+            try:
+                with guard.limit(metric.timeout_s):
+                    value = metric.fn(sample, completion, metadata)
+                values[metric.name] = check_value(value)
+            except (Exception, MetricStopped) as exc:
+                values[metric.name] = None
+                errors[metric.name] = f"{type(exc).__name__}: {exc}"[:500]
     return values, errors
 
 
