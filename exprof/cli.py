@@ -379,8 +379,11 @@ def rescore(
     if new_run_id is not None:
         check_run_id(new_run_id, "--run-id")
     config = load_config(config_path)
+    from exprof.refs import run_id_of
+
     store = open_store(db, output_dir)
-    result = Runner(store, output_dir, quiet=quiet).rescore(run_id, config, new_run_id)
+    source = run_id_of(run_id, store)
+    result = Runner(store, output_dir, quiet=quiet).rescore(source, config, new_run_id)
     _finish(result, format_, config.builtin_metrics)
 
 
@@ -398,18 +401,22 @@ def summarize(
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
     from exprof.summary import read_exported_summary, run_summary
 
-    if run_id is not None and log_dir is None:
-        store = open_store(db, output_dir)
-        if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
-            from exprof.experiment import experiment_summary
-
-            _echo_cells(experiment_summary(store, run_id), format_)
-            return
     if log_dir is not None:
-        summary = read_exported_summary(Path(log_dir))
-    elif run_id is not None:
-        summary = run_summary(open_store(db, output_dir, readonly=True), run_id)
-    echo_summary(summary, format_)
+        echo_summary(read_exported_summary(Path(log_dir)), format_)
+        return
+    assert run_id is not None
+    from exprof.refs import ExperimentRef, RunRef, resolve
+
+    def store() -> Any:
+        return open_store(db, output_dir, readonly=True)
+
+    found = resolve(run_id, store, exports=False, latest=False)
+    if isinstance(found, ExperimentRef):
+        from exprof.experiment import experiment_summary
+
+        _echo_cells(experiment_summary(found.store, found.experiment_id), format_)
+    elif isinstance(found, RunRef):  # exports=False
+        echo_summary(run_summary(found.store, found.run_id), format_)
 
 
 @cli.command()

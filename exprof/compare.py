@@ -19,6 +19,7 @@ import numpy as np
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
+from exprof.refs import ExportRef, RunRef, resolve
 from exprof.scoring import custom, recorded
 from exprof.scoring.builtin import geometric_mean
 from exprof.stats import bootstrap_means, mcnemar_exact
@@ -66,16 +67,11 @@ class Side:
 
 def load_side(ref: str, store_factory: Any) -> Side:
     """A run id, an experiment id (latest run) or an export directory."""
-    path = Path(ref)
-    if path.is_dir() and (path / "summary.json").exists():
-        return _side_from_dir(path)
-    store = store_factory()
-    run_id = ref if store.run_exists(ref) else store.latest_run_of(ref)
-    if run_id is None:
-        raise ExprofError(
-            f"{store.location}: no run, experiment or export directory named {ref!r} "
-            "(see `exprof runs`)"
-        )
+    found = resolve(ref, store_factory, experiments=False)
+    if isinstance(found, ExportRef):
+        return _side_from_dir(found.path)
+    assert isinstance(found, RunRef)  # experiments=False
+    store, run_id = found.store, found.run_id
     rows = _average_repeats(store.sample_scores(run_id))
     from exprof.summary import run_summary
 

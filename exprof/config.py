@@ -13,7 +13,7 @@ import yaml
 
 from exprof.errors import ExprofError
 from exprof.files import MAX_CONFIG_BYTES, read_text
-from exprof.scoring.custom import DEFAULT_METRIC_TIMEOUT_S, SpecContext, parse_metrics
+from exprof.metric_specs import DEFAULT_METRIC_TIMEOUT_S, SpecContext, parse_metrics
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -77,7 +77,7 @@ class Config:
     mock_responses_path: str
     log_schema_version: int = 1
     output_fields: list[str] = field(default_factory=lambda: ["completion", "metadata"])
-    # Built-in names, and custom metric specs as normalised by scoring.custom.
+    # Built-in names, and custom metric specs as normalised by exprof.metric_specs.
     metrics: list[str | dict[str, Any]] = field(default_factory=lambda: list(METRIC_NAMES))
     concurrency: int = DEFAULT_CONCURRENCY
     max_retries: int = DEFAULT_MAX_RETRIES

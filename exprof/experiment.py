@@ -64,10 +64,11 @@ def plan_cells(config: Config, experiment_id: str) -> list[Cell]:
     matrix = config.matrix or {}
     keys = list(matrix)
     choices = [list(matrix[k]) for k in keys]  # system: its names
+    labels = [_labels(k, values) for k, values in zip(keys, choices, strict=True)]
     cells = []
-    for combo in itertools.product(*choices):
-        params = dict(zip(keys, combo, strict=True))
-        name = ".".join(f"{_short(k)}-{_safe(v)}" for k, v in params.items())
+    for combo in itertools.product(*(range(len(c)) for c in choices)):
+        params = {k: choices[i][j] for i, (k, j) in enumerate(zip(keys, combo, strict=True))}
+        name = ".".join(labels[i][j] for i, j in enumerate(combo))
         cells.append(Cell(name, params, cell_run_id(experiment_id, name)))
     return cells
 
@@ -380,6 +381,30 @@ def baseline_gate(
 
 def _short(key: str) -> str:
     return {"temperature": "t", "max_tokens": "mt", "system": "sys"}.get(key, key)
+
+
+def _labels(key: str, values: list[Any]) -> list[str]:
+    """`<key>-<value>` for each of one parameter's values, distinct even where a file
+    system ignores case. A value an id can hold as it is keeps its plain label; one that
+    had to be changed (`m/a`, `m a`, `mа` with a Cyrillic a) gets a digest of the value
+    too, so that values differing only in such characters never share a cell."""
+    labels = [_label(key, v, str(v) != _safe(v)) for v in values]
+    folded = [label.casefold() for label in labels]
+    labels = [
+        _label(key, v, True) if folded.count(f) > 1 else label
+        for v, label, f in zip(values, labels, folded, strict=True)
+    ]
+    if len({label.casefold() for label in labels}) < len(labels):  # only a crafted value
+        raise ExprofError(f"matrix.{key}: two values would share a cell name; rename one")
+    return labels
+
+
+def _label(key: str, value: Any, digest: bool) -> str:
+    label = f"{_short(key)}-{_safe(value)}"
+    if not digest:
+        return label
+    raw = str(value).encode("utf-8", "surrogatepass")
+    return f"{label}-{hashlib.sha256(raw).hexdigest()[:8]}"
 
 
 def _safe(value: Any) -> str:

@@ -11,13 +11,14 @@ import pytest
 import yaml
 
 from conftest import REPO, write_experiment
+from exprof import metric_specs
 from exprof.scoring import custom
 from exprof.store.engine import Store, store_url
 
 
 def spec_for(tmp_path: Path, entry: dict) -> dict:
-    ctx = custom.SpecContext(tmp_path / "config.yaml", "claude-3-opus", tmp_path)
-    return custom.parse_metrics([entry], ctx)[0]  # type: ignore[return-value]
+    ctx = metric_specs.SpecContext(tmp_path / "config.yaml", "claude-3-opus", tmp_path)
+    return metric_specs.parse_metrics([entry], ctx)[0]  # type: ignore[return-value]
 
 
 def score(tmp_path: Path, entry: dict, completion: str, metadata: dict | None = None):

@@ -29,6 +29,7 @@ from exprof.compare import Side, compare, load_side
 from exprof.errors import ExprofError
 from exprof.files import write_atomic
 from exprof.jsonio import dumps
+from exprof.refs import ExperimentRef, resolve
 from exprof.render import fmt_value
 from exprof.report import charts
 from exprof.report.data import COLUMNS, RunData, completions, run_data
@@ -87,13 +88,8 @@ def _write(target: Path, html: str) -> Path:
 
 def _experiment_store(ref: str, store_factory: Callable[[], Any]) -> Any:
     """The store, when ref names a matrix experiment (and no run or export directory)."""
-    path = Path(ref)
-    if path.is_dir() and (path / "summary.json").exists():
-        return None
-    store = store_factory()
-    if store.run_exists(ref) or store.experiment_record(ref) is None:
-        return None
-    return store
+    found = resolve(ref, store_factory)
+    return found.store if isinstance(found, ExperimentRef) else None
 
 
 def _experiment_report(

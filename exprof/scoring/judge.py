@@ -13,8 +13,8 @@ from typing import Any
 
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.dataset import Sample
+from exprof.metric_specs import custom_specs
 from exprof.pricing import estimate_cost
-from exprof.scoring.custom import custom_specs
 from exprof.store.events import Event, JudgeRequestSent, JudgeScored
 
 SYSTEM = (

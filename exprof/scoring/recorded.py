@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from exprof.metric_specs import custom_specs
 from exprof.scoring import custom
 from exprof.store.engine import Store
 from exprof.store.events import JudgeScored, SampleScored
@@ -14,7 +15,7 @@ from exprof.store.events import JudgeScored, SampleScored
 
 def metric_names(config: dict[str, Any]) -> list[str]:
     """The custom metric names of a recorded config, in config order."""
-    return [spec["name"] for spec in custom.custom_specs(config.get("metrics", ()))]
+    return [spec["name"] for spec in custom_specs(config.get("metrics", ()))]
 
 
 Slot = tuple[str, int]  # (dialogue_id, repeat): one answer of a run with repeats
