@@ -21,6 +21,7 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u
 # stand inside strings there, so a \u escape keeps the JSON exact, with the same value.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+NONE = "-"  # what every table shows for a value that is not there (JSON: null)
 _FORMULA_START = ("=", "+", "-", "@")
 
 
@@ -76,6 +77,7 @@ def render(
         if data is None:
             data = [dict(zip(headers, row, strict=True)) for row in rows]
         return safe_json(data)
+    rows = [[NONE if cell is None else cell for cell in row] for row in rows]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -93,7 +95,7 @@ def render(
 
 def fmt_value(value: Any) -> str:
     if value is None:
-        return "-"
+        return NONE
     if isinstance(value, float):
         return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
     if isinstance(value, dict):

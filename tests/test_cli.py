@@ -248,3 +248,25 @@ def test_progress_bar_draws_done_total_errors_and_rate_on_a_terminal():
         bar.update(5, 0)
         bar.close()
     assert quiet.getvalue() == piped.getvalue() == ""  # --quiet, or not a terminal
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv"])
+def test_runs_never_prints_none(tmp_path, invoke, fmt):
+    """A run without custom metrics beside one with them, and a run stopped before any
+    answer: every empty cell is the tables' one marker, in every format."""
+    samples, mocks = make_samples(3)
+    plain = write_experiment(tmp_path / "a", samples, mocks, experiment_id="plain")
+    custom = write_experiment(
+        tmp_path / "b",
+        samples,
+        mocks,
+        experiment_id="custom",
+        metrics=["fact_coverage", {"name": "n", "type": "length", "unit": "words", "max": 9}],
+    )
+    empty = write_experiment(tmp_path / "c", samples, {}, experiment_id="empty")
+    for config in (plain, custom, empty):
+        invoke("run", "--config", str(config), "--quiet")
+    shown = invoke("runs", "--format", fmt)
+    assert shown.exit_code == 0, shown.output
+    assert "None" not in shown.stdout
+    assert "n=" in shown.stdout  # the custom run's mean is there; the others are "-"
