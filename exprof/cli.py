@@ -596,7 +596,7 @@ def report(
 @click.argument("run_id")
 @store_options
 def cancel(run_id: str, output_dir: str, db: str | None) -> None:
-    """Cancel a batch run's in-flight batches on purpose (not sent again on resume)."""
+    """Cancel a batch run's in-flight batches; resume sends their unfinished requests again."""
     from exprof.run.batch import cancel_run
 
     cancelled = cancel_run(open_store(db, output_dir), run_id)

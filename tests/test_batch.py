@@ -468,3 +468,11 @@ def test_kill_9_loop_never_loses_or_pays_twice(tmp_path):
         f"kill loop: {kills} kills {phases} over {runs_done} run(s); each run {ref_created} "
         f"batches created, {ref_billed} requests billed for {len(samples)} samples"
     )
+
+
+def test_cancel_help_says_what_resume_does(invoke):
+    """The cancelled requests are failures that `resume` sends again (as the test above
+    shows): the help says so, as the README does."""
+    shown = invoke("cancel", "--help").output
+    assert "sends their unfinished requests again" in " ".join(shown.split())
+    assert "not sent again" not in shown

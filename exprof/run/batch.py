@@ -315,7 +315,7 @@ class _BatchLoop:
 
 def cancel_run(store: Store, run_id: str) -> list[str]:
     """Cancel a batch run's in-flight batches on purpose; their canceled requests are
-    then recorded as failures, not sent again. Returns the batch ids cancelled."""
+    recorded as failures, which `resume` sends again. Returns the batch ids cancelled."""
     config = Config.from_dict(load_started(store, run_id).config)
     if not config.batch:
         raise ExprofError(f"run {run_id!r} is not a batch run: there is nothing to cancel")
