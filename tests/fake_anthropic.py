@@ -8,6 +8,8 @@ not in `valid_keys` (401), a request-level parameter it rejects (400 naming it).
 Rate limits (`rpm`, `itpm`, `otpm`) are token buckets reported with the API's own
 headers, `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining,reset}`,
 and a 429 with `retry-after` (whole seconds, as the API sends) when one is empty.
+A successful answer may be mangled on request (`mangle`: its payload and headers in,
+any bytes or payload and headers out), for a server that sends garbage.
 A grader prompt (a system prompt starting "You grade", as exprof's judge metrics send)
 is answered "Score: N", N from `judge_score` of the user text.
 """
@@ -47,7 +49,9 @@ class FakeState:
     seed: int = 0
     script: dict[str, list[str]] = field(default_factory=dict)  # user text -> faults by attempt
     always_fail: set[str] = field(default_factory=set)  # user texts answered 500 forever
-    retry_after: float = 0.05
+    retry_after: float | str = 0.05  # a string is sent as it is: "nan", "-3", "1e300"
+    # (payload, headers) of a successful answer -> what is sent instead (bytes go raw)
+    mangle: Callable[[dict, dict[str, str]], tuple[dict | bytes, dict[str, str]]] | None = None
     hang_s: float = 3.0
     retired_models: set[str] = field(default_factory=set)  # answered 404 not_found_error
     valid_keys: set[str] | None = None  # when set, any other credential is answered 401
@@ -287,23 +291,22 @@ class _Handler(BaseHTTPRequestHandler):
             if "output-tokens" in state.buckets:
                 state.buckets["output-tokens"].level -= output_tokens  # may go below zero
             limits = self._limit_headers(state)
-        self._send(
-            200,
-            {
-                "id": f"msg_{zlib.crc32(user.encode()):08x}",
-                "type": "message",
-                "role": "assistant",
-                "model": body.get("model", "unknown") + "-fake",
-                "content": [
-                    {"type": "text", "text": text[:10]},
-                    {"type": "text", "text": text[10:]},
-                ],
-                "stop_reason": "refusal" if refused else "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-            },
-            limits,
-        )
+        payload: dict | bytes = {
+            "id": f"msg_{zlib.crc32(user.encode()):08x}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "unknown") + "-fake",
+            "content": [
+                {"type": "text", "text": text[:10]},
+                {"type": "text", "text": text[10:]},
+            ],
+            "stop_reason": "refusal" if refused else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+        if state.mangle is not None:
+            payload, limits = state.mangle(payload, limits)  # type: ignore[arg-type]
+        self._send(200, payload, limits)
         return None
 
     def _admit(self, state: FakeState, input_tokens: int) -> Callable[[], None] | None:
@@ -361,13 +364,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
         self._send(status, {"type": "error", "error": {"type": kind, "message": message}}, headers)
 
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        headers = {"content-type": "application/json", "request-id": self.request_id} | (
+            headers or {}
+        )
         self.send_response(status)
-        self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
-        self.send_header("request-id", self.request_id)
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         self._leave_flight()

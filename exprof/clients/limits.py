@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from exprof.clients import sanitize
 
 HEADROOM = 0.98  # pace this close to an advertised limit: jitter lives in the rest
 BURST_S = 1.0  # our buckets hold this many seconds of refill (the API may enforce per second)
@@ -45,6 +46,10 @@ SHOWN_FOR_S = 1.0  # the progress bar says "rate-limited" this long after a wait
 FIRST_TOKENS_PER_CHAR = 0.5  # before any usage is seen; real text runs about 0.25-0.3
 ESTIMATE_WEIGHT = 0.1  # exponential mean over answers
 EPSILON = 1e-6  # tokens
+# Bounds on what a header may say: no per-minute limit is above this, and a per-minute
+# bucket is full again within the minute, whatever its `reset` claims.
+MAX_LIMIT = 1e9
+MAX_RESET_S = 60.0
 
 
 @dataclass
@@ -194,19 +199,20 @@ class RatePacer:
     def _read_headers(self, headers: Mapping[str, str], now: float, wall_now: float | None) -> bool:
         seen = False
         for name in LIMITS:
-            limit = _number(headers.get(HEADER.format(name, "limit")))
-            if limit is None or limit <= 0:
+            limit = sanitize.number(headers.get(HEADER.format(name, "limit")), 0, MAX_LIMIT)
+            if limit is None or limit < 1:
                 continue
             seen = True
             bucket = self._set_limit(name, limit, now)
-            remaining = _number(headers.get(HEADER.format(name, "remaining")))
+            remaining = sanitize.number(headers.get(HEADER.format(name, "remaining")), 0, limit)
             if remaining is None:
                 continue
             bucket.refill(now)
             # What the server had left, less what we sent that it may not have counted.
             bucket.level = min(bucket.level, remaining - self.outstanding[name])
             if remaining < 1:
-                reset_in = _seconds_until(headers.get(HEADER.format(name, "reset")), wall_now)
+                reset = headers.get(HEADER.format(name, "reset"))
+                reset_in = sanitize.seconds_until(reset, MAX_RESET_S, wall_now)
                 if reset_in is not None and reset_in > 0:
                     # The server refills to `limit` by `reset`: its first token comes after.
                     bucket.not_before = now + reset_in / max(limit - remaining, 1.0)
@@ -244,28 +250,6 @@ def pacer_for(model: str, endpoint: str = "", caps: Mapping[str, int] | None = N
             if caps:
                 pacer.cap(caps, time.monotonic())
         return pacer
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def _seconds_until(stamp: str | None, wall_now: float | None) -> float | None:
-    """Seconds from now to an RFC 3339 time; None if it cannot be read."""
-    if stamp is None:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        return None
-    return when.timestamp() - (time.time() if wall_now is None else wall_now)
 
 
 class AdaptiveLimit:

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from exprof.clients.credentials import redact
+from exprof.clients import sanitize
 from exprof.clients.fatal import fatal_cause
 from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
@@ -77,7 +77,7 @@ class LiveClient:
                     raise Halted
                 started = time.perf_counter()
                 raw = await self.client.messages.with_raw_response.create(**request)
-                message = await raw.parse()
+                answer = sanitize.message(sanitize.body(await raw.read()))
             except self.anthropic.APIStatusError as exc:
                 headers = exc.response.headers
                 informed = self.pacer.settle(cost, headers, time.monotonic())
@@ -87,24 +87,23 @@ class LiveClient:
                     self.limiter.on_rate_limited()
                     self.pacer.hold(_retry_after(headers) or 0.0, time.monotonic())
                 retry = exc.status_code in RETRYABLE_STATUS
-                said = redact(_api_message(exc))
+                said = _api_message(exc)
                 fatal = fatal_cause(exc.status_code, said, self.config.model)
                 failure = Failure(type(exc).__name__, said, exc.status_code, attempts, fatal)
             except self.anthropic.APIConnectionError as exc:
                 retry, headers = True, None
-                failure = Failure(type(exc).__name__, redact(str(exc)), None, attempts)
+                failure = Failure(type(exc).__name__, _said(str(exc)), None, attempts)
+            except sanitize.Garbage as exc:  # a 200 that is not a message: worth a retry
+                retry, headers = True, None
+                failure = Failure("InvalidResponse", str(exc), 200, attempts)
             else:
-                usage = message.usage
                 self.pacer.settle(
-                    cost,
-                    raw.headers,
-                    time.monotonic(),
-                    usage=(usage.input_tokens, usage.output_tokens),
-                    chars=chars,
+                    cost, raw.headers, time.monotonic(), usage=answer.usage, chars=chars
                 )
                 settled = True
                 self.limiter.on_success()
-                return self._response(message, attempts, time.perf_counter() - started)
+                request_id = sanitize.text(raw.request_id)
+                return self._response(answer, request_id, attempts, time.perf_counter() - started)
             finally:
                 if not settled:  # no answer to learn from: only give the estimate back
                     self.pacer.settle(cost, None, time.monotonic())
@@ -120,23 +119,21 @@ class LiveClient:
         """For the progress bar: the rate limit holding the run back, or the AIMD limit."""
         return self.pacer.status(time.monotonic()) or f"in-flight limit {self.limiter.limit}"
 
-    def _response(self, message: Any, attempts: int, elapsed: float) -> Response:
-        text = "".join(block.text for block in message.content if block.type == "text")
-        metadata: dict[str, Any] = {"model": message.model}
+    def _response(
+        self, answer: sanitize.Message, request_id: str | None, attempts: int, elapsed: float
+    ) -> Response:
+        metadata: dict[str, Any] = {"model": answer.model}
         if self.config.sends_temperature:
             metadata["temperature"] = self.config.temperature
         metadata.update(
-            token_count=message.usage.output_tokens,
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,
-            stop_reason=message.stop_reason,
+            answer.counts(),
             latency_ms=round(elapsed * 1000, 1),
             attempts=attempts,
-            request_id=message._request_id,
+            request_id=request_id,
         )
-        if message.stop_reason == "refusal":
+        if answer.stop_reason == "refusal":
             metadata["type"] = "refusal"
-        return Response(text, metadata)
+        return Response(answer.text, metadata)
 
     async def close(self) -> None:
         await self.client.close()
@@ -150,20 +147,23 @@ def _api_message(exc: Any) -> str:
     """The API's own error message where the body has one, else the SDK's text."""
     body = exc.body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message", exc.message))
-    return str(exc.message)
+        said = sanitize.text(body["error"].get("message"))
+        if said is not None:
+            return said
+    return _said(str(exc.message))
+
+
+def _said(message: str) -> str:
+    return sanitize.text(message) or ""
 
 
 def _retry_after(headers: Any) -> float | None:
-    """The server's retry-after(-ms), in seconds, if it sent one."""
+    """The server's retry-after(-ms), in seconds, if it sent a finite one."""
     if headers is not None:
         for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-            value = headers.get(name)
-            if value is not None:
-                try:
-                    return min(float(value) * scale, RETRY_AFTER_CAP_S)
-                except ValueError:
-                    pass
+            after = sanitize.number(headers.get(name), 0.0, RETRY_AFTER_CAP_S / scale)
+            if after is not None:
+                return after * scale
     return None
 
 

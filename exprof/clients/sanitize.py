@@ -1,0 +1,133 @@
+"""What the API sends, made safe before anything else reads it.
+
+Every number and string from a response passes through here on its way to the pacer,
+the store or a float conversion: a header that says `nan`, `-1e300` or the year 9999, a
+usage count of 2**80 or -5, answer text with lone surrogates or a credential echoed
+back. A count is an integer in [0, MAX_COUNT] or None; a duration a finite number of
+seconds in [0, cap] or None; text is valid Unicode with every credential redacted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from exprof.clients.credentials import redact
+
+MAX_COUNT = 2**53 - 1  # exact as a float too, so no sum or ratio of counts overflows
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def count(value: Any) -> int | None:
+    """A token count from a JSON body: an integer (or integral float) in [0, MAX_COUNT];
+    else None, strings included."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_COUNT else None
+
+
+def number(value: Any, low: float, high: float) -> float | None:
+    """A finite number read from a header or body, clamped to [low, high]; else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        parsed = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return min(max(parsed, low), high) if math.isfinite(parsed) else None
+
+
+def seconds_until(stamp: Any, cap: float, wall_now: float | None = None) -> float | None:
+    """Seconds from now to an RFC 3339 time, in [0, cap]; None if it cannot be read."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            return None
+        left = when.timestamp() - (time.time() if wall_now is None else wall_now)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return min(max(left, 0.0), cap)
+
+
+def text(value: Any) -> str | None:
+    """A string from the API as it may be recorded: lone surrogates replaced, every
+    credential redacted; None for anything that is not a string."""
+    if not isinstance(value, str):
+        return None
+    return redact(LONE_SURROGATE.sub(REPLACEMENT, value))
+
+
+class Garbage(ValueError):
+    """An answer exprof cannot read: that request's failure, never a crash."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """The parts of a Messages API message that exprof records, each one checked."""
+
+    text: str
+    model: str | None
+    stop_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        if self.input_tokens is None or self.output_tokens is None:
+            return None
+        return self.input_tokens, self.output_tokens
+
+    def counts(self) -> dict[str, Any]:
+        """The metadata that follows the model (and temperature) in a response."""
+        return {
+            "token_count": self.output_tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def body(data: bytes) -> Any:
+    """A response body as JSON; raises Garbage for anything else."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # not JSON, too deep, or a 5,000-digit number
+        raise Garbage("the answer is not JSON") from None
+
+
+def message(data: Any) -> Message:
+    """The message in a decoded answer (a live body or a batch result's `message`);
+    raises Garbage when its shape is not a message's."""
+    if not isinstance(data, dict):
+        raise Garbage("the answer is not a JSON object")
+    content = data.get("content")
+    if not isinstance(content, list):
+        raise Garbage("the answer's content is not a list of blocks")
+    parts = []
+    for block in content:
+        if not isinstance(block, dict):
+            raise Garbage("a content block is not an object")
+        if block.get("type") == "text":
+            part = text(block.get("text"))
+            if part is None:
+                raise Garbage("a text block holds no text")
+            parts.append(part)
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    return Message(
+        "".join(parts),
+        text(data.get("model")),
+        text(data.get("stop_reason")),
+        count(usage.get("input_tokens")),
+        count(usage.get("output_tokens")),
+    )
