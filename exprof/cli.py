@@ -263,12 +263,21 @@ def run(
         from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
+    from exprof.models import preflight
+
+    cells: list[tuple[str | None, Any]] = [(None, config)]
+    if config.matrix:  # experiment loads numpy: a plain run never needs it
+        from exprof.experiment import cell_configs
+
+        cells = cell_configs(config)
+    models = preflight(cells, config_path, live)
     if dry_run:
         _echo_dry_run(config, samples, live, format_, _cache_store(config, db, output_dir))
         return
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
+    runner.models = models if live else {}
     if config.matrix:
         from exprof.experiment import run_experiment
 

@@ -19,10 +19,12 @@ import numpy as np
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import loads
+from exprof.knobs import KNOBS
 from exprof.refs import ExportRef, RunRef, resolve
 from exprof.scoring import custom, recorded
 from exprof.scoring.builtin import geometric_mean
 from exprof.stats import bootstrap_means, mcnemar_exact
+from exprof.stops import is_cut_off
 from exprof.store.record import load_started
 
 MIN_SAMPLES = 10
@@ -58,6 +60,7 @@ class Side:
     # Custom metric columns aligned with ids (a dict-valued metric as `name.key`); None
     # where a sample has no value.
     custom: dict[str, list[Any]] = field(default_factory=dict)
+    cut_off: set[str] = field(default_factory=set)  # ids with an answer cut off
 
     def facts_missing(self, wanted: list[str]) -> dict[str, list[str]]:
         if self.store is None:
@@ -87,6 +90,7 @@ def load_side(ref: str, store_factory: Any) -> Side:
         custom=_custom_columns(
             recorded.per_sample(store, run_id, load_started(store, run_id).config), ids, summary
         ),
+        cut_off=store.cut_off_ids(run_id) if summary.get("cut_off_rate") else set(),
     )
 
 
@@ -142,7 +146,22 @@ def _side_from_dir(path: Path) -> Side:
         np.array([r[2] for r in averaged], dtype=float),
         missing,
         custom=_custom_columns(rows, ids, summary),
+        cut_off=_cut_off_in_dir(path) if summary.get("cut_off_rate") else set(),
     )
+
+
+def _cut_off_in_dir(path: Path) -> set[str]:
+    """The ids whose exported response says it was cut off (with metadata exported)."""
+    found = set()
+    responses = path / "responses.jsonl"
+    for _, line in jsonl_lines(read_text(responses, "responses")):
+        try:
+            row = loads(line)
+        except ValueError:
+            raise ExprofError(f"{responses}: not JSON Lines") from None
+        if isinstance(row, dict) and is_cut_off(row):
+            found.add(str(row.get("dialogue_id")))
+    return found
 
 
 def _verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
@@ -266,7 +285,7 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
                 "facts_lost": sorted(lost_in_b - lost_in_a),
             }
         )
-    return {
+    result = {
         "a": a.label,
         "b": b.label,
         "samples": {"common": n, "a_only": len(a_only), "b_only": len(b_only)},
@@ -288,6 +307,15 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
             for d, x, y, ra, rb in zip(common, cov_a, cov_b, ref_a, ref_b, strict=True)
         ],
     }
+    if a.cut_off or b.cut_off:
+        # A pair cut off on one side only compares a cut-off with an answer: a tight
+        # max_tokens, not a worse prompt, may be why it lost.
+        result["cut_off_pairs"] = [
+            {"dialogue_id": d, "cut_off": "a" if d in a.cut_off else "b"}
+            for d in common
+            if (d in a.cut_off) != (d in b.cut_off)
+        ]
+    return result
 
 
 def _custom_metric(pairs: list[tuple[Any, Any]], resamples: int, seed: int) -> dict[str, Any]:
@@ -334,12 +362,24 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if a.get(key) != b.get(key):
             fields[key] = {"a": a.get(key), "b": b.get(key)}
     notes = []
-    if "temperature" in fields and not (a.get("sent_params") or b.get("sent_params")):
+    sent_a, sent_b = a.get("sent_params") or {}, b.get("sent_params") or {}
+    if "temperature" in fields and "temperature" not in sent_a and "temperature" not in sent_b:
         del fields["temperature"]
         notes.append(
             f"temperature is configured differently ({a.get('temperature')} vs "
             f"{b.get('temperature')}) but neither run sent it"
         )
+    # Each knob on its own, where a run sent it; one configured but sent by neither run
+    # (the mock honours effort and thinking only) is a note, not a difference.
+    fields.pop("sent_params", None)
+    knobs_a, knobs_b = a.get("knobs") or {}, b.get("knobs") or {}
+    for key in KNOBS:
+        if key == "temperature":
+            continue
+        if sent_a.get(key) != sent_b.get(key):
+            fields[key] = {"a": sent_a.get(key), "b": sent_b.get(key)}
+        elif knobs_a.get(key) != knobs_b.get(key):
+            notes.append(f"{key} is configured differently but neither run sent it")
     for x, y in ((a, b), (b, a)):
         if y.get("rescore_of") and y.get("rescore_of") == x.get("run_id"):
             del fields["mode"]  # the same answers: only the metrics scoring them differ

@@ -11,9 +11,15 @@ from typing import Any
 
 import yaml
 
+from exprof import knobs
 from exprof.errors import ExprofError
 from exprof.files import MAX_CONFIG_BYTES, read_text
-from exprof.metric_specs import DEFAULT_METRIC_TIMEOUT_S, SpecContext, parse_metrics
+from exprof.metric_specs import (
+    DEFAULT_METRIC_TIMEOUT_S,
+    SpecContext,
+    parse_metrics,
+    with_schema_metric,
+)
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -30,8 +36,10 @@ DEFAULT_TIMEOUT_S = 60.0
 # expanded, stay far below this.
 MAX_YAML_NODES = 10_000
 
-REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "temperature", "dataset_path")
+REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "dataset_path")
 OPTIONAL_KEYS = (
+    *knobs.KNOBS,
+    "stream",
     "log_schema_version",
     "output_fields",
     "metrics",
@@ -51,7 +59,7 @@ OPTIONAL_KEYS = (
     "metric_timeout_s",
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
-MATRIX_KEYS = ("model", "temperature", "max_tokens", "system")
+MATRIX_KEYS = ("model", "max_tokens", "system", *knobs.KNOBS)
 MAX_CELLS = 24
 MAX_REPEATS = 1000
 # Experiment keys left out of the recorded config while at their default, so a config
@@ -63,6 +71,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "budget_usd": None,
     "system": None,
     "metric_timeout_s": DEFAULT_METRIC_TIMEOUT_S,
+    "stream": False,
+    **{k: None for k in knobs.KNOBS if k != "temperature"},
 }
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 
@@ -72,7 +82,7 @@ class Config:
     experiment_id: str
     model: str
     max_tokens: int
-    temperature: float
+    temperature: float | None
     dataset_path: str
     mock_responses_path: str
     log_schema_version: int = 1
@@ -95,6 +105,16 @@ class Config:
     budget_usd: float | None = None
     system: str | None = None
     metric_timeout_s: float = DEFAULT_METRIC_TIMEOUT_S  # each custom metric call's limit
+    # The knobs (exprof.knobs), each in the form the API takes; None: not sent.
+    effort: str | None = None
+    thinking: dict[str, Any] | None = None
+    stop_sequences: list[str] | None = None
+    output_schema: dict[str, Any] | None = None  # {file, schema}
+    service_tier: str | None = None
+    speed: str | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool = False  # stream each answer, for time to first token and tokens/s
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -112,11 +132,26 @@ class Config:
         """Only the 2023-06-01 API accepts sampling parameters; 2026-10-21 rejects them."""
         return self.api_version != SDK_API_VERSION
 
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The knobs set, by key, in KNOBS order."""
+        return {k: getattr(self, k) for k in knobs.KNOBS if getattr(self, k) is not None}
+
+    def wire_knobs(self) -> dict[str, Any]:
+        """The request fields the knobs add, as a live request sends them."""
+        return knobs.wire(self.knobs, self.sends_temperature)
+
     def sent_params(self, mode: str) -> dict[str, Any]:
-        """What actually goes over the wire: the mock sends nothing, and API 2026-10-21
-        rejects sampling parameters, so temperature is only sent under 2023-06-01."""
-        sends = mode == "live" and self.sends_temperature
-        return {"temperature": self.temperature} if sends else {}
+        """The knobs that reach the model, by config key: a live run sends every knob set
+        (sampling parameters only under an API version that takes them); the mock honours
+        effort and thinking, and nothing else."""
+        if mode == "live":
+            sent = self.knobs
+            if not self.sends_temperature:
+                for key in knobs.SAMPLING:
+                    sent.pop(key, None)
+            return sent
+        return {k: v for k, v in self.knobs.items() if k in knobs.MOCK_KNOBS}
 
     @property
     def builtin_metrics(self) -> tuple[str, ...]:
@@ -256,12 +291,13 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
             hint = difflib.get_close_matches(str(key), known, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ExprofError(f"{path}: unknown key {str(key)!r}{suggestion}")
-    matrix = _matrix(raw["matrix"], f"{path}: matrix") if "matrix" in raw else None
+    matrix = _matrix(raw["matrix"], f"{path}: matrix", path.parent) if "matrix" in raw else None
     for key in REQUIRED_KEYS:
         if key not in raw and not (matrix and key in matrix):
             raise ExprofError(f"{path}: missing required key {key!r}")
     if matrix:  # a key the matrix varies needs no top-level value: the first cell's stands in
-        raw = {**{k: v[0] for k, v in matrix.items() if k != "system"}, **raw}
+        taken = ("system", *knobs.KNOBS)  # knob values are parsed already: taken below
+        raw = {**{k: v[0] for k, v in matrix.items() if k not in taken}, **raw}
 
     def where(key: str) -> str:
         return f"{path}: {key}"
@@ -270,7 +306,11 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
     out["experiment_id"] = check_run_id(raw["experiment_id"], where("experiment_id"))
     out["model"] = _string(raw["model"], where("model"))
     out["max_tokens"] = _integer(raw["max_tokens"], where("max_tokens"), minimum=1)
-    out["temperature"] = _number(raw["temperature"], where("temperature"), 0.0, 1.0)
+    for key in knobs.KNOBS:
+        if key in raw:
+            out[key] = knobs.parse(key, raw[key], where(key), path.parent)
+        else:  # the matrix's first value stands in, as for model and max_tokens
+            out[key] = matrix[key][0] if matrix and key in matrix else None
     dataset_value = _string(raw["dataset_path"], where("dataset_path"))
     dataset = resolve_path(dataset_value, path.parent, where("dataset_path"))
     out["dataset_path"] = str(dataset)
@@ -292,6 +332,14 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
     if "metrics" in raw:
         context = SpecContext(path, out["model"], dataset.parent)
         out["metrics"] = parse_metrics(raw["metrics"], context)
+    if out["output_schema"] is not None:
+        out["metrics"] = with_schema_metric(
+            out.get("metrics", list(METRIC_NAMES)), out["output_schema"]
+        )
+    if "stream" in raw:
+        if not isinstance(raw["stream"], bool):
+            raise ExprofError(f"{where('stream')}: must be true or false, got {raw['stream']!r}")
+        out["stream"] = raw["stream"]
     if "concurrency" in raw:
         out["concurrency"] = _integer(raw["concurrency"], where("concurrency"), minimum=1)
     if "max_retries" in raw:
@@ -352,7 +400,7 @@ def _check_batch(config: Config) -> Config:
     return config
 
 
-def _matrix(value: object, where: str) -> dict[str, Any]:
+def _matrix(value: object, where: str, base: Path) -> dict[str, Any]:
     """`matrix:` as {parameter: [values]}, or for system {name: text}; every value is
     checked as its top-level key would be, and an error names the key and the value."""
     if not isinstance(value, dict) or not value:
@@ -376,8 +424,8 @@ def _matrix(value: object, where: str) -> dict[str, Any]:
             item_at = f"{at}[{i}]"
             if key == "model":
                 checked.append(_string(item, item_at))
-            elif key == "temperature":
-                checked.append(_number(item, item_at, 0.0, 1.0))
+            elif key in knobs.KNOBS:
+                checked.append(knobs.parse(key, item, item_at, base))
             else:
                 checked.append(_integer(item, item_at, minimum=1))
             if checked[-1] in checked[:-1]:

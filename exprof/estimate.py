@@ -21,7 +21,7 @@ from typing import Any
 from exprof import __version__
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
-from exprof.experiment import cell_config, cell_samples, plan_cells
+from exprof.experiment import cell_configs, cell_samples
 from exprof.pricing import price_for
 from exprof.run.cache import find_sources, request_identity
 from exprof.store.engine import Store
@@ -35,8 +35,7 @@ Counter = Callable[[Config, list[Sample]], list[int]]
 
 def heuristic_tokens(config: Config, samples: list[Sample]) -> list[int]:
     return [
-        math.ceil((len(s.system) + len(s.user)) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
-        for s in samples
+        math.ceil(len(s.transcript()) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS for s in samples
     ]
 
 
@@ -51,12 +50,10 @@ def dry_run(
     `reused` and priced at nothing: only the rest are requests, tokens and cost."""
     count = counter or heuristic_tokens
     mode = "live" if counter else "mock"
-    cells: list[tuple[str, Config]] = [("-", config)]
-    if config.matrix:
-        cells = [(c.name, cell_config(config, c.params)) for c in plan_cells(config, "x")]
+    cells = [(name or "-", cfg) for name, cfg in cell_configs(config)]
     rows = []
     counted: dict[tuple[str, str | None], list[int]] = {}  # cells differing only in sampling
-    earlier: set[tuple[Any, str, str, int]] = set()  # requests the cells before will send
+    earlier: set[tuple[Any, tuple[str, str], int]] = set()  # requests the cells before will send
     for name, cfg in cells:
         key = (cfg.model, cfg.system)
         prompts = cell_samples(samples, cfg)
@@ -74,9 +71,9 @@ def dry_run(
             reused |= {
                 (s.dialogue_id, s.repeat)
                 for s in pairs
-                if (request, s.system, s.user, s.repeat) in earlier
+                if (request, s.identity(), s.repeat) in earlier
             }
-            earlier.update((request, s.system, s.user, s.repeat) for s in pairs)
+            earlier.update((request, s.identity(), s.repeat) for s in pairs)
         requests = len(samples) * cfg.repeats - len(reused)
         tokens = sum(
             tokens

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from exprof import knobs
 from exprof.config import MAX_CELLS, Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -29,6 +30,7 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
+from exprof.metric_specs import with_schema_metric
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner, RunResult
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
@@ -73,6 +75,13 @@ def plan_cells(config: Config, experiment_id: str) -> list[Cell]:
     return cells
 
 
+def cell_configs(config: Config) -> list[tuple[str | None, Config]]:
+    """Each cell's name and config; a config without a matrix is its one, unnamed."""
+    if not config.matrix:
+        return [(None, config)]
+    return [(c.name, cell_config(config, c.params)) for c in plan_cells(config, "x")]
+
+
 def cell_run_id(experiment_id: str, name: str) -> str:
     """`<experiment>.<cell>`, a valid run id: a long one is cut and given a digest of
     the whole so that two cells never share an id."""
@@ -91,6 +100,8 @@ def cell_config(config: Config, params: dict[str, Any]) -> Config:
             changes["system"] = (config.matrix or {})["system"][value]
         else:
             changes[key] = value
+    if "output_schema" in params:
+        changes["metrics"] = with_schema_metric(config.metrics, params["output_schema"])
     return dataclasses.replace(config, **changes)
 
 
@@ -380,7 +391,12 @@ def baseline_gate(
 
 
 def _short(key: str) -> str:
-    return {"temperature": "t", "max_tokens": "mt", "system": "sys"}.get(key, key)
+    return {"max_tokens": "mt", "system": "sys", **knobs.SHORT}.get(key, key)
+
+
+def _word(key: str, value: Any) -> str:
+    """A value as its cell name spells it, before unsafe characters are replaced."""
+    return knobs.describe(key, value) if key in knobs.KNOBS else str(value)
 
 
 def _labels(key: str, values: list[Any]) -> list[str]:
@@ -388,7 +404,7 @@ def _labels(key: str, values: list[Any]) -> list[str]:
     system ignores case. A value an id can hold as it is keeps its plain label; one that
     had to be changed (`m/a`, `m a`, `mа` with a Cyrillic a) gets a digest of the value
     too, so that values differing only in such characters never share a cell."""
-    labels = [_label(key, v, str(v) != _safe(v)) for v in values]
+    labels = [_label(key, v, _word(key, v) != _safe(_word(key, v))) for v in values]
     folded = [label.casefold() for label in labels]
     labels = [
         _label(key, v, True) if folded.count(f) > 1 else label
@@ -400,10 +416,10 @@ def _labels(key: str, values: list[Any]) -> list[str]:
 
 
 def _label(key: str, value: Any, digest: bool) -> str:
-    label = f"{_short(key)}-{_safe(value)}"
+    label = f"{_short(key)}-{_safe(_word(key, value))}"
     if not digest:
         return label
-    raw = str(value).encode("utf-8", "surrogatepass")
+    raw = _word(key, value).encode("utf-8", "surrogatepass")
     return f"{label}-{hashlib.sha256(raw).hexdigest()[:8]}"
 
 

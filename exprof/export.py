@@ -227,7 +227,7 @@ class ExportLines:
             model=config.model,
             temperature=config.temperature,
             max_tokens=config.max_tokens,
-            prompt={"system": sample.system, "user": sample.user},
+            prompt=sample.prompt(),
         )
         return _line(line)
 

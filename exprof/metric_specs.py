@@ -25,10 +25,14 @@ from exprof.errors import ExprofError
 from exprof.files import read_text
 
 BUILTIN = ("fact_coverage", "refusal_rate", "geometric_mean")
+# The built-in metric a config with `output_schema` gets: does the answer hold to it?
+SCHEMA_METRIC = "schema_valid"
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # Keys a custom name may not take: they already mean something in summary.json and scores.jsonl.
 RESERVED = frozenset(
-    BUILTIN + ("dialogue_id", "refused", "facts_missing", "metrics", "metric_errors", "status")
+    BUILTIN
+    + ("dialogue_id", "refused", "facts_missing", "metrics", "metric_errors", "status")
+    + (SCHEMA_METRIC,)
 )
 REGEX_FLAGS = {"i": "IGNORECASE", "m": "MULTILINE", "s": "DOTALL", "x": "VERBOSE"}
 LENGTH_UNITS = ("words", "chars", "tokens")
@@ -84,6 +88,18 @@ def parse_metrics(value: object, ctx: SpecContext) -> list[str | dict[str, Any]]
                 "(a custom metric is a mapping with name and type)"
             )
     return out
+
+
+def with_schema_metric(
+    metrics: list[str | dict[str, Any]], output_schema: dict[str, Any] | None
+) -> list[str | dict[str, Any]]:
+    """The metrics, ending with SCHEMA_METRIC (a json metric on the output schema) when
+    the config sends one: every answer is checked against the schema it was asked for."""
+    kept = [m for m in metrics if not (isinstance(m, dict) and m["name"] == SCHEMA_METRIC)]
+    if output_schema is None:
+        return kept
+    spec = {"name": SCHEMA_METRIC, "type": "json", "schema_path": output_schema["file"]}
+    return [*kept, {**spec, "schema": output_schema["schema"]}]
 
 
 def custom_specs(metrics: Iterable[object], kind: str | None = None) -> list[dict[str, Any]]:

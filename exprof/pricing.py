@@ -1,25 +1,22 @@
-"""Estimated cost from a small table of list prices, in USD per million tokens.
+"""Estimated cost from the list prices, in USD per million tokens.
 
-A `pricing:` block in the config extends or overrides the table. A model that is in
-neither gives no estimate: the cost is reported as unknown, never guessed.
+The prices live in one data file, `exprof/prices.json`: each model's rate per token
+class (input, output, 5-minute and 1-hour cache writes, cache reads), with the pricing
+page they were read from and its date. Thinking tokens are part of a response's output
+tokens and are priced as output. A `pricing:` block in the config extends or overrides
+the table. A model that is in neither gives no estimate: the cost is reported as
+unknown, never guessed.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
-PRICES_PER_MTOK: dict[str, dict[str, float]] = {
-    "claude-opus-4-5": {"input": 5.0, "output": 25.0},
-    "claude-opus-4-1": {"input": 15.0, "output": 75.0},
-    "claude-opus-4": {"input": 15.0, "output": 75.0},
-    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0},
-    "claude-sonnet-4": {"input": 3.0, "output": 15.0},
-    "claude-haiku-4-5": {"input": 1.0, "output": 5.0},
-    "claude-3-7-sonnet": {"input": 3.0, "output": 15.0},
-    "claude-3-5-haiku": {"input": 0.8, "output": 4.0},
-    "claude-3-opus": {"input": 15.0, "output": 75.0},
-    "claude-3-haiku": {"input": 0.25, "output": 1.25},
-}
+PRICE_FILE = Path(__file__).with_name("prices.json")
+PRICE_TABLE = json.loads(PRICE_FILE.read_text(encoding="utf-8"))
+PRICES_PER_MTOK: dict[str, dict[str, float]] = PRICE_TABLE["models"]
 BATCH_DISCOUNT = 0.5  # the Message Batches API bills every token at half the list price
 _DATED = re.compile(r"-(\d{8}|latest)$")
 

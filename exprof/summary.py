@@ -9,6 +9,7 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import export_complete, read_text
+from exprof.knobs import KNOBS, describe
 from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
@@ -58,6 +59,17 @@ def run_summary(
         api_version=start.config["api_version"] if mode == "live" else None,
         sent_params=start.sent_params,
     )
+
+    # The knobs configured, each in a word (sent_params: those that reached the model);
+    # temperature has a field of its own, as it always had.
+    knobs = {
+        k: describe(k, start.config[k])
+        for k in KNOBS
+        if k != "temperature" and start.config.get(k) is not None
+    }
+    if knobs:
+        summary["knobs"] = knobs
+    summary.update(answer_fields(store, run_id, ok, always=bool(knobs)))
     if mode == "rescore":
         summary["rescore_of"] = rescore_source(store, run_id).source_run_id
     if run.repeats > 1:
@@ -85,13 +97,44 @@ def run_summary(
         if config.get("batch"):
             summary.update(batch_costs(cost))
     if latencies:
-        summary["latency_ms"] = {
-            "p50": metrics.percentile(latencies, 50),
-            "p90": metrics.percentile(latencies, 90),
-            "p99": metrics.percentile(latencies, 99),
-            "max": latencies[-1],
-        }
+        summary["latency_ms"] = {**_percentiles(latencies), "max": latencies[-1]}
+    if ok.streamed:
+        ttft, tps = store.stream_profile(run_id)
+        summary["ttft_ms"] = _percentiles(ttft)
+        if tps:
+            summary["output_tokens_per_s"] = _percentiles(tps)
     return summary
+
+
+def _percentiles(ascending: list[float]) -> dict[str, float]:
+    return {f"p{q}": metrics.percentile(ascending, q) for q in (50, 90, 99)}
+
+
+def answer_fields(
+    store: Store, run_id: str, ok: StatusStats, always: bool = False
+) -> dict[str, Any]:
+    """What today's API adds to a summary: thinking tokens; cut-offs, with coverage over
+    the complete answers and the bounds that cut-off answers scored 0 and then 1 give;
+    refusals by policy category. Each is given where the answers had it, and the first
+    two `always` (a run that set a knob), 0 when there were none."""
+    fields: dict[str, Any] = {}
+    if ok.thinking_tokens is not None or always:
+        fields["thinking_tokens"] = ok.thinking_tokens or 0
+    if always and not ok.cut_off and ok.count:
+        fields["cut_off_rate"] = 0.0
+    if ok.cut_off:
+        complete = ok.count - ok.cut_off
+        kept = ok.coverage_sum - ok.cut_off_coverage_sum
+        fields["cut_off_rate"] = round(ok.cut_off / ok.count, 4)
+        fields["fact_coverage_complete"] = round(kept / complete, 4) if complete else None
+        fields["fact_coverage_bounds"] = [
+            round(kept / ok.count, 4),
+            round((kept + ok.cut_off) / ok.count, 4),
+        ]
+    categories = store.refusals_by_category(run_id) if ok.refused else None
+    if categories is not None:
+        fields["refusal_by_category"] = categories
+    return fields
 
 
 def batch_costs(full: float | None) -> dict[str, Any]:

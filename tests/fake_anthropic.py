@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import fake_models
 from fake_batches import PREFIX as BATCHES
 from fake_batches import FakeBatches
 
@@ -54,6 +55,8 @@ class FakeState:
     mangle: Callable[[dict, dict[str, str]], tuple[dict | bytes, dict[str, str]]] | None = None
     hang_s: float = 3.0
     retired_models: set[str] = field(default_factory=set)  # answered 404 not_found_error
+    unknown_models: set[str] = field(default_factory=set)  # not in the Models API either
+    model_reads: int = 0  # GET /v1/models/{id} calls
     valid_keys: set[str] | None = None  # when set, any other credential is answered 401
     rpm: int | None = None  # rate limits, per minute, as token buckets
     itpm: int | None = None
@@ -96,6 +99,15 @@ class FakeState:
             if rng.random() < self.fault_rate:
                 return rng.choice(self.fault_kinds)
         return None
+
+
+def _last_user_text(body: dict) -> str:
+    """The text of the request's last user turn: what the fake answers."""
+    turns = [m for m in body.get("messages") or [{}] if m.get("role", "user") == "user"]
+    content = (turns or [{}])[-1].get("content", "")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content)
+    return content
 
 
 def judge_score(user: str) -> int:
@@ -153,9 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.batches.handle(self, "POST")
         state = self.server.state
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-        user = body.get("messages", [{}])[0].get("content", "")
-        if isinstance(user, list):
-            user = "".join(part.get("text", "") for part in user)
+        user = _last_user_text(body)
         if self.path.split("?")[0] == "/v1/messages/count_tokens":
             return self._count_tokens(state, body, user)
         with state.lock:
@@ -204,6 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith(BATCHES):
             return self.server.batches.handle(self, "GET")
         state = self.server.state
+        if self.path.startswith("/v1/models/"):
+            return self._model(state, self.path.split("?")[0].removeprefix("/v1/models/"))
         self.request_id = "req_stats"
         self.answered = True
         with state.lock:
@@ -216,6 +228,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "last_success": state.last_success,
             }
         self._send(200, stats)
+
+    def _model(self, state: FakeState, model: str) -> None:
+        """models.retrieve: the model's ModelInfo, or 404 for a model the API does not know."""
+        self.request_id = "req_model"
+        self.answered = True
+        with state.lock:
+            state.model_reads += 1
+        info = fake_models.lookup(model, state.retired_models, state.unknown_models)
+        if info is None:
+            return self._error(404, "not_found_error", f"model: {model}")
+        self._send(200, info)
+        return None
 
     def _answer(self, state: FakeState, body: dict, user: str, attempt: int) -> None:
         input_tokens = len(user.split()) + 3
@@ -238,6 +262,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(
                 400, "invalid_request_error", f"{sent[0]}: Extra inputs are not permitted"
             )
+        info = fake_models.lookup(model, state.retired_models, state.unknown_models)
+        if info is None:
+            return self._error(404, "not_found_error", f"model: {model}")
+        rejected = fake_models.rejects(body, info)
+        if rejected is not None:
+            return self._error(400, "invalid_request_error", rejected)
         fault = state.fault_for(user, attempt)
         if fault == "429":
             return self._error(
@@ -279,9 +309,24 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         refused = "REFUSE" in user
         text = "I'm sorry, I can't help with that." if refused else f"Answer: {user}"
+        if (body.get("output_config") or {}).get("format") and not refused:
+            text = json.dumps({"answer": user})
         if str(body.get("system", "")).startswith("You grade"):  # exprof's judge prompt
             text = f"Score: {judge_score(user)}"
-        output_tokens = len(text.split())
+        thinking = fake_models.thinks(body, model)
+        stop_reason, stop_sequence = ("refusal" if refused else "end_turn"), None
+        for sequence in body.get("stop_sequences") or ():
+            if sequence in text:
+                text, stop_reason, stop_sequence = (
+                    text.split(sequence)[0],
+                    "stop_sequence",
+                    sequence,
+                )
+                break
+        room = body.get("max_tokens", 0) - thinking
+        if not refused and len(text.split()) + thinking > body.get("max_tokens", 0):
+            text, stop_reason = " ".join(text.split()[: max(room, 0)]), "max_tokens"
+        output_tokens = len(text.split()) + thinking
         with state.lock:
             state.successes += 1
             state.output_tokens += output_tokens
@@ -297,13 +342,31 @@ class _Handler(BaseHTTPRequestHandler):
             "role": "assistant",
             "model": body.get("model", "unknown") + "-fake",
             "content": [
+                *(
+                    [{"type": "thinking", "thinking": "Let me think.", "signature": "c2ln"}]
+                    if thinking
+                    else []
+                ),
                 {"type": "text", "text": text[:10]},
                 {"type": "text", "text": text[10:]},
             ],
-            "stop_reason": "refusal" if refused else "end_turn",
-            "stop_sequence": None,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         }
+        if refused:
+            category = "cyber" if "CYBER" in user else None
+            payload["stop_details"] = {"type": "refusal", "category": category, "explanation": None}
+        if model in fake_models.CATALOGUE:  # today's models report today's usage
+            usage = payload["usage"]
+            usage.update(
+                cache_creation_input_tokens=0,
+                cache_read_input_tokens=0,
+                service_tier="standard",
+                speed=body.get("speed") or "standard",
+            )
+            if thinking:
+                usage["output_tokens_details"] = {"thinking_tokens": thinking}
         if state.mangle is not None:
             payload, limits = state.mangle(payload, limits)  # type: ignore[arg-type]
         self._send(200, payload, limits)

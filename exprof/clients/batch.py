@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
+from exprof.clients import sanitize
 from exprof.clients.credentials import redact
-from exprof.clients.live import build_request
-from exprof.clients.outcome import Failure, Outcome, Response
+from exprof.clients.live import answer_response, build_request
+from exprof.clients.outcome import Failure, Outcome
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
@@ -109,21 +110,11 @@ def outcome_of(result: dict[str, Any], config: Config, attempts: int) -> Outcome
     "expired", "canceled") to send it again."""
     kind = result.get("type")
     if kind == "succeeded":
-        message = result["message"]
-        text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")
-        usage = message.get("usage") or {}
-        metadata: dict[str, Any] = {"model": message.get("model")}
-        if config.sends_temperature:
-            metadata["temperature"] = config.temperature
-        metadata.update(
-            token_count=usage.get("output_tokens"),
-            input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"),
-            stop_reason=message.get("stop_reason"),
-        )
-        if message.get("stop_reason") == "refusal":
-            metadata["type"] = "refusal"
-        return Response(text, metadata)
+        try:
+            answer = sanitize.message(result.get("message"))
+        except sanitize.Garbage as exc:
+            return Failure("InvalidResponse", str(exc), None, attempts)
+        return answer_response(answer, config)
     if kind == "errored":
         error = (result.get("error") or {}).get("error") or {}
         error_type = str(error.get("type", "api_error"))

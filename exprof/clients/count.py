@@ -23,12 +23,12 @@ def count_input_tokens(config: Config, samples: list[Sample]) -> list[int]:
     out = []
     try:
         for sample in samples:
-            key = (sample.system, sample.user)
+            key = sample.identity()
             if key not in seen:
                 extra = {"system": sample.system} if sample.system else {}
                 counted = client.messages.count_tokens(
                     model=config.model,
-                    messages=[{"role": "user", "content": sample.user}],
+                    messages=sample.turns(),  # type: ignore[arg-type]
                     **extra,  # type: ignore[arg-type]
                 )
                 seen[key] = counted.input_tokens

@@ -15,8 +15,25 @@ from exprof.clients.credentials import redact
 # Request parameters that come from the config, so a 400 naming one is the same for
 # every sample. `messages` and `system` are not here: they differ per sample.
 CONFIG_PARAMETERS = frozenset(
-    {"model", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "metadata"}
+    {
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+        "output_config",
+        "thinking",
+        "service_tier",
+        "speed",
+    }
 )
+# The config keys a parameter of the request comes from, where they differ.
+CONFIG_KEYS = {"output_config": "effort: or output_schema:"}
+# A model that takes no prefill rejects every sample that ends with an assistant turn:
+# the dataset's shape, not one sample.
+PREFILL = re.compile(r"does not support assistant message prefill", re.IGNORECASE)
 NAMED_PARAMETER = re.compile(r"^\s*([A-Za-z_][\w-]*)(?:[.\[][^:]*)?\s*:")
 MAX_DETAIL = 300
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
@@ -45,7 +62,13 @@ def fatal_cause(status: int, message: str, model: str) -> str | None:
         named = NAMED_PARAMETER.match(detail)
         if named and named.group(1) in CONFIG_PARAMETERS:
             param = named.group(1)
-            return f"the API rejects {param} (400: {detail}); fix {param}: in the config, {mock}"
+            key = CONFIG_KEYS.get(param, f"{param}:")
+            return f"the API rejects {param} (400: {detail}); fix {key} in the config, {mock}"
+        if PREFILL.search(detail):
+            return (
+                f"{model} takes no prefill (400: {detail}); end every conversation in the "
+                f"dataset with a user turn, or choose a model that takes a prefill"
+            )
     return None
 
 

@@ -20,6 +20,7 @@ from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
+from exprof.knobs import SAMPLING
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -28,17 +29,21 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
 def build_request(config: Config, sample: Sample) -> dict[str, Any]:
-    """messages.create arguments; sampling parameters only where the API version takes them."""
+    """messages.create arguments: the sample's system prompt and turns, and the config's
+    knobs (sampling parameters only where the API version takes them, sent as extra body
+    fields since the SDK's own version no longer has them)."""
     request: dict[str, Any] = {
         "model": config.model,
         "max_tokens": config.max_tokens,
-        "messages": [{"role": "user", "content": sample.user}],
+        "messages": sample.turns(),
     }
     if sample.system:
         request["system"] = sample.system
+    sampling = {k: v for k, v in config.wire_knobs().items() if k in SAMPLING}
+    request.update((k, v) for k, v in config.wire_knobs().items() if k not in SAMPLING)
     if config.sends_temperature:
         request["extra_headers"] = {"anthropic-version": config.api_version}
-        request["extra_body"] = {"temperature": config.temperature}
+        request["extra_body"] = sampling
     return request
 
 
@@ -64,7 +69,7 @@ class LiveClient:
         """The sample's Response or final Failure; raises Halted instead of sending once
         the run is halted, so that the sample stays pending."""
         request = build_request(self.config, sample)
-        chars = len(sample.user) + len(sample.system or "")
+        chars = len(sample.transcript())
         attempts = 0
         while True:
             attempts += 1
@@ -122,21 +127,30 @@ class LiveClient:
     def _response(
         self, answer: sanitize.Message, request_id: str | None, attempts: int, elapsed: float
     ) -> Response:
-        metadata: dict[str, Any] = {"model": answer.model}
-        if self.config.sends_temperature:
-            metadata["temperature"] = self.config.temperature
-        metadata.update(
-            answer.counts(),
-            latency_ms=round(elapsed * 1000, 1),
-            attempts=attempts,
-            request_id=request_id,
-        )
-        if answer.stop_reason == "refusal":
-            metadata["type"] = "refusal"
-        return Response(answer.text, metadata)
+        timing = {"latency_ms": round(elapsed * 1000, 1), "attempts": attempts}
+        return answer_response(answer, self.config, {**timing, "request_id": request_id})
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def answer_response(
+    answer: sanitize.Message, config: Config, timing: dict[str, Any] | None = None
+) -> Response:
+    """An answer's Response, live or from a batch: the responding model, the temperature
+    where it was sent, the usage, stop reason and the rest the answer had, then `timing`.
+    A refusal stop reason makes it a refusal, whatever the text says."""
+    metadata: dict[str, Any] = {"model": answer.model}
+    if config.sends_temperature and config.temperature is not None:
+        metadata["temperature"] = config.temperature
+    counts = answer.counts()
+    extra = {k: counts.pop(k) for k in list(counts) if k in answer.extra}
+    metadata.update(counts)
+    metadata.update(timing or {})
+    metadata.update(extra)
+    if answer.stop_reason == "refusal":
+        metadata["type"] = "refusal"
+    return Response(answer.text, metadata)
 
 
 class Halted(Exception):

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exprof.clients.credentials import redact
@@ -71,6 +71,18 @@ class Garbage(ValueError):
     """An answer exprof cannot read: that request's failure, never a crash."""
 
 
+# Usage counts beyond input and output, as a response's metadata names them.
+USAGE_COUNTS = {
+    "cache_creation_input_tokens": ("cache_creation_input_tokens",),
+    "cache_read_input_tokens": ("cache_read_input_tokens",),
+    "cache_write_5m_tokens": ("cache_creation", "ephemeral_5m_input_tokens"),
+    "cache_write_1h_tokens": ("cache_creation", "ephemeral_1h_input_tokens"),
+    "thinking_tokens": ("output_tokens_details", "thinking_tokens"),
+}
+USAGE_WORDS = ("service_tier", "speed")
+STOP_DETAIL_WORDS = ("type", "category", "explanation")
+
+
 @dataclass(frozen=True)
 class Message:
     """The parts of a Messages API message that exprof records, each one checked."""
@@ -80,6 +92,10 @@ class Message:
     stop_reason: str | None
     input_tokens: int | None
     output_tokens: int | None
+    # Only what the answer had: its other blocks (thinking, redacted thinking) with the
+    # text ones, when it had any; stop_sequence and stop_details; the usage's other
+    # classes, service tier and speed.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def usage(self) -> tuple[int, int] | None:
@@ -94,6 +110,7 @@ class Message:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "stop_reason": self.stop_reason,
+            **self.extra,
         }
 
 
@@ -113,21 +130,53 @@ def message(data: Any) -> Message:
     content = data.get("content")
     if not isinstance(content, list):
         raise Garbage("the answer's content is not a list of blocks")
-    parts = []
+    parts, blocks = [], []
     for block in content:
         if not isinstance(block, dict):
             raise Garbage("a content block is not an object")
-        if block.get("type") == "text":
+        kind = block.get("type")
+        if kind == "text":
             part = text(block.get("text"))
             if part is None:
                 raise Garbage("a text block holds no text")
             parts.append(part)
+            blocks.append({"type": "text", "text": part})
+        elif kind == "thinking":
+            blocks.append({"type": "thinking", "thinking": text(block.get("thinking")) or ""})
+        elif kind == "redacted_thinking":
+            blocks.append({"type": "redacted_thinking", "data": text(block.get("data")) or ""})
+        else:
+            blocks.append({"type": text(kind) or "unknown"})
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
+    extra: dict[str, Any] = {}
+    if any(b["type"] != "text" for b in blocks):
+        extra["content"] = blocks
+    if text(data.get("stop_sequence")) is not None:
+        extra["stop_sequence"] = text(data.get("stop_sequence"))
+    details = data.get("stop_details")
+    if isinstance(details, dict):
+        extra["stop_details"] = {k: text(details.get(k)) for k in STOP_DETAIL_WORDS}
+    for name, path in USAGE_COUNTS.items():
+        found = _dig(usage, path)
+        if count(found) is not None:
+            extra[name] = count(found)
+    for name in USAGE_WORDS:
+        if text(usage.get(name)) is not None:
+            extra[name] = text(usage.get(name))
     return Message(
         "".join(parts),
         text(data.get("model")),
         text(data.get("stop_reason")),
         count(usage.get("input_tokens")),
         count(usage.get("output_tokens")),
+        extra,
     )
+
+
+def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path[:-1]:
+        data = data.get(key)  # type: ignore[assignment]
+        if not isinstance(data, dict):
+            return None
+    return data.get(path[-1])

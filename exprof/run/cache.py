@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from exprof.clients.outcome import Response
 from exprof.dataset import Sample
+from exprof.jsonio import dumps
 from exprof.store.engine import Store
 from exprof.store.events import ResponseReceived, ResponseReused, RunStarted
 from exprof.store.record import iter_samples
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from exprof.run.session import Session
 
 
-def _key(system: str, user: str, repeat: int) -> str:
+def _key(identity: tuple[str, str], repeat: int) -> str:
+    system, user = identity
     return hashlib.sha256(f"{repeat}\x00{system}\x00{user}".encode()).hexdigest()
 
 
@@ -36,7 +38,7 @@ def request_identity(started: RunStarted) -> tuple[object, ...]:
         started.mode,
         config["model"],
         config["max_tokens"],
-        tuple(sorted(started.sent_params.items())),
+        dumps(dict(sorted(started.sent_params.items()))),
         config["api_version"] if started.mode == "live" else None,
     )
 
@@ -47,7 +49,7 @@ def find_sources(
     """For each pending (dialogue_id, repeat) whose identical request was answered in an
     earlier run: the id of an event that recorded the answer. Reads only; `run --dry-run`
     asks it too, with the RunStarted the run would record."""
-    wanted = {_key(s.system, s.user, s.repeat): (s.dialogue_id, s.repeat) for s in pending}
+    wanted = {_key(s.identity(), s.repeat): (s.dialogue_id, s.repeat) for s in pending}
     found: dict[tuple[str, int], int] = {}
     for run_id in store.runs_of_model(started.config["model"], started.mode):
         if run_id == started.run_id or len(found) == len(wanted):
@@ -62,7 +64,7 @@ def find_sources(
             continue
         for position, sample in enumerate(iter_samples(store, run_id)):
             for repeat, event_id in answered.get(position, ()):
-                slot = wanted.get(_key(sample.system, sample.user, repeat))
+                slot = wanted.get(_key(sample.identity(), repeat))
                 if slot is not None and slot not in found:
                     found[slot] = event_id
     return found

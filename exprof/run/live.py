@@ -19,6 +19,7 @@ from exprof.clients.outcome import Failure
 from exprof.dataset import Sample
 from exprof.errors import STOP_SIGNALS, ExprofError, interruption
 from exprof.heap import settled_heap
+from exprof.knobs import SAMPLING
 from exprof.run.session import HEARTBEAT_S, Session
 from exprof.store.events import RunInterrupted
 
@@ -29,11 +30,14 @@ def run_live(session: Session, pending: Iterable[Sample], concurrency: int | Non
     """Send `pending` through the API. Raises KeyboardInterrupt after a Ctrl-C, once the
     answers that arrived in the grace period are recorded."""
     config = session.config
-    if not config.sends_temperature:
+    unsent = {k: v for k, v in config.knobs.items() if k in SAMPLING}
+    if unsent and not config.sends_temperature:
+        said = ", ".join(f"{k} {v}" for k, v in unsent.items())
+        verb = "is" if len(unsent) == 1 else "are"
         print(
-            f"warning: temperature {config.temperature} is recorded but not sent: API version "
+            f"warning: {said} {verb} recorded but not sent: API version "
             f'{config.api_version} rejects sampling parameters; set api_version: "2023-06-01" '
-            "in the config to send it",
+            "in the config to send them",
             file=sys.stderr,
         )
     if session.budget is not None:  # none is dispatched once the limit is reached

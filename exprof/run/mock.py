@@ -20,7 +20,10 @@ def run_mock(
 ) -> None:
     """Answer and record `pending`; `streamed` receives each sample's events as well."""
     store, record = session.store, session.run
-    client: MockClient | ReplayClient = MockClient(record.mocks)
+    config = session.config
+    client: MockClient | ReplayClient = MockClient(
+        record.mocks, config.max_tokens, config.sent_params("mock")
+    )
     if record.started.mode == "rescore":
         source = rescore_source(store, record.run_id).source_run_id
         client = ReplayClient(source, recorded_responses(store, source))

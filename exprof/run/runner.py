@@ -88,6 +88,9 @@ class Runner:
         self.output_dir = Path(output_dir)
         self.quiet = quiet
         self.poll_interval = poll_interval  # batch runs: overrides the config's batch_poll_s
+        # The Models API entries read before a live run (exprof.models), by model: each
+        # run records its model's.
+        self.models: dict[str, dict[str, Any]] = {}
 
     # -- entry points ----------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Runner:
                 __version__,
                 snapshot_chunk=SNAPSHOT_CHUNK,
                 cell=cell,
+                model_info=self.models.get(config.model),
             )
             yield from snapshot(samples, mocks if mode == "mock" else None)
 

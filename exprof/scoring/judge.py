@@ -47,7 +47,7 @@ def specs(metrics: Iterable[object]) -> list[dict[str, Any]]:
 def tasks_for(
     judge_specs: Sequence[dict[str, Any]], sample: Sample, completion: str
 ) -> Iterator[Task]:
-    prompt = f"{sample.system}\n\n{sample.user}" if sample.system else sample.user
+    prompt = sample.transcript()
     for spec in judge_specs:
         yield Task(
             sample.dialogue_id,

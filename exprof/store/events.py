@@ -57,11 +57,15 @@ class RunStarted(Event):
     # A matrix cell's place: {"experiment", "name", "params"}; absent from the
     # payload of a run outside an experiment, which records exactly what it always did.
     cell: dict[str, Any] | None = None
+    # A live run's model entry from the Models API, as checked before it sent anything;
+    # absent, like `cell`, where there is none.
+    model_info: dict[str, Any] | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload = dict(self.__dict__)
-        if payload["cell"] is None:
-            del payload["cell"]
+        for key in ("cell", "model_info"):
+            if payload[key] is None:
+                del payload[key]
         return payload
 
 

@@ -8,6 +8,7 @@ the same `apply`, so the incremental and rebuilt states are equal by constructio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from exprof.jsonio import dumps, loads
+from exprof.stops import is_cut_off, refusal_category
 from exprof.store.dialects import execute, insert_rows
 from exprof.store.events import (
     DatasetChunk,
@@ -226,6 +228,11 @@ RESPONSE_COLUMNS = (
     "response_event_id",
     "error_class",
     "reused",
+    "thinking_tokens",
+    "cut_off",
+    "refusal_category",
+    "ttft_ms",
+    "output_tps",
 )
 SCORE_COLUMNS = ("fact_coverage", "refused", "facts_missing")
 
@@ -258,6 +265,12 @@ def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
         event_id,
         None,
         1 if isinstance(ev, ResponseReused) else None,
+        _int_or_none(meta.get("thinking_tokens")),
+        1 if is_cut_off(meta) else None,
+        # Kept for any refusal stop reason; a text-rule refusal counts as uncategorized.
+        refusal_category(meta) if meta.get("stop_reason") == "refusal" else None,
+        _number_or_none(meta.get("ttft_ms")),
+        _number_or_none(meta.get("output_tokens_per_s")),
     )
 
 
@@ -266,6 +279,12 @@ def _score_values(ev: SampleScored) -> tuple[Any, ...]:
     compare never score again."""
     missing = dumps(list(ev.facts_missing)) if ev.facts_missing else None
     return (ev.fact_coverage, int(ev.refused), missing)
+
+
+def _number_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _int_or_none(value: object) -> int | None:

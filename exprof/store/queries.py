@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from exprof.errors import ExprofError
 from exprof.jsonio import loads
+from exprof.stops import UNCATEGORIZED
 from exprof.store.dialects import execute, stream
 from exprof.store.events import (
     Event,
@@ -55,6 +56,10 @@ class StatusStats:
     reused_input_tokens: int = 0
     reused_output_tokens: int = 0
     latencies: int = 0  # samples with a recorded latency
+    thinking_tokens: int | None = None  # None: no answer reported any
+    cut_off: int = 0  # answers cut off (exprof.stops), and their fact coverage
+    cut_off_coverage_sum: float = 0.0
+    streamed: int = 0  # answers with a time to first token
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,9 @@ class Queries:
             "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END), "
             "sum(attempts), count(attempts), sum(reused), "
             "sum(CASE WHEN reused = 1 THEN input_tokens ELSE 0 END), "
-            "sum(CASE WHEN reused = 1 THEN output_tokens ELSE 0 END), count(latency_ms) "
+            "sum(CASE WHEN reused = 1 THEN output_tokens ELSE 0 END), count(latency_ms), "
+            "sum(CASE WHEN reused = 1 THEN 0 ELSE thinking_tokens END), sum(cut_off), "
+            "sum(CASE WHEN cut_off = 1 THEN fact_coverage ELSE 0 END), count(ttft_ms) "
             "FROM samples WHERE run_id = ? GROUP BY status",
             (run_id,),
         )
@@ -150,9 +157,40 @@ class Queries:
                 int(r[9] or 0),
                 int(r[10] or 0),
                 int(r[11]),
+                None if r[12] is None else int(r[12]),
+                int(r[13] or 0),
+                float(r[14] or 0.0),
+                int(r[15]),
             )
             for r in rows
         }
+
+    def refusals_by_category(self, run_id: str) -> dict[str, int] | None:
+        """Refused answers per policy category; a refusal found by the text rule, or
+        with no category, is `uncategorized` (exprof.stops). None when no answer of
+        the run had a refusal stop reason: the API (or the mock) gave no categories."""
+        rows = self._all(
+            "SELECT COALESCE(refusal_category, ?), count(*), count(refusal_category) "
+            "FROM samples WHERE run_id = ? AND status = 'ok' AND refused = 1 "
+            "GROUP BY 1 ORDER BY 1",
+            (UNCATEGORIZED, run_id),
+        )
+        if not any(r[2] for r in rows):
+            return None
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def stream_profile(self, run_id: str) -> tuple[list[float], list[float]]:
+        """The streamed answers' times to first token (ms) and output tokens per second,
+        each ascending."""
+        out = []
+        for column in ("ttft_ms", "output_tps"):
+            rows = self._all(
+                f"SELECT {column} FROM samples WHERE run_id = ? AND status = 'ok' "  # noqa: S608
+                f"AND {column} IS NOT NULL ORDER BY {column}",
+                (run_id,),
+            )
+            out.append([float(r[0]) for r in rows])
+        return out[0], out[1]
 
     def ok_latencies(self, run_id: str) -> list[float]:
         """Latencies of the answered samples, ascending."""
@@ -204,6 +242,15 @@ class Queries:
             (run_id,),
         )
         return [(r[0], float(r[1]), bool(r[2])) for r in rows]
+
+    def cut_off_ids(self, run_id: str) -> set[str]:
+        """The dialogue ids with an answer cut off (exprof.stops), any repeat."""
+        rows = self._all(
+            "SELECT DISTINCT dialogue_id FROM samples "
+            "WHERE run_id = ? AND status = 'ok' AND cut_off = 1",
+            (run_id,),
+        )
+        return {str(r[0]) for r in rows}
 
     def scored_responses(self, run_id: str) -> Iterator[ScoredResponse]:
         """Each answered sample's response with its recorded scores, in dataset order."""
