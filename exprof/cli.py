@@ -722,6 +722,9 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
         headers[4:4] = ["repeats", "pass_at_k", "pass_hat_k", "refusal_flips"]
     if any("responses_reused" in c for c in cells):  # cache: true
         headers[-2:-2] = ["responses_reused", "cost_avoided_usd"]
+    for name in ("cut_off_rate", "thinking_tokens"):  # cells that set a knob
+        if any(name in c for c in cells):
+            headers.insert(headers.index("estimated_cost_usd"), name)
     # Custom metrics, each with its interval, after the built-in ones.
     custom = list(dict.fromkeys(name for c in cells for name in c.get("metrics") or {}))
     at = headers.index("geometric_mean") + 1

@@ -397,6 +397,8 @@ def _check_batch(config: Config) -> Config:
     no reuse or budget check between requests (yet)."""
     if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
         raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
+    if config.batch and config.stream:
+        raise ExprofError("stream: a batch's answers are not streamed; set one of batch, stream")
     return config
 
 

@@ -258,7 +258,7 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
     rows = []
     for payload in record.cells:
         row: dict[str, Any] = {"cell": payload["name"], "run_id": payload["run_id"]}
-        row["params"] = payload["params"]
+        row["params"] = knobs.in_words(payload["params"])
         if not store.run_exists(payload["run_id"]):
             rows.append({**row, "status": "not started"})
             continue
@@ -285,6 +285,9 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
     if "responses_reused" in summary:  # cache: true (answers taken from the store)
         out["responses_reused"] = summary["responses_reused"]
         out["cost_avoided_usd"] = summary["cost_avoided_usd"]
+    for name in ("thinking_tokens", "cut_off_rate"):  # runs that set a knob
+        if name in summary:
+            out[name] = summary[name]
     out["estimated_cost_usd"] = summary.get("estimated_cost_usd")  # live runs only
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out

@@ -85,6 +85,11 @@ def describe(key: str, value: Any) -> str:
     return str(value)
 
 
+def in_words(params: dict[str, Any]) -> dict[str, Any]:
+    """A cell's parameters as tables show them: each knob in a word."""
+    return {k: describe(k, v) if k in KNOBS else v for k, v in params.items()}
+
+
 def _choice(allowed: tuple[str, ...]) -> Callable[[object, str, Path], str]:
     def parse_choice(value: object, where: str, base: Path) -> str:
         if value not in allowed:

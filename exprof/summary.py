@@ -9,7 +9,7 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import export_complete, read_text
-from exprof.knobs import KNOBS, describe
+from exprof.knobs import KNOBS, describe, in_words
 from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
@@ -210,7 +210,8 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         row.update(metrics.aggregate(coverage_sum, refused, done))
         started = load_started(store, run_id)
         if started.cell is not None:  # a matrix cell: its parameters
-            row["cell"] = ", ".join(f"{k}={v}" for k, v in started.cell["params"].items())
+            params = in_words(started.cell["params"])
+            row["cell"] = ", ".join(f"{k}={v}" for k, v in params.items())
         # Custom metric means, read from the events only for runs that have them.
         config = started.config
         custom = recorded.summary_fields(store, run_id, config)

@@ -54,6 +54,8 @@ class FakeState:
     # (payload, headers) of a successful answer -> what is sent instead (bytes go raw)
     mangle: Callable[[dict, dict[str, str]], tuple[dict | bytes, dict[str, str]]] | None = None
     hang_s: float = 3.0
+    first_token_s: float = 0.0  # a streamed answer's wait before its first delta
+    token_s: float = 0.0  # ... and between its words
     retired_models: set[str] = field(default_factory=set)  # answered 404 not_found_error
     unknown_models: set[str] = field(default_factory=set)  # not in the Models API either
     model_reads: int = 0  # GET /v1/models/{id} calls
@@ -369,8 +371,78 @@ class _Handler(BaseHTTPRequestHandler):
                 usage["output_tokens_details"] = {"thinking_tokens": thinking}
         if state.mangle is not None:
             payload, limits = state.mangle(payload, limits)  # type: ignore[arg-type]
+        if body.get("stream") and isinstance(payload, dict):
+            return self._stream(state, payload, limits)
         self._send(200, payload, limits)
         return None
+
+    def _stream(self, state: FakeState, message: dict, headers: dict[str, str]) -> None:
+        """The answer as server-sent events, in the order the Messages API sends them:
+        message_start, each block's start, deltas and stop, message_delta (stop reason and
+        the final usage), message_stop. The first delta waits `first_token_s`; each text
+        word after it `token_s`."""
+        self.send_response(200)
+        for key, value in {
+            "content-type": "text/event-stream",
+            "request-id": self.request_id,
+            "connection": "close",
+            **headers,
+        }.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self._leave_flight()
+        self.close_connection = True
+
+        def event(kind: str, data: dict) -> None:
+            self.wfile.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            )
+            self.wfile.flush()
+
+        usage = message["usage"]
+        start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+        start["usage"] = {**usage, "output_tokens": 1}
+        event("message_start", {"message": start})
+        time.sleep(state.first_token_s)
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "thinking":
+                event(
+                    "content_block_start",
+                    {
+                        "index": index,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    },
+                )
+                event(
+                    "content_block_delta",
+                    {
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
+                    },
+                )
+                event(
+                    "content_block_delta",
+                    {
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": block["signature"]},
+                    },
+                )
+            else:
+                event(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "text", "text": ""}},
+                )
+                text = block["text"]
+                for at in range(0, len(text), 8):
+                    piece = {"type": "text_delta", "text": text[at : at + 8]}
+                    event("content_block_delta", {"index": index, "delta": piece})
+                    time.sleep(state.token_s)
+            event("content_block_stop", {"index": index})
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+        if message.get("stop_details"):
+            delta["stop_details"] = message["stop_details"]
+        event("message_delta", {"delta": delta, "usage": usage})
+        event("message_stop", {})
 
     def _admit(self, state: FakeState, input_tokens: int) -> Callable[[], None] | None:
         """Charge the buckets for a request (caller holds the lock); if one is short,

@@ -478,3 +478,38 @@ def test_the_mock_reports_cut_offs_and_thinking_in_the_summary(tmp_path, invoke)
     assert result.exit_code == 0, result.output
     assert summary["cut_off_rate"] == 0.25 and summary["thinking_tokens"] > 0
     assert summary["sent_params"] == {"effort": "low"}
+
+
+# -- a latency profile ---------------------------------------------------------------
+
+
+def test_a_streamed_run_records_time_to_first_token_and_tokens_per_second(tmp_path, invoke, fake):
+    server = fake(first_token_s=0.05, token_s=0.002)
+    path = setup(tmp_path, 6, thinking="disabled", stream=True, max_tokens=400)
+    result, summary = run_json(invoke, path)
+    assert result.exit_code == 0, result.output
+    assert all(seen["body"].get("stream") is True for seen in server.state.seen)
+    assert summary["fact_coverage"] == 1.0  # the streamed text is the whole answer
+    assert set(summary["ttft_ms"]) == {"p50", "p90", "p99"}
+    assert summary["ttft_ms"]["p50"] >= 50
+    assert summary["output_tokens_per_s"]["p50"] > 0
+    assert summary["ttft_ms"]["p99"] <= summary["latency_ms"]["p99"]
+    row = read_jsonl(tmp_path / "runs" / "exp" / "responses.jsonl")[0]
+    assert row["completion"].startswith("Answer: tell me about")
+    assert row["ttft_ms"] >= 50 and row["stop_reason"] == "end_turn"
+    page = tmp_path / "report.html"
+    assert invoke("report", "exp", "--out", str(page)).exit_code == 0
+    html = page.read_text()
+    assert "Time to first token (ms)" in html and "Output tokens per second" in html
+    unstreamed, plain = run_json(
+        invoke,
+        setup(tmp_path / "p", 2, thinking="disabled"),
+        "--output-dir",
+        str(tmp_path / "p" / "runs"),
+    )
+    assert unstreamed.exit_code == 0 and "ttft_ms" not in plain
+
+
+def test_stream_and_batch_do_not_combine(tmp_path, invoke):
+    result = invoke("run", "--config", str(setup(tmp_path, stream=True, batch=True)), "--quiet")
+    assert result.exit_code == 2 and "stream: a batch's answers are not streamed" in result.stderr

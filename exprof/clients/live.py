@@ -81,8 +81,11 @@ class LiveClient:
                 if self.halted:
                     raise Halted
                 started = time.perf_counter()
-                raw = await self.client.messages.with_raw_response.create(**request)
-                answer = sanitize.message(sanitize.body(await raw.read()))
+                if self.config.stream:
+                    raw, answer, timing = await self._streamed(request, started)
+                else:
+                    raw = await self.client.messages.with_raw_response.create(**request)
+                    answer, timing = sanitize.message(sanitize.body(await raw.read())), {}
             except self.anthropic.APIStatusError as exc:
                 headers = exc.response.headers
                 informed = self.pacer.settle(cost, headers, time.monotonic())
@@ -107,8 +110,9 @@ class LiveClient:
                 )
                 settled = True
                 self.limiter.on_success()
-                request_id = sanitize.text(raw.request_id)
-                return self._response(answer, request_id, attempts, time.perf_counter() - started)
+                request_id = sanitize.text(raw.headers.get("request-id"))
+                elapsed = time.perf_counter() - started
+                return self._response(answer, request_id, attempts, elapsed, timing)
             finally:
                 if not settled:  # no answer to learn from: only give the estimate back
                     self.pacer.settle(cost, None, time.monotonic())
@@ -124,10 +128,36 @@ class LiveClient:
         """For the progress bar: the rate limit holding the run back, or the AIMD limit."""
         return self.pacer.status(time.monotonic()) or f"in-flight limit {self.limiter.limit}"
 
+    async def _streamed(
+        self, request: dict[str, Any], started: float
+    ) -> tuple[Any, sanitize.Message, dict[str, float]]:
+        """The answer streamed: its raw response (for the headers), the message, and its
+        time to first token and output tokens per second after it."""
+        first = None
+        async with self.client.messages.stream(**request) as stream:
+            async for event in stream:
+                if first is None and event.type == "content_block_delta":
+                    first = time.perf_counter()
+            message = await stream.get_final_message()
+            raw = stream.response
+        ended = time.perf_counter()
+        answer = sanitize.message(message.model_dump(mode="json"))
+        timing: dict[str, float] = {}
+        if first is not None:
+            timing["ttft_ms"] = round((first - started) * 1000, 1)
+            if answer.output_tokens and ended > first:
+                timing["output_tokens_per_s"] = round(answer.output_tokens / (ended - first), 1)
+        return raw, answer, timing
+
     def _response(
-        self, answer: sanitize.Message, request_id: str | None, attempts: int, elapsed: float
+        self,
+        answer: sanitize.Message,
+        request_id: str | None,
+        attempts: int,
+        elapsed: float,
+        streamed: dict[str, float],
     ) -> Response:
-        timing = {"latency_ms": round(elapsed * 1000, 1), "attempts": attempts}
+        timing = {"latency_ms": round(elapsed * 1000, 1), **streamed, "attempts": attempts}
         return answer_response(answer, self.config, {**timing, "request_id": request_id})
 
     async def close(self) -> None:

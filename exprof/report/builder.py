@@ -166,6 +166,8 @@ def run_page(run: RunData, compress_over: int = COMPRESS_OVER) -> str:
             else None,
             "tokens": charts.histogram(run.column("output_tokens")),
             "latency": charts.histogram(run.column("latency_ms")),
+            "ttft": charts.histogram(run.column("ttft_ms")),
+            "speed": charts.histogram(run.column("output_tokens_per_s")),
         },
         "failed_total": len(failures),
         "failures_by_class": sorted(by_class.items()),

@@ -37,6 +37,8 @@ COLUMNS = (
     "error_class",
     "error",
     "metrics",
+    "ttft_ms",
+    "output_tokens_per_s",
 )
 
 
@@ -113,6 +115,8 @@ def _row(
         failure[0] if failure else None,
         failure[1] if failure else None,
         custom or None,
+        _number(meta.get("ttft_ms")),  # a streamed answer's
+        _number(meta.get("output_tokens_per_s")),
     ]
 
 

@@ -18,10 +18,12 @@ from exprof.config import MATRIX_KEYS
 from exprof.errors import ExprofError
 from exprof.experiment import compare_to_baseline, experiment_summary
 from exprof.jsonio import dumps
+from exprof.knobs import KNOBS, describe, in_words
 from exprof.render import fmt_value
 from exprof.report import charts
 
-PARAMS = MATRIX_KEYS  # a cell shows every parameter a matrix can vary
+# A cell shows these parameters, and any knob its matrix varies.
+PARAMS = ("model", "temperature", "max_tokens", "system")
 SEED_METRICS = ("fact_coverage", "refusal_rate", "geometric_mean")
 
 
@@ -96,16 +98,21 @@ def heatmap(cells: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, An
     ]
     systems = (config.get("matrix") or {}).get("system") or {}
     rows = []
+    varied = config.get("matrix") or {}
+    keys = tuple(k for k in MATRIX_KEYS if k in PARAMS or k in varied)
     for i, cell in enumerate(cells):
         params = cell.get("params") or {}
         shown = []
-        for key in PARAMS:
+        for key in keys:
             if key == "system":
                 name = params.get("system")
                 # the text itself goes in the tooltip; the cell shows the short name
                 shown.append(("–" if name is None else str(name), systems.get(name, "")))
             else:
-                shown.append((fmt_value(params.get(key, config.get(key))), ""))
+                value = params.get(key, config.get(key))
+                if key in KNOBS and key not in params and value is not None:
+                    value = describe(key, value)  # the config's own value, in a word
+                shown.append((fmt_value(value), ""))
         metrics = []
         for j, col in enumerate(cols):
             v = values[j][i]
@@ -124,7 +131,7 @@ def heatmap(cells: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, An
             }
         )
     return {
-        "params": PARAMS,
+        "params": keys,
         "columns": [
             {"key": c.key, "label": c.label, "better": "higher" if c.higher_is_better else "lower"}
             for c in cols
@@ -224,7 +231,7 @@ def experiment_context(
                 "run_id": c["run_id"],
                 "status": c.get("status", ""),
                 "samples": c.get("samples", "–"),
-                "params": ", ".join(f"{k}={v}" for k, v in (c.get("params") or {}).items()),
+                "params": ", ".join(f"{k}={v}" for k, v in in_words(c.get("params") or {}).items()),
                 "link": links.get(c["run_id"]),
             }
             for c in cells
