@@ -58,6 +58,7 @@ class FakeState:
     token_s: float = 0.0  # ... and between its words
     retired_models: set[str] = field(default_factory=set)  # answered 404 not_found_error
     unknown_models: set[str] = field(default_factory=set)  # not in the Models API either
+    vanished_models: set[str] = field(default_factory=set)  # active there, 404 on messages
     model_reads: int = 0  # GET /v1/models/{id} calls
     valid_keys: set[str] | None = None  # when set, any other credential is answered 401
     rpm: int | None = None  # rate limits, per minute, as token buckets
@@ -254,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] != "/v1/messages":
             return self._error(404, "not_found_error", f"no route {self.path}")
         model = body.get("model", "")
-        if model in state.retired_models:
+        if model in state.retired_models or model in state.vanished_models:
             return self._error(404, "not_found_error", f"model: {model}")
         if state.valid_keys is not None and self._credential() not in state.valid_keys:
             return self._error(401, "authentication_error", "invalid x-api-key")

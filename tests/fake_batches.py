@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class FakeBatches:
     script: dict[str, list[str]] = field(default_factory=dict)
     expire_batches: int = 0
     create_delay_s: float = 0.0  # after the batch exists, before the answer goes out
+    drop_creates: int = 0  # creates whose connection breaks before a batch exists
     list_lag_s: float = 0.0  # a batch shows in the list only this long after its creation
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     created: int = 0
@@ -100,6 +102,12 @@ class FakeBatches:
 
     def create(self, handler: Any) -> None:
         raw = read_body(handler)
+        if self.drop_creates > 0:  # the connection breaks before any batch exists
+            self.drop_creates -= 1
+            handler.answered = True
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
         body = json.loads(raw)
         requests = [(r["custom_id"], _user(r["params"])[:KEEP_USER]) for r in body["requests"]]
         model = body["requests"][0]["params"]["model"] if requests else ""

@@ -67,7 +67,7 @@ def test_redact_masks_labelled_credentials_not_in_the_environment(monkeypatch):
 
 FATAL = {
     "retired model": (
-        {"retired_models": {"claude-3-opus"}},
+        {"vanished_models": {"claude-3-opus"}},  # retired after the model check
         404,
         "model 'claude-3-opus' not found (retired?); set model: in the config, or run with --mock",
     ),

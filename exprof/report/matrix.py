@@ -99,7 +99,7 @@ def heatmap(cells: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, An
     systems = (config.get("matrix") or {}).get("system") or {}
     rows = []
     varied = config.get("matrix") or {}
-    keys = tuple(k for k in MATRIX_KEYS if k in PARAMS or k in varied)
+    keys = PARAMS + tuple(k for k in MATRIX_KEYS if k in varied and k not in PARAMS)
     for i, cell in enumerate(cells):
         params = cell.get("params") or {}
         shown = []
