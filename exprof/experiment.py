@@ -399,7 +399,7 @@ def _short(key: str) -> str:
 
 def _word(key: str, value: Any) -> str:
     """A value as its cell name spells it, before unsafe characters are replaced."""
-    return knobs.describe(key, value) if key in knobs.KNOBS else str(value)
+    return str(knobs.describe(key, value) if key in knobs.KNOBS else value)
 
 
 def _labels(key: str, values: list[Any]) -> list[str]:

@@ -73,8 +73,8 @@ def label(key: str, value: Any) -> str:
     return f"{SHORT.get(key, key)}-{describe(key, value)}"
 
 
-def describe(key: str, value: Any) -> str:
-    """A knob value in a word, for cell names and tables."""
+def describe(key: str, value: Any) -> Any:
+    """A knob value in a word, for cell names and tables; a plain value as it is."""
     if key == "thinking":
         kind = value["type"]
         return f"budget-{value['budget_tokens']}" if kind == "enabled" else kind
@@ -82,7 +82,7 @@ def describe(key: str, value: Any) -> str:
         return Path(value["file"]).stem
     if key == "stop_sequences":
         return "+".join(value)
-    return str(value)
+    return value
 
 
 def in_words(params: dict[str, Any]) -> dict[str, Any]:
