@@ -39,8 +39,9 @@ def build_request(config: Config, sample: Sample) -> dict[str, Any]:
     }
     if sample.system:
         request["system"] = sample.system
-    sampling = {k: v for k, v in config.wire_knobs().items() if k in SAMPLING}
-    request.update((k, v) for k, v in config.wire_knobs().items() if k not in SAMPLING)
+    fields = config.wire_knobs()
+    sampling = {k: fields.pop(k) for k in SAMPLING if k in fields}
+    request.update(fields)
     if config.sends_temperature:
         request["extra_headers"] = {"anthropic-version": config.api_version}
         request["extra_body"] = sampling
@@ -173,11 +174,9 @@ def answer_response(
     metadata: dict[str, Any] = {"model": answer.model}
     if config.sends_temperature and config.temperature is not None:
         metadata["temperature"] = config.temperature
-    counts = answer.counts()
-    extra = {k: counts.pop(k) for k in list(counts) if k in answer.extra}
-    metadata.update(counts)
+    metadata.update(answer.counts())
     metadata.update(timing or {})
-    metadata.update(extra)
+    metadata.update(answer.extra)
     if answer.stop_reason == "refusal":
         metadata["type"] = "refusal"
     return Response(answer.text, metadata)

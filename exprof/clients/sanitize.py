@@ -104,13 +104,13 @@ class Message:
         return self.input_tokens, self.output_tokens
 
     def counts(self) -> dict[str, Any]:
-        """The metadata that follows the model (and temperature) in a response."""
+        """The metadata that follows the model (and temperature) in a response; `extra`
+        comes after the request's timing."""
         return {
             "token_count": self.output_tokens,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "stop_reason": self.stop_reason,
-            **self.extra,
         }
 
 
