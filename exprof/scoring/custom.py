@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import MAX_INT, parse_json, read_text
 
 BUILTIN = ("fact_coverage", "refusal_rate", "geometric_mean")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -144,10 +144,7 @@ def _parse_json(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str,
     if not isinstance(raw, str) or not raw:
         raise ExprofError(f"{where}: schema_path must be a path")
     path = _resolve(raw, ctx.config_path.parent, f"{where}: schema_path")
-    try:
-        schema = json.loads(read_text(path, "JSON Schema"))
-    except json.JSONDecodeError as exc:
-        raise ExprofError(f"{where}: {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    schema = parse_json(read_text(path, "JSON Schema"), f"{where}: {path}")
     # The schema's content is recorded with the run: rescoring never needs the file again.
     return {"schema_path": str(path), "schema": schema}
 
@@ -204,10 +201,7 @@ def _parse_judge(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str
         "judge_responses": str(path),
     }
     if path.is_file():  # recorded with the run, as the mock's answers are
-        try:
-            replies = json.loads(read_text(path, "judge responses"))
-        except json.JSONDecodeError as exc:
-            raise ExprofError(f"{where}: {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        replies = parse_json(read_text(path, "judge responses"), f"{where}: {path}")
         if not isinstance(replies, dict):
             raise ExprofError(f"{where}: {path}: must be an object keyed by dialogue_id")
         spec["mock_replies"] = replies
@@ -377,18 +371,31 @@ def evaluate(
 
 
 def check_value(value: object) -> Value:
-    """float | bool | a flat dict of them; anything else is the metric's error."""
+    """float | bool | a flat dict of them, each number finite and within +-2**63 (so that
+    sums and squares over any run stay finite, and integers stay exact); anything else
+    is the metric's error."""
     if isinstance(value, dict):
-        if not value or not all(isinstance(k, str) for k in value):
+        if not value or not all(isinstance(k, str) and _encodable(k) for k in value):
             raise TypeError("a metric's dict must map names to numbers or booleans")
-        return {k: check_value(v) for k, v in value.items()}  # type: ignore[misc]
+        return {k: _number(v) for k, v in value.items()}
+    return _number(value)
+
+
+def _number(value: object) -> float | bool:
     if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, int | float) and math.isfinite(value):
+    if isinstance(value, int | float):
+        if not (-MAX_INT <= value <= MAX_INT):  # also false for NaN; and no float(int)
+            shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else value
+            raise ValueError(f"a metric value must be finite and within +-2**63, got {shown}")
         # As the built-in type: a subclass's (numpy.float64's) JSON would differ between
         # the line written as the run answers and the one read back from the store.
         return float(value) if isinstance(value, float) else int(value)
-    raise TypeError(f"a metric must return a number, a boolean or a dict, got {value!r}"[:200])
+    raise TypeError(f"a metric must return a number, a boolean or a flat dict, got {value!r}"[:200])
+
+
+def _encodable(text: str) -> bool:
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 # -- aggregation ---------------------------------------------------------------------
