@@ -13,7 +13,7 @@ import yaml
 
 from exprof import knobs
 from exprof.errors import ExprofError
-from exprof.files import MAX_CONFIG_BYTES, read_text
+from exprof.files import MAX_CONFIG_BYTES, MAX_INT, check_tree, read_text
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
     SpecContext,
@@ -215,7 +215,7 @@ def load_config(path: str | Path) -> Config:
         raise ExprofError(f"{path}: config is empty")
     if not isinstance(raw, dict):
         raise ExprofError(f"{path}: config must be a mapping of keys, got {_type(raw)}")
-    return _validate(raw, path)
+    return _validate(check_tree(raw, str(path)), path)
 
 
 class _ConfigYAMLError(yaml.YAMLError):
@@ -230,6 +230,12 @@ class _StrictLoader(yaml.SafeLoader):
         node = super().compose_document()
         _check_expanded_size(node)
         return node
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        # int() of 5,000 digits raises ValueError (Python's str limit): refuse it first.
+        if len(str(node.value).lstrip("+-0").replace("_", "")) > 20:
+            raise _ConfigYAMLError(f"line {node.start_mark.line + 1}: an integer beyond 64 bits")
+        return super().construct_yaml_int(node)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -251,6 +257,9 @@ class _StrictLoader(yaml.SafeLoader):
                     )
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 def _check_expanded_size(root: Any) -> None:
@@ -480,9 +489,8 @@ def _string(value: object, where: str) -> str:
 def _integer(value: object, where: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ExprofError(f"{where}: must be an integer, got {_describe(value)}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ExprofError(f"{where}: must be an integer {bound}, got {value}")
+    if value < minimum or value > (MAX_INT if maximum is None else maximum):
+        raise ExprofError(f"{where}: must be an integer {_bound(minimum, maximum)}, got {value}")
     return value
 
 
@@ -491,10 +499,16 @@ def _number(value: object, where: str, minimum: float, maximum: float | None) ->
         raise ExprofError(f"{where}: must be a number, got {_describe(value)}")
     if not math.isfinite(value):  # YAML's .nan and .inf
         raise ExprofError(f"{where}: must be a finite number, got {value}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"in [{minimum:g}, {maximum:g}]" if maximum is not None else f">= {minimum:g}"
-        raise ExprofError(f"{where}: must be a number {bound}, got {value}")
+    if value < minimum or value > (MAX_INT if maximum is None else maximum):
+        raise ExprofError(f"{where}: must be a number {_bound(minimum, maximum)}, got {value}")
     return float(value) if isinstance(value, float) else value
+
+
+def _bound(minimum: float, maximum: float | None) -> str:
+    """The range a number must lie in: every number from outside stays below 2**63."""
+    if maximum is not None:
+        return f"in [{minimum:g}, {maximum:g}]"
+    return f">= {minimum:g} and below 2**63"
 
 
 def _choices(value: object, where: str, allowed: tuple[str, ...]) -> list[str]:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import jsonl_lines, max_input_bytes, parse_json, read_text, strict_decoder
+from exprof.files import (
+    check_tree,
+    jsonl_lines,
+    max_input_bytes,
+    parse_json,
+    read_text,
+    strict_decoder,
+)
 from exprof.jsonio import dumps
 
 # A responses.jsonl line's own fields, which the flattened metadata may never replace.
@@ -279,7 +286,7 @@ def _array_items(path: Path) -> Iterator[tuple[str, Any]]:
                 raise
             if end == len(buf) and not ended and more():
                 continue  # a number may go on in the next chunk: decode it whole
-            yield f"index {index}", item
+            yield f"index {index}", check_tree(item, f"{path}: index {index}")
             index, pos, state = index + 1, end, "sep"
 
 

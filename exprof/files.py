@@ -6,7 +6,10 @@ parses from a user goes through `parse_json`, so the limits below hold everywher
 - only regular files are read (a FIFO would block forever, `/dev/zero` never ends);
 - a file larger than `max_input_bytes()` (default 256 MiB, `EXPROF_MAX_INPUT_BYTES`
   overrides it) is refused before a byte of it is read;
-- JSON with a duplicate key, NaN or Infinity is refused, naming the line.
+- JSON with a duplicate key, NaN or Infinity is refused, naming the line;
+- so is a value no part of exprof can carry (`check_tree`): an integer beyond 64 bits, a
+  float that is not finite, a string with a lone surrogate (UTF-8 cannot encode it) or
+  nesting deeper than MAX_DEPTH. The config's YAML goes through the same check.
 
 Files we write get temporary names that carry our marker and our pid, so that cleaning
 up after a killed export can only ever remove our own leftovers.
@@ -35,6 +38,10 @@ DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few dozen lines; anything bigger is a mistake
 TEMP_MARK = ".exprof-"
 # `.<name>.exprof-<pid>-<mkstemp's 8 random chars>.tmp`: see write_atomic.
+# Every number from outside lies within 64 bits: integers are kept exact (orjson and
+# both stores carry them), and sums, squares and products of such numbers stay finite.
+MAX_INT = 2**63 - 1
+MAX_DEPTH = 100  # levels of nested lists and objects in a document we read
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.exprof-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
 
 
@@ -127,11 +134,12 @@ def parse_json(text: str, where: str, one_line: bool = False) -> Any:
     would keep the last duplicate silently). `where` names the file, and for one line
     of a JSON Lines file (`one_line`), the line too."""
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_unique_pairs,
             parse_constant=_no_constant,
             parse_float=_finite_float,
+            parse_int=_bounded_int,
         )
     except json.JSONDecodeError as exc:
         at = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
@@ -140,16 +148,64 @@ def parse_json(text: str, where: str, one_line: bool = False) -> Any:
         pass
     except RecursionError:
         raise ExprofError(f"{where}: JSON nested too deeply") from None
+    else:
+        return check_tree(value, where)
     line, problem = _locate_invalid(text)
     raise ExprofError(f"{where}: {problem}" if one_line else f"{where}: line {line}: {problem}")
 
 
 def strict_decoder() -> json.JSONDecoder:
     """parse_json's decoder, for reading a large file a value at a time: it raises on a
-    duplicate key, NaN or Infinity (without naming them; parse_json does that)."""
+    duplicate key, NaN, Infinity or an integer beyond 64 bits (without naming them;
+    parse_json does that). Each value it decodes still needs `check_tree`."""
     return json.JSONDecoder(
-        object_pairs_hook=_unique_pairs, parse_constant=_no_constant, parse_float=_finite_float
+        object_pairs_hook=_unique_pairs,
+        parse_constant=_no_constant,
+        parse_float=_finite_float,
+        parse_int=_bounded_int,
     )
+
+
+def check_tree(value: Any, where: str) -> Any:
+    """`value` (parsed JSON or YAML) if every part of it can be recorded and written
+    back as standard JSON; else one error naming the field (`where: key[2].name: ...`)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        node, at = stack.pop()
+        if len(at) > MAX_DEPTH:
+            raise ExprofError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, str):
+            if not node.isascii() and not _encodable(node):
+                _refuse(where, at, "holds a lone surrogate (\\ud800-\\udfff), not text")
+        elif isinstance(node, bool) or node is None:
+            pass
+        elif isinstance(node, int):
+            if not -MAX_INT <= node <= MAX_INT:
+                _refuse(where, at, "an integer beyond 64 bits")
+        elif isinstance(node, float):
+            if not math.isfinite(node) or abs(node) > MAX_INT:
+                _refuse(where, at, f"must be a finite number within +-2**63, got {node}")
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                if isinstance(key, str) and not key.isascii() and not _encodable(key):
+                    _refuse(where, at, "a key holds a lone surrogate (\\ud800-\\udfff)")
+                stack.append((child, (*at, key)))
+        elif isinstance(node, list):
+            stack.extend((child, (*at, i)) for i, child in enumerate(node))
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse(where: str, at: tuple[Any, ...], problem: str) -> NoReturn:
+    field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in at).lstrip(".")
+    raise ExprofError(f"{where}: {field or 'the value'}: {problem}")
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -163,6 +219,13 @@ def _no_constant(name: str) -> Any:
     raise _Invalid
 
 
+def _bounded_int(text: str) -> int:
+    # The length first: int() of 5,000 digits raises ValueError (Python's str limit).
+    if len(text) > 20 or not -MAX_INT <= (value := int(text)) <= MAX_INT:
+        raise _Invalid
+    return value
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 parses as inf
@@ -171,17 +234,23 @@ def _finite_float(text: str) -> float:
 
 
 _NOT_FINITE = object()
+_TOO_BIG = object()
 
 
 def _locate_invalid(text: str) -> tuple[int, str]:
     """Parse again with the pure-Python scanner, whose object and array hooks see the
     position in the text, to say which key is repeated or not finite, and on which line."""
-    decoder = json.JSONDecoder(parse_constant=lambda name: _NOT_FINITE)
+    decoder = json.JSONDecoder(
+        parse_constant=lambda name: _NOT_FINITE,
+        parse_int=lambda text: _TOO_BIG if len(text) > 20 or abs(int(text)) > MAX_INT else 0,
+    )
 
     def line_of(s: str, end: int) -> int:
         return s.count("\n", 0, end) + 1
 
     def check(value: Any, label: str, s: str, end: int) -> None:
+        if value is _TOO_BIG:
+            raise _Located(line_of(s, end), f"{label} is an integer beyond 64 bits")
         if value is _NOT_FINITE or (isinstance(value, float) and not math.isfinite(value)):
             raise _Located(
                 line_of(s, end),
@@ -219,7 +288,7 @@ def _locate_invalid(text: str) -> tuple[int, str]:
         return found.line, found.problem
     except (ValueError, RecursionError):
         pass
-    return 1, "a duplicate key, NaN or Infinity"
+    return 1, "a duplicate key, NaN, Infinity or an integer beyond 64 bits"
 
 
 class _Located(Exception):

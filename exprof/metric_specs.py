@@ -12,7 +12,6 @@ metric's function imports.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import re
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import read_text
+from exprof.files import parse_json, read_text
 
 BUILTIN = ("fact_coverage", "refusal_rate", "geometric_mean")
 # The built-in metric a config with `output_schema` gets: does the answer hold to it?
@@ -163,10 +162,7 @@ def _parse_json(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str,
     if not isinstance(raw, str) or not raw:
         raise ExprofError(f"{where}: schema_path must be a path")
     path = _resolve(raw, ctx.config_path.parent, f"{where}: schema_path")
-    try:
-        schema = json.loads(read_text(path, "JSON Schema"))
-    except json.JSONDecodeError as exc:
-        raise ExprofError(f"{where}: {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    schema = parse_json(read_text(path, "JSON Schema"), f"{where}: {path}")
     # The schema's content is recorded with the run: rescoring never needs the file again.
     return {"schema_path": str(path), "schema": schema}
 
@@ -223,10 +219,7 @@ def _parse_judge(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str
         "judge_responses": str(path),
     }
     if path.is_file():  # recorded with the run, as the mock's answers are
-        try:
-            replies = json.loads(read_text(path, "judge responses"))
-        except json.JSONDecodeError as exc:
-            raise ExprofError(f"{where}: {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        replies = parse_json(read_text(path, "judge responses"), f"{where}: {path}")
         if not isinstance(replies, dict):
             raise ExprofError(f"{where}: {path}: must be an object keyed by dialogue_id")
         spec["mock_replies"] = replies

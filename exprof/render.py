@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+from exprof.jsonio import standard
 
 FORMATS = ("table", "json", "markdown", "csv")
 
@@ -38,7 +41,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def safe_json(data: Any) -> str:
     """Exact, indented JSON with the characters a terminal would act on escaped."""
-    text = json.dumps(data, ensure_ascii=False, indent=2)
+    text = json.dumps(standard(data), ensure_ascii=False, indent=2, allow_nan=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
@@ -84,18 +87,25 @@ def render(
         writer.writerow([_csv_cell(h) for h in headers])
         writer.writerows([_csv_cell(cell) for cell in row] for row in rows)
         return buf.getvalue().rstrip("\n")
-    headers = [safe_text(h) for h in headers]
-    rows = [
-        [cell if isinstance(cell, int | float) else safe_text(cell) for cell in row] for row in rows
-    ]
+    text = _markdown_cell if fmt == "markdown" else safe_text
+    headers = [text(h) for h in headers]
+    rows = [[cell if isinstance(cell, int | float) else text(cell) for cell in row] for row in rows]
     from tabulate import tabulate
 
     return tabulate(rows, headers=headers, tablefmt="github" if fmt == "markdown" else "simple")
 
 
+def _markdown_cell(value: Any) -> str:
+    """A markdown table cell: a `|` in it (a dialogue id may hold one) would end the
+    cell and forge a column, so it is escaped."""
+    return safe_text(value).replace("|", "\\|")
+
+
 def fmt_value(value: Any) -> str:
     if value is None:
         return NONE
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
     if isinstance(value, dict):

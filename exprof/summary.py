@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import export_complete, read_text
+from exprof.files import export_complete, parse_json, read_text
 from exprof.knobs import KNOBS, describe, in_words
 from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
@@ -164,15 +163,30 @@ def repeat_fields(
     return {**fields, **found}
 
 
+# The fields of an exported summary.json that compare and report read, with their types.
+EXPORTED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "fact_coverage": (int, float),
+    "refusal_rate": (int, float),
+    "run_id": str,
+    "experiment_id": str,
+    "model": str,
+    "status": str,
+}
+
+
 def read_exported_summary(log_dir: Path) -> dict[str, Any]:
+    """An export's summary.json, strict JSON with every field the readers need."""
     path = log_dir / "summary.json"
-    text = read_text(path, "exported summary")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ExprofError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    data = parse_json(read_text(path, "exported summary"), str(path))
     if not isinstance(data, dict) or "fact_coverage" not in data:
         raise ExprofError(f"{path}: not an exprof summary (no fact_coverage)")
+    for key, kind in EXPORTED_FIELDS.items():
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            got = "missing" if key not in data else f"got {type(value).__name__}"
+            raise ExprofError(f"{path}: {key}: not an exprof summary field ({got})")
+    if not isinstance(data.get("metrics", {}), dict):
+        raise ExprofError(f"{path}: metrics: must be an object of metric means")
     return data
 
 

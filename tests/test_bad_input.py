@@ -488,7 +488,7 @@ def test_db_not_sqlite(tmp_path, invoke):
     bogus.write_bytes(b"this is not a database, just text" * 100)
     result = invoke("runs", "--db", str(bogus))
     _assert_clean_failure(
-        result, "not an exprof store: file is not a database", None, tmp_path / "x"
+        result, "not an exprof store (not a SQLite database); refusing it", None, tmp_path / "x"
     )
     assert bogus.read_bytes() == b"this is not a database, just text" * 100
 

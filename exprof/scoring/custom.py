@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exprof.errors import ExprofError
+from exprof.files import MAX_INT
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
     MetricFn,
@@ -132,18 +133,31 @@ def evaluate(
 
 
 def check_value(value: object) -> Value:
-    """float | bool | a flat dict of them; anything else is the metric's error."""
+    """float | bool | a flat dict of them, each number finite and within +-2**63 (so that
+    sums and squares over any run stay finite, and integers stay exact); anything else
+    is the metric's error."""
     if isinstance(value, dict):
-        if not value or not all(isinstance(k, str) for k in value):
+        if not value or not all(isinstance(k, str) and _encodable(k) for k in value):
             raise TypeError("a metric's dict must map names to numbers or booleans")
-        return {k: check_value(v) for k, v in value.items()}  # type: ignore[misc]
+        return {k: _number(v) for k, v in value.items()}
+    return _number(value)
+
+
+def _number(value: object) -> float | bool:
     if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, int | float) and math.isfinite(value):
+    if isinstance(value, int | float):
+        if not (-MAX_INT <= value <= MAX_INT):  # also false for NaN; and no float(int)
+            shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else value
+            raise ValueError(f"a metric value must be finite and within +-2**63, got {shown}")
         # As the built-in type: a subclass's (numpy.float64's) JSON would differ between
         # the line written as the run answers and the one read back from the store.
         return float(value) if isinstance(value, float) else int(value)
-    raise TypeError(f"a metric must return a number, a boolean or a dict, got {value!r}"[:200])
+    raise TypeError(f"a metric must return a number, a boolean or a flat dict, got {value!r}"[:200])
+
+
+def _encodable(text: str) -> bool:
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 # -- aggregation ---------------------------------------------------------------------

@@ -5,7 +5,6 @@ score, the cost announced before any request, and the mock grader (the spec's
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.dataset import Sample
 from exprof.metric_specs import custom_specs
 from exprof.pricing import estimate_cost
+from exprof.scoring.custom import check_value
 from exprof.store.events import Event, JudgeRequestSent, JudgeScored
 
 SYSTEM = (
@@ -70,9 +70,10 @@ def parse_score(reply: str) -> float:
         match = leading.group(1) if leading else None
     if match is None:
         raise ValueError(f"no score in the grader's reply {reply[:80]!r}")
+    if len(match) > 40:  # a float of 5,000 digits is inf; an int() of them raises
+        raise ValueError(f"the score in the grader's reply is out of range: {match[:20]}...")
     value = float(match)
-    if not math.isfinite(value):
-        raise ValueError(f"no finite score in the grader's reply {reply[:80]!r}")
+    check_value(value)
     return value
 
 

@@ -7,6 +7,7 @@ serializes writers, and the few catalogue queries doctor needs.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from itertools import chain
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from exprof.errors import ExprofError
@@ -54,23 +55,49 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def password(url: str) -> str | None:
+# Query parameters whose values are credentials (libpq's password, passfile, sslpassword,
+# sslkey, and a driver's or proxy's token, secret, key, ...): matched in their names.
+SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|cred|auth|sig", re.IGNORECASE)
+MASK = "***"
+
+
+def parse(url: str) -> URL | None:
+    """The URL parsed, or None for one SQLAlchemy cannot read."""
     try:
-        return make_url(url).password  # type: ignore[return-value]
-    except ArgumentError:
+        return make_url(url)
+    except (ArgumentError, ValueError):
         return None
 
 
+def secrets(url: str) -> tuple[str, ...]:
+    """The URL's credential values (its password and secret-looking parameters), for
+    `scrub` to remove from a driver's messages."""
+    parsed = parse(url)
+    if parsed is None:
+        return ()
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if SECRET_PARAM.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return tuple(str(v) for v in found if v)
+
+
 def masked(url: str) -> str:
-    """The URL as exprof prints it: never with its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    """The URL as exprof prints it, anywhere: without its password or the values of
+    secret-looking query parameters."""
+    parsed = parse(url)
+    if parsed is None:
         return url.split("://", 1)[0] + "://..."
+    query = {k: MASK if SECRET_PARAM.search(k) else v for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", MASK)
 
 
-def scrub(message: str, secret: str | None) -> str:
-    return message.replace(secret, "***") if secret else message
+def scrub(message: str, secrets: Sequence[str]) -> str:
+    """The message without any of `secrets` (as a driver may quote its DSN)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, MASK)
+    return message
 
 
 def create(url: str, location: str, readonly: bool) -> Engine:

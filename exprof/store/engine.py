@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError, StoreWriteError
 from exprof.jsonio import dumps, loads
-from exprof.store import dialects, projections
+from exprof.store import dialects, identify, projections
 from exprof.store.checks import Checks
 from exprof.store.dialects import execute, stream
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
@@ -53,59 +53,69 @@ def store_url(db: str | None, output_dir: str | Path) -> str:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
-        return Path(url[len(prefix) :])
-    return None
+    parsed = dialects.parse(url)
+    if parsed is None or parsed.get_backend_name() != "sqlite":
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
 
 
 class Store(Queries, Checks, Workers):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
-    def __init__(self, engine: Engine, location: str, secret: str | None = None) -> None:
+    def __init__(self, engine: Engine, location: str, secrets: Sequence[str] = ()) -> None:
         self.engine = engine
         self.location = location
-        self.secret = secret  # the URL's password: masked in every message we raise
+        self.secrets = tuple(secrets)  # the URL's credentials: masked in every message
 
     @classmethod
     def open(cls, url: str, create: bool = False, readonly: bool = False) -> Store:
         """Open a store. Only `create` (run, db upgrade) may create or migrate one;
         `readonly` (the commands that only read) never writes to the database at all.
-        A database holding other programs' tables is refused, never touched."""
+        A database that is not exprof's is refused, never touched: a SQLite file is
+        read through a read-only handle first (identify.py)."""
         path = _sqlite_path(url)
-        location = str(path) if path else dialects.masked(url)
+        location = dialects.masked(url) if path is None or "?" in url else str(path)
+        found: identify.Found | None = None
         if path is not None:
             if path.is_dir():
                 raise ExprofError(f"{path}: store path is a directory, not a database file")
-            if not path.exists():
-                if not create:
-                    raise ExprofError(f"{path}: no exprof store here (run `exprof run` first)")
+            if path.exists():
+                found = identify.peek_sqlite(path)
+                if found is not None:
+                    identify.refuse_foreign(location, found)
+            elif not create:
+                raise ExprofError(f"{path}: no exprof store here (run `exprof run` first)")
+            else:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ExprofError(f"{path}: cannot create store: {exc.strerror}") from None
         engine = dialects.create(url, location, readonly)
-        store = cls(engine, location, dialects.password(url))
+        store = cls(engine, location, dialects.secrets(url))
         try:
-            store._ensure_schema(create)
+            store._ensure_schema(create, found, sqlite=path is not None)
         except OperationalError as exc:
             raise ExprofError(f"{location}: cannot open store: {store._reason(exc)}") from None
         except DBAPIError as exc:
             raise ExprofError(f"{location}: not an exprof store: {store._reason(exc)}") from None
         return store
 
-    def _ensure_schema(self, create: bool) -> None:
-        with self.engine.connect() as conn:
-            tables = set(inspect(conn).get_table_names())
-        revision = self.revision() if "alembic_version" in tables else None
+    def _ensure_schema(self, create: bool, found: identify.Found | None, sqlite: bool) -> None:
+        if not sqlite:  # a server database: its catalogue is read without writing
+            with self.engine.connect() as conn:
+                tables = inspect(conn).get_table_names()
+                columns = (
+                    [c["name"] for c in inspect(conn).get_columns("events")]
+                    if ("events" in tables)
+                    else []
+                )
+            found = identify.Found(tables, self.revision(), columns)
+            identify.refuse_foreign(self.location, found)
+        revision = found.revision if found is not None else None
         if revision == SCHEMA_HEAD:
             return
-        if revision is None and tables - set(dialects.STORE_TABLES):
-            shown = ", ".join(sorted(tables)[:5])
-            raise ExprofError(
-                f"{self.location}: not an exprof store (it holds other tables: {shown}); "
-                "refusing to touch it"
-            )
         if not create:
             if revision is None:
                 raise ExprofError(f"{self.location}: no exprof store here (run `exprof run` first)")
@@ -114,6 +124,8 @@ class Store(Queries, Checks, Workers):
                 f"{self.location}: store schema is at revision {revision}, older than this "
                 f"exprof's {SCHEMA_HEAD}; run `exprof db upgrade` first"
             )
+        if revision is not None:
+            _refuse_newer(self.location, revision)
         with self.engine.connect() as conn:
             dialects.enable_wal(conn)  # ours (or empty): now it may be switched
         upgrade(self.engine, self.location)
@@ -134,7 +146,7 @@ class Store(Queries, Checks, Workers):
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
     def _reason(self, exc: DBAPIError) -> str:
-        return _reason(exc, self.secret)
+        return _reason(exc, self.secrets)
 
     # -- appending -------------------------------------------------------------
 
@@ -207,7 +219,7 @@ class Store(Queries, Checks, Workers):
     def write(self, serialize: bool = True) -> _WriteTransaction:
         """A write transaction; `serialize` False skips PostgreSQL's store-wide advisory
         lock (for claims, which rely on row locks instead). SQLite always locks."""
-        return _WriteTransaction(self.engine, self.location, self.secret, serialize)
+        return _WriteTransaction(self.engine, self.location, self.secrets, serialize)
 
     # -- reading ---------------------------------------------------------------
 
@@ -369,11 +381,11 @@ class _WriteTransaction:
     """`with store.write() as conn:` runs one BEGIN IMMEDIATE transaction."""
 
     def __init__(
-        self, engine: Engine, location: str, secret: str | None = None, serialize: bool = True
+        self, engine: Engine, location: str, secrets: Sequence[str] = (), serialize: bool = True
     ) -> None:
         self.engine = engine
         self.location = location
-        self.secret = secret
+        self.secrets = secrets
         self.serialize = serialize
 
     def __enter__(self) -> Connection:
@@ -385,7 +397,7 @@ class _WriteTransaction:
         except OperationalError as exc:
             self.conn.close()
             raise ExprofError(
-                f"{self.location}: store is busy or unwritable: {_reason(exc, self.secret)}"
+                f"{self.location}: store is busy or unwritable: {_reason(exc, self.secrets)}"
             ) from None
         except BaseException:  # never leave a connection holding the write lock
             self.conn.close()
@@ -400,13 +412,13 @@ class _WriteTransaction:
                 self.tx.rollback()
         except OperationalError as failed:  # e.g. a full disk at commit
             raise StoreWriteError(
-                f"{self.location}: cannot write to the store: {_reason(failed, self.secret)}"
+                f"{self.location}: cannot write to the store: {_reason(failed, self.secrets)}"
             ) from None
         finally:
             self.conn.close()
         if isinstance(exc, OperationalError):  # read-only file, disk I/O error, ...
             raise StoreWriteError(
-                f"{self.location}: cannot write to the store: {_reason(exc, self.secret)}"
+                f"{self.location}: cannot write to the store: {_reason(exc, self.secrets)}"
             ) from None
 
 
@@ -461,7 +473,7 @@ def migrations_dir() -> Path:
     return Path(exprof.migrations.__file__).parent
 
 
-def _reason(exc: DBAPIError, secret: str | None = None) -> str:
-    """The driver's own message, without the URL's password should it quote it."""
+def _reason(exc: DBAPIError, secrets: Sequence[str] = ()) -> str:
+    """The driver's own message, without the URL's credentials should it quote them."""
     text = str(exc.orig) if exc.orig is not None else str(exc)
-    return dialects.scrub(" ".join(text.split()), secret)  # one line, as errors are
+    return dialects.scrub(" ".join(text.split()), secrets)  # one line, as errors are
