@@ -554,6 +554,65 @@ def compare_cmd(
 
 
 @cli.command()
+@click.argument("run_a")
+@click.argument("run_b", required=False)
+@click.option(
+    "--detect",
+    "delta",
+    type=float,
+    required=True,
+    help="The paired difference (B - A, in the metric's units) to detect.",
+)
+@click.option("--metric", default="fact_coverage", show_default=True, help="What to plan for.")
+@click.option(
+    "--power",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.8,
+    show_default=True,
+    help="The chance of detecting DELTA.",
+)
+@click.option(
+    "--alpha",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Two-sided significance level.",
+)
+@click.option(
+    "--correlation",
+    type=FiniteFloatRange(min=-1, max=1, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="With one run: the correlation assumed between the two arms.",
+)
+@store_options
+@output_options
+def plan(
+    run_a: str,
+    run_b: str | None,
+    delta: float,
+    metric: str,
+    power: float,
+    alpha: float,
+    correlation: float,
+    output_dir: str,
+    db: str | None,
+    format_: str,
+) -> None:
+    """How many samples (and repeats) to pay for to detect a paired difference, and
+    their cost; from one run's variance, or two runs' paired differences."""
+    from exprof.power import plan as plan_samples
+    from exprof.refs import run_id_of
+    from exprof.render import render_plan
+
+    store = open_store(db, output_dir, readonly=True)
+    a = run_id_of(run_a, store)
+    b = run_id_of(run_b, store) if run_b is not None else None
+    found = plan_samples(store, a, b, metric, delta, power, alpha, correlation)
+    click.echo(render_plan(found, format_))
+
+
+@cli.command()
 @click.argument("ref")
 @click.argument("ref_b", required=False)
 @click.option(  # a plain string: build_report checks the target itself

@@ -248,3 +248,32 @@ def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     out.append(f"datasets identical: {'yes' if diff['datasets_identical'] else 'no'}")
     out += [f"note: {note}" for note in diff["notes"]]
     return "\n".join(out)
+
+
+def render_plan(found: dict[str, Any], fmt: str) -> str:
+    """`exprof plan` output: what it assumed, then one row per repeats option."""
+    if fmt == "json":
+        return render([], [], "json", found)
+    runs = found["runs"]
+    headers = ["repeats", "samples", "samples_ci95", "requests_per_arm", "sd_paired"]
+    headers += [f"cost_usd {run}" for run in runs]
+    rows = [
+        [r["repeats"], r["samples"], f"{r['samples_ci95'][0]}-{r['samples_ci95'][1]}"]
+        + [r["requests_per_arm"], fmt_value(r["sd_paired"])]
+        + [fmt_value(r["cost_usd"][run]) for run in runs]
+        for r in found["plan"]
+    ]
+    table = render(rows, headers, fmt)
+    if fmt == "csv":
+        return table
+    lo, hi = found["sd_paired_ci95"]
+    head = [
+        f"detect a paired {found['metric']} difference of {found['detect']:g} at power "
+        f"{found['power']:g}, alpha {found['alpha']:g} (two-sided)",
+        f"from: {found['basis']}",
+        f"sd of the paired difference: {fmt_value(found['sd_paired'])} "
+        f"(95% CI {fmt_value(lo)}-{fmt_value(hi)}, giving samples_ci95)",
+        "",
+    ]
+    notes = [f"note: {note}" for note in found["notes"]]
+    return "\n".join([*(safe_text(line) for line in head), table, *map(safe_text, notes)])
