@@ -51,7 +51,10 @@ OPTIONAL_KEYS = (
     "metric_timeout_s",
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
-MATRIX_KEYS = ("model", "temperature", "max_tokens", "system")
+MATRIX_KEYS = ("model", "temperature", "max_tokens", "system", "mock_responses_path")
+# Matrix keys whose values are named (a list gets names, a mapping gives them): the cell
+# name and the recorded params carry the short name, the config's matrix the value.
+NAMED_MATRIX_KEYS = ("system", "mock_responses_path")
 MAX_CELLS = 24
 MAX_REPEATS = 1000
 # Experiment keys left out of the recorded config while at their default, so a config
@@ -256,12 +259,16 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
             hint = difflib.get_close_matches(str(key), known, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ExprofError(f"{path}: unknown key {str(key)!r}{suggestion}")
-    matrix = _matrix(raw["matrix"], f"{path}: matrix") if "matrix" in raw else None
+    matrix = _matrix(raw["matrix"], f"{path}: matrix", path.parent) if "matrix" in raw else None
     for key in REQUIRED_KEYS:
         if key not in raw and not (matrix and key in matrix):
             raise ExprofError(f"{path}: missing required key {key!r}")
     if matrix:  # a key the matrix varies needs no top-level value: the first cell's stands in
-        raw = {**{k: v[0] for k, v in matrix.items() if k != "system"}, **raw}
+        raw = {**{k: v[0] for k, v in matrix.items() if k not in NAMED_MATRIX_KEYS}, **raw}
+        if "mock_responses_path" in matrix:
+            raw.setdefault(
+                "mock_responses_path", next(iter(matrix["mock_responses_path"].values()))
+            )
 
     def where(key: str) -> str:
         return f"{path}: {key}"
@@ -352,7 +359,7 @@ def _check_batch(config: Config) -> Config:
     return config
 
 
-def _matrix(value: object, where: str) -> dict[str, Any]:
+def _matrix(value: object, where: str, config_dir: Path) -> dict[str, Any]:
     """`matrix:` as {parameter: [values]}, or for system {name: text}; every value is
     checked as its top-level key would be, and an error names the key and the value."""
     if not isinstance(value, dict) or not value:
@@ -368,6 +375,9 @@ def _matrix(value: object, where: str) -> dict[str, Any]:
             )
         if key == "system":
             out[key] = _matrix_systems(values, at)
+            continue
+        if key == "mock_responses_path":
+            out[key] = _matrix_mocks(values, at, config_dir)
             continue
         if not isinstance(values, list) or not values:
             raise ExprofError(f"{at}: must be a non-empty list of values")
@@ -401,6 +411,29 @@ def _matrix_systems(values: object, at: str) -> dict[str, str]:
         if not isinstance(text, str):
             raise ExprofError(f"{at}.{name}: must be a string, got {_describe(text)}")
         out[name] = text
+    return out
+
+
+def _matrix_mocks(values: object, at: str, config_dir: Path) -> dict[str, str]:
+    """Mock answer files, each cell answering from one: a mapping of short name to path,
+    or a list of paths named by their file stems (`cheap.json` is the cell `mock-cheap`)."""
+    if isinstance(values, list) and values:
+        named = {}
+        for i, item in enumerate(values):
+            text = _string(item, f"{at}[{i}]")
+            named[Path(text).stem] = text
+        if len(named) < len(values):
+            raise ExprofError(f"{at}: two files share a name; give a mapping name -> path")
+        values = named
+    if not isinstance(values, dict) or not values:
+        raise ExprofError(f"{at}: must be a non-empty list of paths or a mapping name -> path")
+    out: dict[str, str] = {}
+    for name, item in values.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
+            raise ExprofError(
+                f"{at}: name {name!r} must be letters, digits, '_' or '-' (at most 32 chars)"
+            )
+        out[name] = str(_resolve_lazily(_string(item, f"{at}.{name}"), config_dir))
     return out
 
 

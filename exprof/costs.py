@@ -28,16 +28,17 @@ def cost_per_answer(store: Store, run_id: str) -> float | None:
     return cost * _discount(config) / (ok.count - ok.reused)
 
 
-def sample_costs(store: Store, run_id: str) -> dict[str, float] | None:
-    """dialogue_id -> what its answers (all its repeats) cost; None when the model has
-    no price."""
-    config = load_started(store, run_id).config
+def sample_costs(
+    config: dict[str, Any], usage: list[tuple[str, float, bool, int, int]]
+) -> dict[str, float] | None:
+    """dialogue_id -> what its answers (all its repeats) cost, from store.sample_usage's
+    rows; None when the model has no price."""
     price = price_for(config["model"], config["pricing"])
     if price is None:
         return None
     scale = _discount(config) / 1e6
     out: dict[str, float] = {}
-    for dialogue_id, input_tokens, output_tokens in store.sample_usage(run_id):
+    for dialogue_id, _, _, input_tokens, output_tokens in usage:
         cost = (input_tokens * price["input"] + output_tokens * price["output"]) * scale
         out[dialogue_id] = out.get(dialogue_id, 0.0) + cost
     return out
