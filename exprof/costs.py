@@ -29,16 +29,12 @@ def cost_per_answer(store: Store, run_id: str) -> float | None:
 
 
 def sample_costs(
-    config: dict[str, Any], usage: list[tuple[str, float, bool, int, int]]
+    config: dict[str, Any], totals: list[tuple[str, int, float, int, int, int]]
 ) -> dict[str, float] | None:
-    """dialogue_id -> what its answers (all its repeats) cost, from store.sample_usage's
+    """dialogue_id -> what its answers (all its repeats) cost, from store.sample_totals's
     rows; None when the model has no price."""
     price = price_for(config["model"], config["pricing"])
     if price is None:
         return None
     scale = _discount(config) / 1e6
-    out: dict[str, float] = {}
-    for dialogue_id, _, _, input_tokens, output_tokens in usage:
-        cost = (input_tokens * price["input"] + output_tokens * price["output"]) * scale
-        out[dialogue_id] = out.get(dialogue_id, 0.0) + cost
-    return out
+    return {row[0]: (row[4] * price["input"] + row[5] * price["output"]) * scale for row in totals}
