@@ -399,13 +399,24 @@ def rescore(
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--log-dir", type=click.Path(), help="Summarize an exported run directory instead.")
+@click.option(
+    "--metric",
+    default="fact_coverage",
+    show_default=True,
+    help="An experiment: the quality its cost-quality frontier weighs against cost.",
+)
 @store_options
 @output_options
 def summarize(
-    run_id: str | None, log_dir: str | None, output_dir: str, db: str | None, format_: str
+    run_id: str | None,
+    log_dir: str | None,
+    metric: str,
+    output_dir: str,
+    db: str | None,
+    format_: str,
 ) -> None:
     """Print a run's metrics, from the store or from an export directory; given an
-    experiment id, one row per cell."""
+    experiment id, one row per cell, with its cost-quality frontier."""
     if (run_id is None) == (log_dir is None):
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
     from exprof.summary import read_exported_summary, run_summary
@@ -422,8 +433,10 @@ def summarize(
     found = resolve(run_id, store, exports=False, latest=False)
     if isinstance(found, ExperimentRef):
         from exprof.experiment import experiment_summary
+        from exprof.frontier import add_frontier
 
-        _echo_cells(experiment_summary(found.store, found.experiment_id), format_)
+        summary = experiment_summary(found.store, found.experiment_id)
+        _echo_cells(add_frontier(found.store, summary, metric), format_)
     elif isinstance(found, RunRef):  # exports=False
         echo_summary(run_summary(found.store, found.run_id), format_)
 
@@ -560,6 +573,65 @@ def compare_cmd(
     for reason in reasons:
         click.echo(f"regression: {reason}", err=True)
     sys.exit(1 if reasons else 0)
+
+
+@cli.command()
+@click.argument("run_a")
+@click.argument("run_b", required=False)
+@click.option(
+    "--detect",
+    "delta",
+    type=float,
+    required=True,
+    help="The paired difference (B - A, in the metric's units) to detect.",
+)
+@click.option("--metric", default="fact_coverage", show_default=True, help="What to plan for.")
+@click.option(
+    "--power",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.8,
+    show_default=True,
+    help="The chance of detecting DELTA.",
+)
+@click.option(
+    "--alpha",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Two-sided significance level.",
+)
+@click.option(
+    "--correlation",
+    type=FiniteFloatRange(min=-1, max=1, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="With one run: the correlation assumed between the two arms.",
+)
+@store_options
+@output_options
+def plan(
+    run_a: str,
+    run_b: str | None,
+    delta: float,
+    metric: str,
+    power: float,
+    alpha: float,
+    correlation: float,
+    output_dir: str,
+    db: str | None,
+    format_: str,
+) -> None:
+    """How many samples (and repeats) to pay for to detect a paired difference, and
+    their cost; from one run's variance, or two runs' paired differences."""
+    from exprof.power import plan as plan_samples
+    from exprof.refs import run_id_of
+    from exprof.render import render_plan
+
+    store = open_store(db, output_dir, readonly=True)
+    a = run_id_of(run_a, store)
+    b = run_id_of(run_b, store) if run_b is not None else None
+    found = plan_samples(store, a, b, metric, delta, power, alpha, correlation)
+    click.echo(render_plan(found, format_))
 
 
 @cli.command()
@@ -712,7 +784,7 @@ def _params(params: dict[str, Any]) -> str:
 
 def _echo_cells(found: dict[str, Any], format_: str) -> None:
     """summarize EXPERIMENT_ID: one row per cell, each metric with its 95% CI."""
-    from exprof.render import fmt_value
+    from exprof.render import fmt_usd, fmt_value
 
     headers = ["cell", "params", "status", "samples", "fact_coverage", "fact_coverage_ci95"]
     headers += ["refusal_rate", "refusal_rate_ci95", "geometric_mean", "estimated_cost_usd"]
@@ -737,10 +809,19 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
             name, ci = header[len("metrics.") :], header.endswith("_ci95")
             table = cell.get("metrics_ci95" if ci else "metrics") or {}
             return fmt_value(table.get(name.removesuffix("_ci95") if ci else name))
+        if header.startswith("cost_per_"):
+            return fmt_usd(cell.get(header))
         return fmt_value(cell.get(header))
 
+    if "frontier" in found:
+        headers += ["cost_per_sample", "cost_per_correct", "cost_per_correct_ci95"]
+        headers += ["quality_per_usd", "on_frontier"]
     rows = [[value(c, h) for h in headers] for c in cells]
     click.echo(render(rows, headers, format_, found))
+    if "frontier" in found and format_ not in ("json", "csv"):
+        from exprof.render import render_frontier
+
+        click.echo(render_frontier(found["frontier"], format_))
 
 
 def _echo_baseline(found: dict[str, Any], format_: str) -> None:

@@ -59,7 +59,10 @@ OPTIONAL_KEYS = (
     "metric_timeout_s",
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
-MATRIX_KEYS = ("model", "max_tokens", "system", *knobs.KNOBS)
+MATRIX_KEYS = ("model", "max_tokens", "system", "mock_responses_path", *knobs.KNOBS)
+# Matrix keys whose values are named (a list gets names, a mapping gives them): the cell
+# name and the recorded params carry the short name, the config's matrix the value.
+NAMED_MATRIX_KEYS = ("system", "mock_responses_path")
 MAX_CELLS = 24
 MAX_REPEATS = 1000
 # Experiment keys left out of the recorded config while at their default, so a config
@@ -305,8 +308,12 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         if key not in raw and not (matrix and key in matrix):
             raise ExprofError(f"{path}: missing required key {key!r}")
     if matrix:  # a key the matrix varies needs no top-level value: the first cell's stands in
-        taken = ("system", *knobs.KNOBS)  # knob values are parsed already: taken below
+        taken = (*NAMED_MATRIX_KEYS, *knobs.KNOBS)  # knob values are parsed already: taken below
         raw = {**{k: v[0] for k, v in matrix.items() if k not in taken}, **raw}
+        if "mock_responses_path" in matrix:
+            raw.setdefault(
+                "mock_responses_path", next(iter(matrix["mock_responses_path"].values()))
+            )
 
     def where(key: str) -> str:
         return f"{path}: {key}"
@@ -428,6 +435,9 @@ def _matrix(value: object, where: str, base: Path) -> dict[str, Any]:
         if key == "system":
             out[key] = _matrix_systems(values, at)
             continue
+        if key == "mock_responses_path":
+            out[key] = _matrix_mocks(values, at, base)
+            continue
         if not isinstance(values, list) or not values:
             raise ExprofError(f"{at}: must be a non-empty list of values")
         checked: list[Any] = []
@@ -463,6 +473,29 @@ def _matrix_systems(values: object, at: str) -> dict[str, str]:
     return out
 
 
+def _matrix_mocks(values: object, at: str, config_dir: Path) -> dict[str, str]:
+    """Mock answer files, each cell answering from one: a mapping of short name to path,
+    or a list of paths named by their file stems (`cheap.json` is the cell `mock-cheap`)."""
+    if isinstance(values, list) and values:
+        named = {}
+        for i, item in enumerate(values):
+            text = _string(item, f"{at}[{i}]")
+            named[Path(text).stem] = text
+        if len(named) < len(values):
+            raise ExprofError(f"{at}: two files share a name; give a mapping name -> path")
+        values = named
+    if not isinstance(values, dict) or not values:
+        raise ExprofError(f"{at}: must be a non-empty list of paths or a mapping name -> path")
+    out: dict[str, str] = {}
+    for name, item in values.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", name):
+            raise ExprofError(
+                f"{at}: name {name!r} must be letters, digits, '_' or '-' (at most 32 chars)"
+            )
+        out[name] = str(_resolve_lazily(_string(item, f"{at}.{name}"), config_dir))
+    return out
+
+
 def _resolve_lazily(value: str, config_dir: Path) -> Path:
     """The mock file is only needed in mock mode, so a missing one is reported there."""
     path = Path(value).expanduser()
@@ -490,7 +523,9 @@ def _integer(value: object, where: str, minimum: int, maximum: int | None = None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ExprofError(f"{where}: must be an integer, got {_describe(value)}")
     if value < minimum or value > (MAX_INT if maximum is None else maximum):
-        raise ExprofError(f"{where}: must be an integer {_bound(minimum, maximum)}, got {value}")
+        raise ExprofError(
+            f"{where}: must be an integer {_bound(minimum, maximum, value)}, got {value}"
+        )
     return value
 
 
@@ -500,15 +535,18 @@ def _number(value: object, where: str, minimum: float, maximum: float | None) ->
     if not math.isfinite(value):  # YAML's .nan and .inf
         raise ExprofError(f"{where}: must be a finite number, got {value}")
     if value < minimum or value > (MAX_INT if maximum is None else maximum):
-        raise ExprofError(f"{where}: must be a number {_bound(minimum, maximum)}, got {value}")
+        raise ExprofError(
+            f"{where}: must be a number {_bound(minimum, maximum, value)}, got {value}"
+        )
     return float(value) if isinstance(value, float) else value
 
 
-def _bound(minimum: float, maximum: float | None) -> str:
-    """The range a number must lie in: every number from outside stays below 2**63."""
+def _bound(minimum: float, maximum: float | None, value: float) -> str:
+    """The range a number must lie in: every number from outside stays below 2**63,
+    which is named only to a value beyond it."""
     if maximum is not None:
         return f"in [{minimum:g}, {maximum:g}]"
-    return f">= {minimum:g} and below 2**63"
+    return f">= {minimum:g}" if value < minimum else f">= {minimum:g} and below 2**63"
 
 
 def _choices(value: object, where: str, allowed: tuple[str, ...]) -> list[str]:

@@ -1,12 +1,12 @@
 """Matrix experiments: one config, many cells, each cell a run of its own.
 
-`matrix:` maps parameters (model, temperature, max_tokens, system) to lists of values;
-every combination is a cell. The experiment is recorded first, as an ExperimentStarted
-event in a stream of its own keyed by the experiment id, listing each cell's name,
-parameters and run id; then the cells run one after another on the same Runner, so the
-concurrency limit is shared (never more than N requests in flight in all). A cell's run
-id is `<experiment id>.<cell name>`, and its RunStarted carries the cell, so `runs`,
-`summarize` and `compare` can group and label the cells.
+`matrix:` maps parameters (model, max_tokens, system, mock_responses_path, the knobs)
+to lists of values; every combination is a cell. The experiment is recorded first, as
+an ExperimentStarted event in a stream of its own keyed by the experiment id, listing
+each cell's name, parameters and run id; then the cells run one after another on the
+same Runner, so the concurrency limit is shared (never more than N requests in flight
+in all). A cell's run id is `<experiment id>.<cell name>`, and its RunStarted carries
+the cell, so `runs`, `summarize` and `compare` can group and label the cells.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from exprof import knobs
-from exprof.config import MAX_CELLS, Config, auto_run_id
-from exprof.dataset import Sample
+from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config, auto_run_id
+from exprof.dataset import Sample, load_mock_responses
 from exprof.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -96,8 +96,8 @@ def cell_config(config: Config, params: dict[str, Any]) -> Config:
     """The config one cell runs with: the matrix's values in place, no matrix."""
     changes: dict[str, Any] = {"matrix": None}
     for key, value in params.items():
-        if key == "system":
-            changes["system"] = (config.matrix or {})["system"][value]
+        if key in NAMED_MATRIX_KEYS:
+            changes[key] = (config.matrix or {})[key][value]
         else:
             changes[key] = value
     if "output_schema" in params:
@@ -111,6 +111,15 @@ def cell_samples(samples: list[Sample], config: Config) -> list[Sample]:
     if config.system is None:
         return samples
     return [dataclasses.replace(s, system=config.system) for s in samples]
+
+
+def cell_mocks(
+    config: Config, cell: Cell, mode: str, mocks: dict[str, dict[str, Any]] | None
+) -> dict[str, dict[str, Any]] | None:
+    """A matrix that varies `mock_responses_path` gives each mock cell its own answers."""
+    if mode != "mock" or "mock_responses_path" not in cell.params:
+        return mocks
+    return load_mock_responses(config.mock_responses_path)
 
 
 def check_size(config: Config, yes: bool) -> None:
@@ -203,7 +212,7 @@ def _run_cells(
                 cfg,
                 cell_samples(samples, cfg),
                 record.mode,
-                mocks=mocks,
+                mocks=cell_mocks(cfg, cell, record.mode, mocks),
                 run_id=cell.run_id,
                 concurrency=concurrency,
                 cell={"experiment": exp, "name": cell.name, "params": cell.params},
@@ -394,7 +403,8 @@ def baseline_gate(
 
 
 def _short(key: str) -> str:
-    return {"max_tokens": "mt", "system": "sys", **knobs.SHORT}.get(key, key)
+    short = {"max_tokens": "mt", "system": "sys", "mock_responses_path": "mock", **knobs.SHORT}
+    return short.get(key, key)
 
 
 def _word(key: str, value: Any) -> str:

@@ -113,6 +113,15 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
+def fmt_usd(value: Any) -> str:
+    """Dollars to four significant figures: a cost per sample is often far below 1e-4."""
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt_usd(v) for v in value) + "]"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return fmt_value(value)
+
+
 class Progress:
     """done/total, errors and rate on stderr; redrawn in place at most ten times a second."""
 
@@ -258,3 +267,49 @@ def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     out.append(f"datasets identical: {'yes' if diff['datasets_identical'] else 'no'}")
     out += [f"note: {note}" for note in diff["notes"]]
     return "\n".join(out)
+
+
+def render_plan(found: dict[str, Any], fmt: str) -> str:
+    """`exprof plan` output: what it assumed, then one row per repeats option."""
+    if fmt == "json":
+        return render([], [], "json", found)
+    runs = found["runs"]
+    headers = ["repeats", "samples", "samples_ci95", "requests_per_arm", "sd_paired"]
+    headers += [f"cost_usd {run}" for run in runs]
+    rows = [
+        [r["repeats"], r["samples"], f"{r['samples_ci95'][0]}-{r['samples_ci95'][1]}"]
+        + [r["requests_per_arm"], fmt_value(r["sd_paired"])]
+        + [fmt_usd(r["cost_usd"][run]) for run in runs]
+        for r in found["plan"]
+    ]
+    table = render(rows, headers, fmt)
+    if fmt == "csv":
+        return table
+    lo, hi = found["sd_paired_ci95"]
+    head = [
+        f"detect a paired {found['metric']} difference of {found['detect']:g} at power "
+        f"{found['power']:g}, alpha {found['alpha']:g} (two-sided)",
+        f"from: {found['basis']}",
+        f"sd of the paired difference: {fmt_value(found['sd_paired'])} "
+        f"(95% CI {fmt_value(lo)}-{fmt_value(hi)}, giving samples_ci95)",
+        "",
+    ]
+    notes = [f"note: {note}" for note in found["notes"]]
+    return "\n".join([*(safe_text(line) for line in head), table, *map(safe_text, notes)])
+
+
+def render_frontier(block: dict[str, Any], fmt: str) -> str:
+    """The paired tests between neighbours on an experiment's cost-quality frontier."""
+    heading = (
+        f"cost-quality frontier ({block['metric']}): neighbours, paired bootstrap, "
+        f"{block['resamples']} resamples, seed {block['seed']}"
+    )
+    if not block["neighbours"]:
+        return f"\n{safe_text(heading)}\nfewer than two cells on the frontier"
+    headers = ["from", "to", "samples", "quality_delta", "quality_ci95", "quality_p"]
+    headers += ["cost_per_sample_delta", "cost_per_sample_ci95"]
+    rows = [
+        [(fmt_usd if h.startswith("cost") else fmt_value)(t.get(h)) for h in headers]
+        for t in block["neighbours"]
+    ]
+    return f"\n{safe_text(heading)}\n" + render(rows, headers, fmt)

@@ -194,6 +194,66 @@ def scatter(pairs: Sequence[tuple[float, float]], grid: int = 20) -> dict | None
     return {"size": size, "pad": pad, "far": size - pad, "points": points}
 
 
+def frontier_scatter(cells: Sequence[dict[str, Any]], metric: str) -> dict | None:
+    """Cells by cost per sample (x) and quality (y), each with both 95% intervals as
+    error bars, the frontier's cells joined by a line in order of cost. One mark per
+    cell: an experiment has at most a few dozen."""
+    shown = [c for c in cells if c.get("on_frontier") is not None]
+    if not shown:
+        return None
+    width, height, left, bottom, top, right = 460, 260, 64, 34, 12, 16
+
+    def span(key: str, ci: str) -> tuple[float, float]:
+        values = [v for c in shown for v in [c[key], *(c.get(ci) or [])] if v is not None]
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.08 or max(abs(hi) * 0.1, 1e-9)
+        return lo - pad, hi + pad
+
+    (x0, x1), (y0, y1) = (
+        span("cost_per_sample", "cost_per_sample_ci95"),
+        span("quality", "quality_ci95"),
+    )
+
+    def x(v: float) -> float:
+        return round(left + (width - left - right) * (v - x0) / (x1 - x0), 1)
+
+    def y(v: float) -> float:
+        return round(height - bottom - (height - bottom - top) * (v - y0) / (y1 - y0), 1)
+
+    points = []
+    for c in shown:
+        cost_ci = c.get("cost_per_sample_ci95") or [c["cost_per_sample"]] * 2
+        quality_ci = c.get("quality_ci95") or [c["quality"]] * 2
+        points.append(
+            {
+                "cx": x(c["cost_per_sample"]),
+                "cy": y(c["quality"]),
+                "x_lo": x(cost_ci[0]),
+                "x_hi": x(cost_ci[1]),
+                "y_lo": y(quality_ci[0]),
+                "y_hi": y(quality_ci[1]),
+                "on": bool(c["on_frontier"]),
+                "title": f"{c['cell']}: {metric} {c['quality']} {quality_ci}, "
+                f"${c['cost_per_sample']:.4g} per sample [${cost_ci[0]:.4g}, ${cost_ci[1]:.4g}]"
+                + (" (on the frontier)" if c["on_frontier"] else ""),
+            }
+        )
+    line = sorted((p["cx"], p["cy"]) for p in points if p["on"])
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": height - bottom,
+        "top": top,
+        "right": width - right,
+        "points": points,
+        "line": " ".join(f"{a},{b}" for a, b in line),
+        "x_ticks": [{"x": x(v), "label": f"${v:.3g}"} for v in (x0, (x0 + x1) / 2, x1)],
+        "y_ticks": [{"y": y(v), "label": f"{v:.3g}"} for v in (y0, (y0 + y1) / 2, y1)],
+        "metric": metric,
+    }
+
+
 HEAT_STEPS = 8  # classes heat-0 (worst in its column) .. heat-8 (best), in report.css
 
 

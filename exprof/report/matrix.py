@@ -1,10 +1,11 @@
-"""What the experiment page shows: a heatmap of cells by metric, and
-every cell against a baseline.
+"""What the experiment page shows: a heatmap of cells by metric, the cost-quality
+frontier, and every cell against a baseline.
 
 Nothing here computes a statistic. The cells' metrics come from
 `experiment.experiment_summary` (what `summarize EXPERIMENT_ID` prints) and the
 comparisons, CIs, Holm-corrected p-values and verdicts from
-`experiment.compare_to_baseline` (what `compare EXPERIMENT_ID --baseline` prints), so
+`experiment.compare_to_baseline` (what `compare EXPERIMENT_ID --baseline` prints), and
+the frontier from `frontier.add_frontier` (what summarize EXPERIMENT_ID prints), so
 the page and the commands cannot disagree. This module only lays them out.
 """
 
@@ -17,13 +18,16 @@ from typing import Any
 from exprof.config import MATRIX_KEYS
 from exprof.errors import ExprofError
 from exprof.experiment import compare_to_baseline, experiment_summary
+from exprof.frontier import add_frontier
 from exprof.jsonio import dumps
 from exprof.knobs import KNOBS, describe, in_words
 from exprof.render import fmt_value
 from exprof.report import charts
 
-# A cell shows these parameters, and any knob its matrix varies.
+# A cell shows these parameters, and any knob its matrix varies; its mock answers' file
+# only where the matrix varies it (a path says nothing about a cell otherwise).
 PARAMS = ("model", "temperature", "max_tokens", "system")
+NAMED_PARAMS = ("system", "mock_responses_path")
 SEED_METRICS = ("fact_coverage", "refusal_rate", "geometric_mean")
 
 
@@ -96,18 +100,19 @@ def heatmap(cells: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, An
     classes = [
         charts.heat_classes(v, col.higher_is_better) for v, col in zip(values, cols, strict=True)
     ]
-    systems = (config.get("matrix") or {}).get("system") or {}
+    matrix = config.get("matrix") or {}
+    keys = PARAMS + tuple(k for k in MATRIX_KEYS if k in matrix and k not in PARAMS)
     rows = []
-    varied = config.get("matrix") or {}
-    keys = PARAMS + tuple(k for k in MATRIX_KEYS if k in varied and k not in PARAMS)
     for i, cell in enumerate(cells):
         params = cell.get("params") or {}
         shown = []
         for key in keys:
-            if key == "system":
-                name = params.get("system")
+            if key in NAMED_PARAMS:
+                name = params.get(key)
                 # the text itself goes in the tooltip; the cell shows the short name
-                shown.append(("–" if name is None else str(name), systems.get(name, "")))
+                shown.append(
+                    ("–" if name is None else str(name), matrix.get(key, {}).get(name, ""))
+                )
             else:
                 value = params.get(key, config.get(key))
                 if key in KNOBS and key not in params and value is not None:
@@ -207,7 +212,7 @@ def experiment_context(
     record = store.experiment_record(experiment_id)
     if record is None:
         raise ExprofError(f"{store.location}: no experiment {experiment_id!r}")
-    found = experiment_summary(store, experiment_id)
+    found = add_frontier(store, experiment_summary(store, experiment_id))
     cells = found["cells"]
     started = {c["run_id"] for c in cells if c.get("status") != "not started"}
     base = _baseline_cell(record.cells, started, baseline)
@@ -223,6 +228,8 @@ def experiment_context(
         "mode": record.mode,
         "cards": _cards(cells, versus),
         "heatmap": heatmap(cells, config),
+        "frontier": charts.frontier_scatter(cells, found["frontier"]["metric"]),
+        "frontier_tests": found["frontier"]["neighbours"],
         "repeats": next((c["repeats"] for c in cells if "repeats" in c), None),
         "versus": versus,
         "cells": [

@@ -252,6 +252,22 @@ class Queries:
         )
         return {str(r[0]) for r in rows}
 
+    def sample_totals(self, run_id: str) -> list[tuple[str, int, float, int, int, int]]:
+        """Per answered sample, its repeats summed: (dialogue_id, answers, fact_coverage,
+        refused, input_tokens, output_tokens), the tokens those paid for (a reused
+        answer paid nothing, as in sample_stats)."""
+        rows = self._all(
+            "SELECT dialogue_id, count(*), sum(fact_coverage), sum(refused), "
+            "sum(CASE WHEN reused = 1 THEN 0 ELSE input_tokens END), "
+            "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END) FROM samples "
+            "WHERE run_id = ? AND status = 'ok' GROUP BY dialogue_id",
+            (run_id,),
+        )
+        return [
+            (r[0], int(r[1]), float(r[2] or 0.0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0))
+            for r in rows
+        ]
+
     def scored_responses(self, run_id: str) -> Iterator[ScoredResponse]:
         """Each answered sample's response with its recorded scores, in dataset order."""
         with self.engine.connect() as conn:
