@@ -357,7 +357,8 @@ def resume(
     "config_path",
     required=True,
     type=click.Path(readable=False),
-    help="A YAML whose metrics score the recorded responses.",
+    help="A YAML whose metrics (and pricing, for a judge's requests) score the recorded "
+    "responses: only those keys are read; a whole config works too.",
 )
 @store_options
 @click.option("--run-id", "new_run_id", help="Name the new run [default: the experiment's next].")
@@ -373,16 +374,16 @@ def rescore(
     format_: str,
 ) -> None:
     """A new run scoring RUN_ID's recorded responses with FILE's metrics: no API call."""
-    from exprof.config import check_run_id, load_config
+    from exprof.config import check_run_id, load_rescore_config
+    from exprof.refs import run_id_of
     from exprof.run.runner import Runner
+    from exprof.store.record import load_started
 
     if new_run_id is not None:
         check_run_id(new_run_id, "--run-id")
-    config = load_config(config_path)
-    from exprof.refs import run_id_of
-
     store = open_store(db, output_dir)
     source = run_id_of(run_id, store)
+    config = load_rescore_config(config_path, load_started(store, source).config)
     result = Runner(store, output_dir, quiet=quiet).rescore(source, config, new_run_id)
     _finish(result, format_, config.builtin_metrics)
 
