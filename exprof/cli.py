@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -42,19 +43,39 @@ FINITE_FRACTION = FiniteFloatRange(min=0, max=1)
 
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--output-dir and --db, which every command takes."""
-    func = click.option(
+    """--output-dir and --db, which every command takes; the commands exprof prints for
+    the user to paste name the same store (exprof.hints)."""
+
+    @functools.wraps(func)
+    def named_store(*args: Any, **kwargs: Any) -> Any:
+        _hint_store(kwargs["output_dir"], kwargs["db"])
+        return func(*args, **kwargs)
+
+    decorated = click.option(
         "--db",
         envvar="EXPROF_DB",
         help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
-    )(func)
+    )(named_store)
     return click.option(
         "--output-dir",
         default="runs",
         show_default=True,
         type=click.Path(file_okay=False),
         help="Where exports go, and where the default store lives.",
-    )(func)
+    )(decorated)
+
+
+def _hint_store(output_dir: str, db: str | None) -> None:
+    from exprof import hints
+
+    source = click.get_current_context().get_parameter_source("db")
+    if db is not None and source == click.core.ParameterSource.ENVIRONMENT:
+        db = None  # EXPROF_DB: the shell the hint is pasted into still has it
+    if db is not None and "://" in db:
+        from exprof.store.dialects import masked
+
+        db = masked(db)
+    hints.use_store(output_dir, db)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -598,13 +619,14 @@ def report(
 @store_options
 def cancel(run_id: str, output_dir: str, db: str | None) -> None:
     """Cancel a batch run's in-flight batches; resume sends their unfinished requests again."""
+    from exprof import hints
     from exprof.run.batch import cancel_run
 
     cancelled = cancel_run(open_store(db, output_dir), run_id)
     click.echo(
         f"cancelled {len(cancelled)} batch(es) of {run_id}: {', '.join(cancelled)}", err=True
     )
-    click.echo(f"record what they finished with: exprof resume {run_id}", err=True)
+    click.echo(f"record what they finished with: {hints.command('resume', run_id)}", err=True)
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from exprof import hints
 from exprof.config import MAX_CELLS, Config, auto_run_id
 from exprof.dataset import Sample
 from exprof.errors import (
@@ -122,7 +123,7 @@ def run_experiment(
     if experiment_id is not None and store.experiment_record(experiment_id) is not None:
         raise ExprofError(
             f"experiment {experiment_id!r} already exists; continue it with "
-            f"`exprof resume {experiment_id}` or choose another --run-id"
+            f"`{hints.command('resume', experiment_id)}` or choose another --run-id"
         )
     # The experiment's id comes from the same family as its runs' (`exp`, `exp-2`, ...),
     # chosen and held under the store's write lock like a run's, then recorded.
@@ -208,7 +209,7 @@ def _run_cells(
             store,
             exp,
             EXIT_SAMPLES_FAILED,
-            f"some samples failed; retry them with: exprof resume {exp}",
+            f"some samples failed; retry them with: {hints.command('resume', exp)}",
         )
     return _result(store, exp, EXIT_OK, f"experiment {exp} complete: {len(codes)} cells")
 
@@ -216,7 +217,7 @@ def _run_cells(
 def _stopped(result: RunResult, exp: str) -> str:
     interrupted = result.exit_code == EXIT_INTERRUPTED
     what = "interrupted" if interrupted else f"stopped in cell {result.run_id}"
-    return f"{what}; continue with: exprof resume {exp}"
+    return f"{what}; continue with: {hints.command('resume', exp)}"
 
 
 def _result(store: Store, exp: str, code: int, message: str) -> ExperimentResult:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exprof import __version__
+from exprof import __version__, hints
 from exprof.config import Config, auto_run_id
 from exprof.dataset import DatasetFile, Sample, dataset_sha256, pending_pairs, with_repeats
 from exprof.errors import (
@@ -375,7 +375,7 @@ class Runner:
                     self.store.release_lease(lease)
                 raise ExprofError(
                     f"{exc.message}; the run is recorded: once that is fixed, continue "
-                    f"with: exprof resume {record.run_id}",
+                    f"with: {hints.command('resume', record.run_id)}",
                     EXIT_SAMPLES_FAILED,
                 ) from None
             except BaseException:
@@ -447,11 +447,11 @@ class Runner:
         """How to get the failed samples answered: resume the run, or, for a rescore
         (whose failures are samples its source never answered), resume the source."""
         if load_started(self.store, run_id).mode != "rescore":
-            return f"{failed} sample(s) failed; retry them with: exprof resume {run_id}"
+            return f"{failed} sample(s) failed; retry them with: {hints.command('resume', run_id)}"
         source = rescore_source(self.store, run_id).source_run_id
         return (
             f"{failed} sample(s) have no answer in run {source} to score: answer them with "
-            f"`exprof resume {source}`, then rescore {source} again"
+            f"`{hints.command('resume', source)}`, then rescore {source} again"
         )
 
     def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:
@@ -477,7 +477,7 @@ class Runner:
             run_id,
             summary,
             stop_exit_code(stop),
-            f"interrupted; continue with: exprof resume {run_id}",
+            f"interrupted; continue with: {hints.command('resume', run_id)}",
         )
 
     def _left_early(self, run_id: str, code: int, why: str) -> RunResult:
@@ -500,7 +500,7 @@ class Runner:
             EXIT_OK,
             f"this worker is done; {left} sample(s) of run {run_id} are still with other "
             "workers, and the last of them finishes the run (a dead worker's return to the "
-            f"pool when its heartbeat expires: then `exprof resume {run_id}`)",
+            f"pool when its heartbeat expires: then `{hints.command('resume', run_id)}`)",
         )
 
     def _stopped_exporting(self, run_id: str, stop: KeyboardInterrupt) -> RunResult:
@@ -510,7 +510,7 @@ class Runner:
             run_id,
             {},
             stop_exit_code(stop),
-            f"interrupted during the export; finish it with: exprof resume {run_id}",
+            f"interrupted during the export; finish it with: {hints.command('resume', run_id)}",
         )
 
     def _over_budget(self, record: RunRecord, lease: Lease, budget: Budget) -> RunResult:
@@ -547,6 +547,6 @@ class Runner:
             # Exit 1, not 2: the run is recorded (exit 2 promises that nothing was).
             raise ExprofError(
                 f"{exc.message}; the run is recorded: once that is fixed, write its files "
-                f"with `exprof export {run_id}`",
+                f"with `{hints.command('export', run_id)}`",
                 EXIT_SAMPLES_FAILED,
             ) from None
