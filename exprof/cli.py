@@ -54,7 +54,8 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorated = click.option(
         "--db",
         envvar="EXPROF_DB",
-        help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
+        help="Store: a SQLAlchemy URL or a file path; EXPROF_DB sets it too "
+        "[default: <output-dir>/exprof.db].",
     )(named_store)
     return click.option(
         "--output-dir",
@@ -580,7 +581,9 @@ def compare_cmd(
 @click.argument("ref_b", required=False)
 @click.option(  # a plain string: build_report checks the target itself
     "--out",
-    help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
+    help="Write the page here [default: a run's <output-dir>/RUN_ID/report.html; a compare's "
+    "<output-dir>/RUN_B/compare-RUN_A.html; an experiment's "
+    "<output-dir>/EXPERIMENT_ID/report.html].",
 )
 @top_option("Compare: how many changed samples to show side by side.")
 @click.option(
