@@ -304,7 +304,7 @@ def compare_to_baseline(
     p-values over the comparisons made (one family for coverage, one for refusals).
     With `detail`, each row also keeps compare()'s `metrics` (every metric's delta, CI
     and uncorrected verdict), which the report draws."""
-    from exprof.compare import compare, load_side
+    from exprof.compare import compare, load_side, verdict
 
     base = find_cell(store, experiment_id, baseline)
     record = store.experiment_record(experiment_id)
@@ -340,15 +340,10 @@ def compare_to_baseline(
         adjusted = holm([r[key] for r in present])
         for r, corrected in zip(present, adjusted, strict=True):
             r[f"{key}_holm"] = round(corrected, 6)
-    for r in rows:
+    for r in rows:  # compare's rule, on the Holm-corrected p
         p = r.get("fact_coverage_p_holm")
-        r["verdict"] = (
-            "no significant change"
-            if p is None or p >= 0.05
-            else "improved"
-            if r["fact_coverage_delta"] > 0
-            else "regressed"
-        )
+        significant = p is not None and p < 0.05
+        r["verdict"] = verdict(r["samples"], significant, r["fact_coverage_delta"] > 0)
     return {
         "experiment_id": experiment_id,
         "baseline": base["name"],
