@@ -285,6 +285,10 @@ def run(
         from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
+    else:
+        from exprof.scoring.judge import require_mock_replies
+
+        require_mock_replies(config_path, config.metrics)
     if dry_run:
         _echo_dry_run(config, samples, live, format_, _cache_store(config, db, output_dir))
         return
@@ -406,6 +410,11 @@ def rescore(
     store = open_store(db, output_dir)
     source = run_id_of(run_id, store)
     config = load_rescore_config(config_path, load_started(store, source).config)
+    from exprof.run.judge import grading_mode
+    from exprof.scoring.judge import require_mock_replies
+
+    if grading_mode(store, source) != "live":
+        require_mock_replies(config_path, config.metrics)
     result = Runner(store, output_dir, quiet=quiet).rescore(source, config, new_run_id)
     _finish(result, format_, config.builtin_metrics)
 

@@ -142,16 +142,6 @@ class Runner:
             )
             yield from snapshot(samples, mocks if mode == "mock" else None)
 
-        judge_specs = judge.specs(config.metrics)
-        if judge_specs:  # answers not received yet: assume each takes max_tokens
-            # A streamed dataset is a batch run's: no repeats (refused at config time).
-            pairs = (
-                samples
-                if isinstance(samples, DatasetFile)
-                else with_repeats(samples, config.repeats)
-            )
-            tasks = [t for s in pairs for t in judge.tasks_for(judge_specs, s, "")]
-            announce_grading(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         started = load_started(self.store, chosen)
         if isinstance(samples, DatasetFile):  # the batch run reads them from the snapshot
@@ -168,7 +158,6 @@ class Runner:
             seq,
             pending,
             concurrency,
-            announce=False,
             positions=positions,
             budget=budget,
         )
