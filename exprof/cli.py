@@ -139,7 +139,7 @@ def echo_summary(
 
 
 class ExprofGroup(click.Group):
-    """Turns expected failures into one `Error: ...` line and the SPEC's exit code."""
+    """Turns expected failures into one `Error: ...` line and the exit code docs/SPEC.md gives."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # A shell cannot pass a NUL byte, but a program calling us can; every path

@@ -1,4 +1,4 @@
-"""Loading and validating the YAML experiment config (SPEC.md, "Config")."""
+"""Loading and validating the YAML experiment config (docs/SPEC.md, "Config")."""
 
 from __future__ import annotations
 
