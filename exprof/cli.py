@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -42,19 +43,40 @@ FINITE_FRACTION = FiniteFloatRange(min=0, max=1)
 
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--output-dir and --db, which every command takes."""
-    func = click.option(
+    """--output-dir and --db, which every command takes; the commands exprof prints for
+    the user to paste name the same store (exprof.hints)."""
+
+    @functools.wraps(func)
+    def named_store(*args: Any, **kwargs: Any) -> Any:
+        _hint_store(kwargs["output_dir"], kwargs["db"])
+        return func(*args, **kwargs)
+
+    decorated = click.option(
         "--db",
         envvar="EXPROF_DB",
-        help="Store: a SQLAlchemy URL or a file path [default: <output-dir>/exprof.db].",
-    )(func)
+        help="Store: a SQLAlchemy URL or a file path; EXPROF_DB sets it too "
+        "[default: <output-dir>/exprof.db].",
+    )(named_store)
     return click.option(
         "--output-dir",
         default="runs",
         show_default=True,
         type=click.Path(file_okay=False),
         help="Where exports go, and where the default store lives.",
-    )(func)
+    )(decorated)
+
+
+def _hint_store(output_dir: str, db: str | None) -> None:
+    from exprof import hints
+
+    source = click.get_current_context().get_parameter_source("db")
+    if db is not None and source == click.core.ParameterSource.ENVIRONMENT:
+        db = None  # EXPROF_DB: the shell the hint is pasted into still has it
+    if db is not None and "://" in db:
+        from exprof.store.dialects import masked
+
+        db = masked(db)
+    hints.use_store(output_dir, db)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +139,7 @@ def echo_summary(
 
 
 class ExprofGroup(click.Group):
-    """Turns expected failures into one `Error: ...` line and the SPEC's exit code."""
+    """Turns expected failures into one `Error: ...` line and the exit code docs/SPEC.md gives."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # A shell cannot pass a NUL byte, but a program calling us can; every path
@@ -263,6 +285,10 @@ def run(
         from exprof.clients.credentials import require_credentials
 
         require_credentials("--live")
+    else:
+        from exprof.scoring.judge import require_mock_replies
+
+        require_mock_replies(config_path, config.metrics)
     from exprof.models import preflight
 
     cells: list[tuple[str | None, Any]] = [(None, config)]
@@ -366,7 +392,8 @@ def resume(
     "config_path",
     required=True,
     type=click.Path(readable=False),
-    help="A YAML whose metrics score the recorded responses.",
+    help="A YAML whose metrics (and pricing, for a judge's requests) score the recorded "
+    "responses: only those keys are read; a whole config works too.",
 )
 @store_options
 @click.option("--run-id", "new_run_id", help="Name the new run [default: the experiment's next].")
@@ -382,16 +409,21 @@ def rescore(
     format_: str,
 ) -> None:
     """A new run scoring RUN_ID's recorded responses with FILE's metrics: no API call."""
-    from exprof.config import check_run_id, load_config
+    from exprof.config import check_run_id, load_rescore_config
+    from exprof.refs import run_id_of
     from exprof.run.runner import Runner
+    from exprof.store.record import load_started
 
     if new_run_id is not None:
         check_run_id(new_run_id, "--run-id")
-    config = load_config(config_path)
-    from exprof.refs import run_id_of
-
     store = open_store(db, output_dir)
     source = run_id_of(run_id, store)
+    config = load_rescore_config(config_path, load_started(store, source).config)
+    from exprof.run.judge import grading_mode
+    from exprof.scoring.judge import require_mock_replies
+
+    if grading_mode(store, source) != "live":
+        require_mock_replies(config_path, config.metrics)
     result = Runner(store, output_dir, quiet=quiet).rescore(source, config, new_run_id)
     _finish(result, format_, config.builtin_metrics)
 
@@ -639,7 +671,9 @@ def plan(
 @click.argument("ref_b", required=False)
 @click.option(  # a plain string: build_report checks the target itself
     "--out",
-    help="Write the page here [default: <output-dir>/RUN_ID/report.html].",
+    help="Write the page here [default: a run's <output-dir>/RUN_ID/report.html; a compare's "
+    "<output-dir>/RUN_B/compare-RUN_A.html; an experiment's "
+    "<output-dir>/EXPERIMENT_ID/report.html].",
 )
 @top_option("Compare: how many changed samples to show side by side.")
 @click.option(
@@ -678,13 +712,14 @@ def report(
 @store_options
 def cancel(run_id: str, output_dir: str, db: str | None) -> None:
     """Cancel a batch run's in-flight batches; resume sends their unfinished requests again."""
+    from exprof import hints
     from exprof.run.batch import cancel_run
 
     cancelled = cancel_run(open_store(db, output_dir), run_id)
     click.echo(
         f"cancelled {len(cancelled)} batch(es) of {run_id}: {', '.join(cancelled)}", err=True
     )
-    click.echo(f"record what they finished with: exprof resume {run_id}", err=True)
+    click.echo(f"record what they finished with: {hints.command('resume', run_id)}", err=True)
 
 
 @cli.command()

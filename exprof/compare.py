@@ -164,12 +164,20 @@ def _cut_off_in_dir(path: Path) -> set[str]:
     return found
 
 
-def _verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
-    if lo > 0:
-        return "improved" if higher_is_better else "regressed"
-    if hi < 0:
-        return "regressed" if higher_is_better else "improved"
-    return "no significant change"
+def verdict(samples: int, significant: bool, better: bool, counted: str = "common samples") -> str:
+    """The one verdict rule, of `compare A B` and `compare EXP --baseline CELL` alike:
+    below MIN_SAMPLES paired samples no test is meaningful; otherwise a significant change
+    is improved or regressed, and anything else is no significant change."""
+    if samples < MIN_SAMPLES:
+        return f"not meaningful: {samples} {counted} (< {MIN_SAMPLES})"
+    if not significant:
+        return "no significant change"
+    return "improved" if better else "regressed"
+
+
+def _ci_verdict(n: int, lo: float, hi: float, higher_is_better: bool = True) -> str:
+    """A CI that excludes 0 is significant; the side it lies on says which way."""
+    return verdict(n, lo > 0 or hi < 0, (lo > 0) == higher_is_better)
 
 
 def _metric_row(va: float, vb: float, verdict: str | None) -> dict[str, Any]:
@@ -234,18 +242,13 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
         if meaningful:
             lo, hi = np.percentile(deltas[name], [2.5, 97.5])
             row["ci95"] = [round(float(lo), 4), round(float(hi), 4)]
-            row["verdict"] = _verdict(float(lo), float(hi), name != "refusal_rate")
+            row["verdict"] = _ci_verdict(n, float(lo), float(hi), name != "refusal_rate")
             if name == "refusal_rate":
                 row["mcnemar_p"] = round(p_value, 6)
-                row["verdict"] = (
-                    "no significant change"
-                    if p_value >= 0.05
-                    else "regressed"
-                    if len(flips_b_only) > len(flips_a_only)
-                    else "improved"
-                )
+                fewer = len(flips_b_only) <= len(flips_a_only)
+                row["verdict"] = verdict(n, p_value < 0.05, fewer)
         else:
-            row["verdict"] = f"not meaningful: {n} common samples (< {MIN_SAMPLES})"
+            row["verdict"] = verdict(n, False, False)
         metrics[name] = row
     for name in (n for n in a.custom if n in b.custom):
         col_a, col_b = a.custom[name], b.custom[name]
@@ -325,26 +328,20 @@ def _custom_metric(pairs: list[tuple[Any, Any]], resamples: int, seed: int) -> d
     n = len(pairs)
     values = np.array(pairs, dtype=float).reshape(n, 2)
     va, vb = (float(values[:, 0].mean()), float(values[:, 1].mean())) if n else (0.0, 0.0)
-    row = _metric_row(va, vb, f"not meaningful: {n} samples with values (< {MIN_SAMPLES})")
+    row = _metric_row(va, vb, verdict(n, False, False, "samples with values"))
     row["samples"] = n
     if n < MIN_SAMPLES:
         return row
     means = bootstrap_means(values, resamples, seed)
     lo, hi = np.percentile(means[:, 1] - means[:, 0], [2.5, 97.5])
     row["ci95"] = [round(float(lo), 4), round(float(hi), 4)]
-    row["verdict"] = _verdict(float(lo), float(hi))
+    row["verdict"] = _ci_verdict(n, float(lo), float(hi))
     if all(isinstance(x, bool) and isinstance(y, bool) for x, y in pairs):
         gained = sum(1 for x, y in pairs if y and not x)
         lost = sum(1 for x, y in pairs if x and not y)
         p_value = mcnemar_exact(gained, lost)
         row["mcnemar_p"] = round(p_value, 6)
-        row["verdict"] = (
-            "no significant change"
-            if p_value >= 0.05
-            else "improved"
-            if gained > lost
-            else "regressed"
-        )
+        row["verdict"] = verdict(n, p_value < 0.05, gained > lost)
     return row
 
 

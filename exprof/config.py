@@ -1,4 +1,4 @@
-"""Loading and validating the YAML experiment config (SPEC.md, "Config")."""
+"""Loading and validating the YAML experiment config (docs/SPEC.md, "Config")."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     **{k: None for k in knobs.KNOBS if k != "temperature"},
 }
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
+# What `rescore --config FILE` reads: the metrics, and the prices of a judge's requests.
+RESCORE_KEYS = ("metrics", "pricing")
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,35 @@ def resolve_path(value: str, config_dir: Path, where: str) -> Path:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
+    return _validate(_load_mapping(path), path)
+
+
+def load_rescore_config(path: str | Path, recorded: dict[str, Any]) -> Config:
+    """`rescore --config FILE`: FILE's RESCORE_KEYS over the source run's recorded config.
+    FILE may hold only those keys; a whole config is checked as one, and its other keys
+    are ignored, since they cannot change recorded answers."""
+    path = Path(path)
+    raw = _load_mapping(path)
+    if any(key in raw for key in REQUIRED_KEYS):
+        return _validate(raw, path)
+    for key in raw:
+        if key not in RESCORE_KEYS:
+            hint = difflib.get_close_matches(str(key), RESCORE_KEYS, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ExprofError(
+                f"{path}: unknown key {str(key)!r}{suggestion} "
+                f"(rescore reads only {', '.join(RESCORE_KEYS)})"
+            )
+    out = dict(recorded)
+    if "metrics" in raw:
+        context = SpecContext(path, recorded["model"], Path(recorded["dataset_path"]).parent)
+        out["metrics"] = parse_metrics(raw["metrics"], context)
+    if "pricing" in raw:
+        out["pricing"] = _pricing(raw["pricing"], f"{path}: pricing")
+    return Config.from_dict(out)
+
+
+def _load_mapping(path: Path) -> dict[Any, Any]:
     text = read_text(path, "config", limit=MAX_CONFIG_BYTES)
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
@@ -218,7 +249,7 @@ def load_config(path: str | Path) -> Config:
         raise ExprofError(f"{path}: config is empty")
     if not isinstance(raw, dict):
         raise ExprofError(f"{path}: config must be a mapping of keys, got {_type(raw)}")
-    return _validate(check_tree(raw, str(path)), path)
+    return check_tree(raw, str(path))
 
 
 class _ConfigYAMLError(yaml.YAMLError):

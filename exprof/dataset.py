@@ -1,4 +1,4 @@
-"""Loading the dataset of prompts (SPEC.md, "Dataset") and the mock's canned answers."""
+"""Loading the dataset of prompts (docs/SPEC.md, "Dataset") and the mock's canned answers."""
 
 from __future__ import annotations
 

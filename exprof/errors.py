@@ -1,4 +1,4 @@
-"""The one exception type for expected failures, and the exit codes SPEC.md gives."""
+"""The one exception type for expected failures, and the exit codes docs/SPEC.md gives."""
 
 from __future__ import annotations
 

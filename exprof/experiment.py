@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from exprof import knobs
+from exprof import hints, knobs
 from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config, auto_run_id
 from exprof.dataset import Sample, load_mock_responses
 from exprof.errors import (
@@ -142,7 +142,7 @@ def run_experiment(
     if experiment_id is not None and store.experiment_record(experiment_id) is not None:
         raise ExprofError(
             f"experiment {experiment_id!r} already exists; continue it with "
-            f"`exprof resume {experiment_id}` or choose another --run-id"
+            f"`{hints.command('resume', experiment_id)}` or choose another --run-id"
         )
     # The experiment's id comes from the same family as its runs' (`exp`, `exp-2`, ...),
     # chosen and held under the store's write lock like a run's, then recorded.
@@ -228,7 +228,7 @@ def _run_cells(
             store,
             exp,
             EXIT_SAMPLES_FAILED,
-            f"some samples failed; retry them with: exprof resume {exp}",
+            f"some samples failed; retry them with: {hints.command('resume', exp)}",
         )
     return _result(store, exp, EXIT_OK, f"experiment {exp} complete: {len(codes)} cells")
 
@@ -236,7 +236,7 @@ def _run_cells(
 def _stopped(result: RunResult, exp: str) -> str:
     interrupted = result.exit_code == EXIT_INTERRUPTED
     what = "interrupted" if interrupted else f"stopped in cell {result.run_id}"
-    return f"{what}; continue with: exprof resume {exp}"
+    return f"{what}; continue with: {hints.command('resume', exp)}"
 
 
 def _result(store: Store, exp: str, code: int, message: str) -> ExperimentResult:
@@ -326,7 +326,7 @@ def compare_to_baseline(
     p-values over the comparisons made (one family for coverage, one for refusals).
     With `detail`, each row also keeps compare()'s `metrics` (every metric's delta, CI
     and uncorrected verdict), which the report draws."""
-    from exprof.compare import compare, load_side
+    from exprof.compare import compare, load_side, verdict
 
     base = find_cell(store, experiment_id, baseline)
     record = store.experiment_record(experiment_id)
@@ -362,15 +362,10 @@ def compare_to_baseline(
         adjusted = holm([r[key] for r in present])
         for r, corrected in zip(present, adjusted, strict=True):
             r[f"{key}_holm"] = round(corrected, 6)
-    for r in rows:
+    for r in rows:  # compare's rule, on the Holm-corrected p
         p = r.get("fact_coverage_p_holm")
-        r["verdict"] = (
-            "no significant change"
-            if p is None or p >= 0.05
-            else "improved"
-            if r["fact_coverage_delta"] > 0
-            else "regressed"
-        )
+        significant = p is not None and p < 0.05
+        r["verdict"] = verdict(r["samples"], significant, r["fact_coverage_delta"] > 0)
     return {
         "experiment_id": experiment_id,
         "baseline": base["name"],

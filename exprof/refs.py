@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exprof import hints
 from exprof.errors import ExprofError
 
 
@@ -81,7 +82,7 @@ def resolve(
         store.require_run(ref)
     raise ExprofError(
         f"{store.location}: no run, experiment or export directory named {ref!r} "
-        "(see `exprof runs`)"
+        f"(see `{hints.command('runs')}`)"
     )
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from exprof import hints
 from exprof.errors import ExprofError
 from exprof.files import export_complete, parse_json, read_text
 from exprof.knobs import KNOBS, describe, in_words
@@ -14,7 +15,8 @@ from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
 from exprof.store.batches import batch_state
 from exprof.store.engine import Store
-from exprof.store.queries import StatusStats
+from exprof.store.events import RunStarted
+from exprof.store.queries import RunRow, StatusStats
 from exprof.store.record import load_started, rescore_source
 
 
@@ -203,15 +205,16 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         if status == "running":
             status = f"running ({holder.describe()})" if holder else "interrupted"
         next_step = ""
+        started = load_started(store, run_id)
         if status in ("interrupted", "failed"):
-            next_step = f"exprof resume {run_id}"
+            next_step = hints.command("resume", run_id, *_budget_flag(store, run, started))
         if (
             status in ("complete", "failed")
             and export_root is not None
             and not export_complete(export_root / run_id)
         ):
             status += " (export missing)"
-            next_step = next_step or f"exprof export {run_id}"
+            next_step = next_step or hints.command("export", run_id)
         row: dict[str, Any] = {
             "run_id": run_id,
             "experiment": run.experiment_id,
@@ -222,7 +225,6 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at)),
         }
         row.update(metrics.aggregate(coverage_sum, refused, done))
-        started = load_started(store, run_id)
         if started.cell is not None:  # a matrix cell: its parameters
             params = in_words(started.cell["params"])
             row["cell"] = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -236,3 +238,22 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         row["next step"] = next_step
         out.append(row)
     return out
+
+
+def _budget_flag(store: Store, run: RunRow, started: RunStarted) -> list[str]:
+    """For a run held to a budget that its recorded cost has reached, the --budget-usd
+    that lets `resume` finish it (a plain resume would stop again at once)."""
+    config = started.config
+    limit = config.get("budget_usd")
+    if limit is None:
+        return []
+    ok = store.sample_stats(run.run_id).get("ok")
+    done = ok.count if ok else 0
+    spent = 0.0
+    if ok is not None:
+        cost = estimate_cost(config["model"], ok.input_tokens, ok.output_tokens, config["pricing"])
+        spent = cost or 0.0
+    if spent < limit:
+        return []
+    owed = run.samples_total * run.repeats
+    return ["--budget-usd", hints.amount(hints.budget_to_finish(spent, limit, done, owed))]

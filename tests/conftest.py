@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import pg_server
+from exprof import hints
 from exprof.cli import cli
 from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
@@ -26,6 +27,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     monkeypatch.delenv("EXPROF_DB", raising=False)
+    hints.use_store(None, None)  # the store the last CLI call named stays behind otherwise
     return tmp_path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -224,6 +225,35 @@ def test_grader_fails_a_tampered_export(sample_config, invoke, tmp_path):
     report = json.loads(result.stdout)
     assert report["status"] == "fail"
     assert [c["check"] for c in report["checks"] if not c["ok"]] == ["summary equals recomputation"]
+
+
+def test_grader_runs_and_grades_the_config_it_is_given(sample_config, tmp_path):
+    """--config X without --log-dir runs X, not the sample, and grades against X."""
+    other = sample_config.parent / "other.yaml"
+    text = sample_config.read_text().replace("temperature: 0.2", "temperature: 0.5")
+    other.write_text(text.replace("experiment_id: demo_run", "experiment_id: other"))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "grader" / "grade.py"), "--config", str(other)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "pass" and len(report["checks"]) == 12  # the sample: 13
+
+
+def test_the_spec_the_code_cites_is_shipped():
+    spec = REPO / "docs" / "SPEC.md"
+    assert spec.is_file()
+    headings = set(re.findall(r"^## (.+)$", spec.read_text(encoding="utf-8"), re.M))
+    for path in [*(REPO / "exprof").rglob("*.py"), REPO / "grader" / "grade.py"]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?<!docs/)SPEC\.md", text), (
+            f"{path}: cites SPEC.md, not docs/SPEC.md"
+        )
+        for section in re.findall(r'docs/SPEC\.md, "([^"]+)"', text):
+            assert any(h.startswith(section) for h in headings), (path, section)
 
 
 class _Terminal(io.StringIO):

@@ -982,12 +982,23 @@ def test_upgrade_from_0003_rebuilds_samples_per_repeat(tmp_path, invoke):
     assert invoke("doctor").exit_code == 0
 
 
-def test_baseline_compare_gives_no_p_value_from_a_handful_of_samples(tmp_path, invoke):
-    config = matrix_config(tmp_path, n=5, matrix={"model": ["a", "b"]})
+@pytest.mark.parametrize(
+    "n, expected",
+    [(3, "not meaningful: 3 common samples (< 10)"), (5, None), (12, "no significant change")],
+)
+def test_baseline_compare_and_a_pair_compare_give_one_verdict(tmp_path, invoke, n, expected):
+    """One rule: `compare EXP --baseline CELL` says what `compare A B` says of the same
+    two cells; from a handful of samples, no p-value and "not meaningful"."""
+    config = matrix_config(tmp_path, n=n, matrix={"model": ["a", "b"]})
     invoke("run", "--config", str(config), "--quiet")
     found = json_out(invoke("compare", "exp", "--baseline", "model-a", "--format", "json"))
     [cell] = found["cells"]
-    assert cell["fact_coverage_p"] is None and cell["verdict"] == "no significant change"
+    pair = json_out(invoke("compare", "exp.model-a", "exp.model-b", "--format", "json"))
+    expected = expected or f"not meaningful: {n} common samples (< 10)"
+    assert cell["verdict"] == pair["metrics"]["fact_coverage"]["verdict"] == expected
+    assert (cell["fact_coverage_p"] is None) == (n < 10)
+    table = invoke("compare", "exp", "--baseline", "model-a").stdout
+    assert table.splitlines()[-1].endswith(expected)
 
 
 def test_batch_mode_with_repeats_is_refused_before_anything_is_written(tmp_path, invoke, fake):

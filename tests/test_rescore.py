@@ -287,3 +287,36 @@ def test_rescore_of_a_run_with_failed_samples_points_at_the_source_not_a_resume_
     )
     again = invoke("resume", "re", "--quiet")  # a resume of the rescore says the same
     assert again.stderr.strip().splitlines()[-1] == last
+
+
+def test_rescore_reads_a_metrics_only_file(tmp_path, invoke):
+    """FILE may hold only `metrics` (and `pricing`): the rest is the source run's; the
+    dataset it names need not exist any more. A whole config still works."""
+    samples, mocks = make_samples(4)
+    config = write_experiment(tmp_path / "exp", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    (tmp_path / "exp" / "dialogues.json").unlink()
+    only = tmp_path / "only.yaml"
+    only.write_text(yaml.safe_dump({"metrics": ["fact_coverage", CITES]}))
+    result = invoke("rescore", "exp", "--config", str(only), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["metrics"] == {"cites": 0.25} and summary["model"] == "claude-3-opus"
+    store = Store.open(store_url(None, tmp_path / "runs"), readonly=True)
+    rescored = [e.event for e in store.events(summary["run_id"], types=("rescore_started",))]
+    assert list(rescored[0].config_diff) == ["metrics"]
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("metric: [fact_coverage]\n")
+    result = invoke("rescore", "exp", "--config", str(typo))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: {typo}: unknown key 'metric'; did you mean 'metrics'? "
+        "(rescore reads only metrics, pricing)\n"
+    )
+
+    (tmp_path / "exp" / "dialogues.json").write_text(json.dumps(samples))
+    whole = with_metrics(config, "whole.yaml", ["fact_coverage", CITES])
+    result = invoke("rescore", "exp", "--config", str(whole), "--quiet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"] == {"cites": 0.25}

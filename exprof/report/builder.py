@@ -25,6 +25,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from exprof import hints
 from exprof.compare import Side, compare, load_side
 from exprof.errors import ExprofError
 from exprof.files import write_atomic
@@ -63,7 +64,9 @@ def build_report(
     if store is not None:
         return _experiment_report(store, refs[0], Path(output_dir), out, baseline)
     if baseline is not None:
-        raise ExprofError("--baseline: give a matrix experiment's id (see `exprof runs`)")
+        raise ExprofError(
+            f"--baseline: give a matrix experiment's id (see `{hints.command('runs')}`)"
+        )
     sides = [load_side(ref, store_factory) for ref in refs]
     target = Path(out) if out else default_out(sides, Path(output_dir))
     check_target(target)

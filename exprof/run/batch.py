@@ -21,6 +21,7 @@ import bisect
 import time
 from collections.abc import Sequence
 
+from exprof import hints
 from exprof.clients.batch import (
     BODY_OVERHEAD,
     LIST_SKEW_S,
@@ -190,7 +191,7 @@ class _BatchLoop:
             stop_on(self.client, exc)
             raise ExprofError(
                 f"cannot list the Message Batches to check intent {intent.intent}: {exc}; "
-                f"resume again later: exprof resume {self.run_id}",
+                f"resume again later: {hints.command('resume', self.run_id)}",
                 exit_code=1,
             ) from None
         return best

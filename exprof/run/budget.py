@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from exprof import hints
 from exprof.pricing import estimate_cost
 from exprof.store.engine import Store
 from exprof.store.projections import usage_tokens
+from exprof.store.queries import StatusStats
 from exprof.store.record import load_started
 
 CHECK_EVERY_S = 0.05  # far from the limit, the cost is read from the store at most this often
 NEAR_LIMIT = 0.5  # from this share of the limit on, it is read before every dispatch
 T = TypeVar("T")
+NONE_DONE = StatusStats(0, 0.0, 0, 0, 0, 0, 0)
 
 
 class Budget:
@@ -92,7 +95,14 @@ class Budget:
             yield item
 
     def message(self, resume_id: str) -> str:
+        spent = self.spent()
+        begun = [r for r in self.run_ids if self.store.run_exists(r)]
+        done = sum(self.store.sample_stats(r).get("ok", NONE_DONE).count for r in begun)
+        owed = [row.samples_total * row.repeats for row in map(self.store.run_row, begun)]
+        # The cells not begun yet owe as much as those begun: the same dataset and repeats.
+        total = sum(owed) * len(self.run_ids) // max(1, len(owed))
+        more = hints.budget_to_finish(spent, self.limit_usd, done, total)
         return (
-            f"budget reached: ${self.spent():.4f} recorded of ${self.limit_usd:g}; "
-            f"continue with a larger one: exprof resume {resume_id} --budget-usd AMOUNT"
+            f"budget reached: ${spent:.4f} recorded of ${self.limit_usd:g}; continue with a "
+            f"larger one: {hints.command('resume', resume_id, '--budget-usd', hints.amount(more))}"
         )

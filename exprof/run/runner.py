@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exprof import __version__
+from exprof import __version__, hints
 from exprof.config import Config, auto_run_id
 from exprof.dataset import DatasetFile, Sample, dataset_sha256, pending_pairs, with_repeats
 from exprof.errors import (
@@ -146,16 +146,6 @@ class Runner:
             )
             yield from snapshot(samples, mocks if mode == "mock" else None)
 
-        judge_specs = judge.specs(config.metrics)
-        if judge_specs:  # answers not received yet: assume each takes max_tokens
-            # A streamed dataset is a batch run's: no repeats (refused at config time).
-            pairs = (
-                samples
-                if isinstance(samples, DatasetFile)
-                else with_repeats(samples, config.repeats)
-            )
-            tasks = [t for s in pairs for t in judge.tasks_for(judge_specs, s, "")]
-            announce_grading(tasks, config.pricing, config.max_tokens)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         started = load_started(self.store, chosen)
         if isinstance(samples, DatasetFile):  # the batch run reads them from the snapshot
@@ -172,7 +162,6 @@ class Runner:
             seq,
             pending,
             concurrency,
-            announce=False,
             positions=positions,
             budget=budget,
         )
@@ -379,7 +368,7 @@ class Runner:
                     self.store.release_lease(lease)
                 raise ExprofError(
                     f"{exc.message}; the run is recorded: once that is fixed, continue "
-                    f"with: exprof resume {record.run_id}",
+                    f"with: {hints.command('resume', record.run_id)}",
                     EXIT_SAMPLES_FAILED,
                 ) from None
             except BaseException:
@@ -451,11 +440,11 @@ class Runner:
         """How to get the failed samples answered: resume the run, or, for a rescore
         (whose failures are samples its source never answered), resume the source."""
         if load_started(self.store, run_id).mode != "rescore":
-            return f"{failed} sample(s) failed; retry them with: exprof resume {run_id}"
+            return f"{failed} sample(s) failed; retry them with: {hints.command('resume', run_id)}"
         source = rescore_source(self.store, run_id).source_run_id
         return (
             f"{failed} sample(s) have no answer in run {source} to score: answer them with "
-            f"`exprof resume {source}`, then rescore {source} again"
+            f"`{hints.command('resume', source)}`, then rescore {source} again"
         )
 
     def _interrupted(self, record: RunRecord, lease: Lease, stop: KeyboardInterrupt) -> RunResult:
@@ -481,7 +470,7 @@ class Runner:
             run_id,
             summary,
             stop_exit_code(stop),
-            f"interrupted; continue with: exprof resume {run_id}",
+            f"interrupted; continue with: {hints.command('resume', run_id)}",
         )
 
     def _left_early(self, run_id: str, code: int, why: str) -> RunResult:
@@ -504,7 +493,7 @@ class Runner:
             EXIT_OK,
             f"this worker is done; {left} sample(s) of run {run_id} are still with other "
             "workers, and the last of them finishes the run (a dead worker's return to the "
-            f"pool when its heartbeat expires: then `exprof resume {run_id}`)",
+            f"pool when its heartbeat expires: then `{hints.command('resume', run_id)}`)",
         )
 
     def _stopped_exporting(self, run_id: str, stop: KeyboardInterrupt) -> RunResult:
@@ -514,7 +503,7 @@ class Runner:
             run_id,
             {},
             stop_exit_code(stop),
-            f"interrupted during the export; finish it with: exprof resume {run_id}",
+            f"interrupted during the export; finish it with: {hints.command('resume', run_id)}",
         )
 
     def _over_budget(self, record: RunRecord, lease: Lease, budget: Budget) -> RunResult:
@@ -551,6 +540,6 @@ class Runner:
             # Exit 1, not 2: the run is recorded (exit 2 promises that nothing was).
             raise ExprofError(
                 f"{exc.message}; the run is recorded: once that is fixed, write its files "
-                f"with `exprof export {run_id}`",
+                f"with `{hints.command('export', run_id)}`",
                 EXIT_SAMPLES_FAILED,
             ) from None

@@ -1,4 +1,4 @@
-"""The metric definitions (SPEC.md, "Metrics"): per sample, then per run."""
+"""The metric definitions (docs/SPEC.md, "Metrics"): per sample, then per run."""
 
 from __future__ import annotations
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.dataset import Sample
+from exprof.errors import ExprofError
+from exprof.files import parse_json, read_text
 from exprof.metric_specs import custom_specs
 from exprof.pricing import estimate_cost
 from exprof.scoring.custom import check_value
@@ -127,21 +130,61 @@ def judge_events(task: Task, outcome: Outcome) -> list[Event]:
     return [sent, scored]
 
 
+def require_mock_replies(config_path: object, metrics: Sequence[object]) -> None:
+    """A mock run grades from each judge metric's `judge_responses`: without the file,
+    every grade would fail, so the run is refused before anything is written."""
+    for index, spec in enumerate(metrics):
+        if isinstance(spec, dict) and spec.get("type") == "judge" and "mock_replies" not in spec:
+            raise ExprofError(
+                f"{config_path}: metrics[{index}] ({spec['name']}): judge_responses: "
+                f"{spec['judge_responses']} not found; the mock grades from it "
+                "(or run with --live)"
+            )
+
+
 def mock_grade(tasks: Sequence[Task], judge_specs: Sequence[dict[str, Any]]) -> list[Outcome]:
     """The mock grader: each spec's `judge_responses` replies, keyed by dialogue_id (a
-    string for every judge metric, or an object keyed by metric name)."""
-    replies = {spec["name"]: spec.get("mock_replies") for spec in judge_specs}
+    string for every judge metric, or an object keyed by metric name). The replies were
+    recorded with the run; one they lack is looked up in the file again, so that a
+    resume grades with the replies added since. The reply used is recorded either way."""
+    replies = {spec["name"]: spec.get("mock_replies") or {} for spec in judge_specs}
+    files = {spec["name"]: spec["judge_responses"] for spec in judge_specs}
+    reread: dict[str, dict[str, Any]] = {}
     out: list[Outcome] = []
     for task in tasks:
-        table = replies.get(task.metric)
-        entry = (table or {}).get(task.dialogue_id)
-        if isinstance(entry, dict):
-            entry = entry.get(task.metric)
-        if not isinstance(entry, str):
-            where = "no judge_responses file" if table is None else "no judge response"
+        entry = _reply(replies.get(task.metric, {}), task)
+        if entry is None:
+            if task.metric not in reread:
+                reread[task.metric] = _read_replies(files.get(task.metric))
+            entry = _reply(reread[task.metric], task)
+        if entry is None:
+            where = files.get(task.metric)
             out.append(
-                Failure("JudgeResponseMissing", f"{where} for {task.dialogue_id!r}", attempts=0)
+                Failure(
+                    "JudgeResponseMissing",
+                    f"no judge response for {task.dialogue_id!r} in {where}",
+                    attempts=0,
+                )
             )
         else:
             out.append(Response(entry, {}))
     return out
+
+
+def _reply(table: dict[str, Any], task: Task) -> str | None:
+    entry = table.get(task.dialogue_id)
+    if isinstance(entry, dict):
+        entry = entry.get(task.metric)
+    return entry if isinstance(entry, str) else None
+
+
+def _read_replies(path: str | None) -> dict[str, Any]:
+    """The judge_responses file as it is now: {} when it is missing or unreadable (each
+    grade it cannot give is that sample's error, as before)."""
+    if path is None:
+        return {}
+    try:
+        replies = parse_json(read_text(Path(path), "judge responses"), path)
+    except ExprofError:
+        return {}
+    return replies if isinstance(replies, dict) else {}

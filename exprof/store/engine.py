@@ -17,6 +17,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from exprof import hints
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError, StoreWriteError
 from exprof.jsonio import dumps, loads
 from exprof.store import dialects, identify, projections
@@ -122,7 +123,7 @@ class Store(Queries, Checks, Workers):
             _refuse_newer(self.location, revision)
             raise ExprofError(
                 f"{self.location}: store schema is at revision {revision}, older than this "
-                f"exprof's {SCHEMA_HEAD}; run `exprof db upgrade` first"
+                f"exprof's {SCHEMA_HEAD}; run `{hints.command('db', 'upgrade')}` first"
             )
         if revision is not None:
             _refuse_newer(self.location, revision)
@@ -266,7 +267,7 @@ class Store(Queries, Checks, Workers):
                 raise LeaseHeldError(
                     f"run {run_id} is being worked on by {held.describe()}; "
                     "wait for it to finish or stop that process "
-                    f"(or add a worker: exprof resume {run_id} --join)"
+                    f"(or add a worker: {hints.command('resume', run_id, '--join')})"
                 )
             mine = _insert_lease(conn, run_id)
             drop_dead(conn, mine)  # dead workers' rows: their late writes are refused
@@ -292,7 +293,7 @@ class Store(Queries, Checks, Workers):
                         )
                     raise ExprofError(
                         f"run {run_id!r} already exists; continue it with "
-                        f"`exprof resume {run_id}` or choose another --run-id"
+                        f"`{hints.command('resume', run_id)}` or choose another --run-id"
                     )
                 held = live_holder(conn, run_id)
                 if held is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from exprof import hints
 from exprof.errors import ExprofError
 from exprof.jsonio import loads
 from exprof.stops import UNCATEGORIZED
@@ -87,12 +88,15 @@ class Queries:
 
     # -- runs ------------------------------------------------------------------
 
+    def _no_run(self, run_id: str) -> str:
+        return f"{self.location}: no run {run_id!r} (see `{hints.command('runs')}`)"
+
     def run_exists(self, run_id: str) -> bool:
         return self._scalar("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)) is not None
 
     def require_run(self, run_id: str) -> None:
         if not self.run_exists(run_id):
-            raise ExprofError(f"{self.location}: no run {run_id!r} (see `exprof runs`)")
+            raise ExprofError(self._no_run(run_id))
 
     def latest_run_of(self, experiment_id: str) -> str | None:
         found = self._scalar(
@@ -105,7 +109,7 @@ class Queries:
     def run_row(self, run_id: str) -> RunRow:
         rows = self._all(_RUN_COLUMNS + " WHERE run_id = ?", (run_id,))
         if not rows:
-            raise ExprofError(f"{self.location}: no run {run_id!r} (see `exprof runs`)")
+            raise ExprofError(self._no_run(run_id))
         return RunRow(*rows[0])
 
     def runs(self) -> list[RunRow]:
