@@ -334,7 +334,7 @@ def run(
 @poll_option
 @click.option(
     "--budget-usd",
-    type=click.FloatRange(min=0),
+    type=float,
     help="A new budget for the run (or the experiment), replacing the recorded one.",
 )
 @click.option(
@@ -363,6 +363,8 @@ def resume(
 
     _check_concurrency(concurrency)
     store = open_store(db, output_dir)
+    if budget_usd is not None:
+        budget_usd = _resume_budget(store, run_id, budget_usd)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
     if not store.run_exists(run_id) and store.experiment_record(run_id) is not None:
         if join:
@@ -383,6 +385,24 @@ def resume(
         run_id, concurrency=concurrency, retry_failed=retry_failed, budget=budget, join=join
     )
     _finish(result, format_)
+
+
+def _resume_budget(store: Any, run_id: str, budget_usd: float) -> float:
+    """`resume --budget-usd`, checked as the config's budget_usd is: a finite amount, and
+    a price for every model of the run (or the experiment) it would be kept against."""
+    from exprof.config import Config, check_budget, config_models
+    from exprof.pricing import require_prices
+    from exprof.store.record import load_started
+
+    budget_usd = check_budget(budget_usd, "--budget-usd")
+    record = store.experiment_record(run_id) if not store.run_exists(run_id) else None
+    if record is not None:
+        config = Config.from_dict(record.config)
+        require_prices(config_models(config), config.pricing, "--budget-usd")
+    elif store.run_exists(run_id):
+        recorded = load_started(store, run_id).config
+        require_prices([recorded["model"]], recorded["pricing"], "--budget-usd")
+    return budget_usd
 
 
 @cli.command()

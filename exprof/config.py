@@ -20,6 +20,7 @@ from exprof.metric_specs import (
     parse_metrics,
     with_schema_metric,
 )
+from exprof.pricing import require_prices
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -417,8 +418,21 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
             raise ExprofError(f"{where('cache')}: must be true or false, got {raw['cache']!r}")
         out["cache"] = raw["cache"]
     if "budget_usd" in raw:
-        out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
-    return _check_batch(Config(**out))
+        out["budget_usd"] = check_budget(raw["budget_usd"], where("budget_usd"))
+    config = _check_batch(Config(**out))
+    if config.budget_usd is not None:
+        require_prices(config_models(config), config.pricing, where("budget_usd"))
+    return config
+
+
+def check_budget(value: object, where: str) -> float:
+    """A budget in USD: a finite number >= 0 (NaN would never be reached)."""
+    return float(_number(value, where, 0.0, None))
+
+
+def config_models(config: Config) -> list[str]:
+    """Every model a config sends to: its own, and each its matrix varies."""
+    return list(dict.fromkeys([config.model, *(config.matrix or {}).get("model", [])]))
 
 
 def with_overrides(
@@ -435,7 +449,8 @@ def with_overrides(
     if cache is not None:
         changes["cache"] = cache
     if budget_usd is not None:
-        changes["budget_usd"] = float(_number(budget_usd, "--budget-usd", 0.0, None))
+        changes["budget_usd"] = check_budget(budget_usd, "--budget-usd")
+        require_prices(config_models(config), config.pricing, "--budget-usd")
     return _check_batch(replace(config, **changes) if changes else config)
 
 

@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from exprof.errors import ExprofError
+
 PRICE_FILE = Path(__file__).with_name("prices.json")
 PRICE_TABLE = json.loads(PRICE_FILE.read_text(encoding="utf-8"))
 PRICES_PER_MTOK: dict[str, dict[str, float]] = PRICE_TABLE["models"]
@@ -25,6 +27,18 @@ def price_for(model: str, overrides: dict[str, dict[str, float]]) -> dict[str, f
     """The config's price, else the table's, for the model or its undated alias."""
     table = {**PRICES_PER_MTOK, **overrides}
     return table.get(model) or table.get(_DATED.sub("", model))
+
+
+def require_prices(models: list[str], overrides: dict[str, dict[str, float]], where: str) -> None:
+    """A budget is kept by pricing what was spent: each model under it needs a price, or
+    the budget could never be reached. One error names the first model without one."""
+    for model in models:
+        if price_for(model, overrides) is None:
+            raise ExprofError(
+                f"{where}: {model} has no price, so a budget cannot be kept; give its "
+                f"prices per million tokens in the config: pricing: {{{model}: "
+                "{input: X, output: Y}}"
+            )
 
 
 def estimate_cost(

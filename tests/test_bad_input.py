@@ -14,6 +14,7 @@ import pytest
 
 from conftest import write_experiment
 
+PRICE = {"input": 1.0, "output": 2.0}
 GOOD = {
     "experiment_id": "exp",
     "model": "claude-3-opus",
@@ -171,6 +172,23 @@ LAUGHS = "".join(
     f"{name}: &{name} [{', '.join(['*' + prev] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
     for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
 )
+CONFIG_CASES += [
+    # issue 26: a budget that could never be reached: a model without a price, NaN, inf
+    *[
+        (f"budget-unpriced-{i}", config, None, "budget_usd: my-model has no price")
+        for i, config in enumerate(
+            [
+                {**GOOD, "model": "my-model", "budget_usd": 1},
+                {**GOOD, "matrix": {"model": ["claude-3-opus", "my-model"]}, "budget_usd": 1},
+                {**GOOD, "model": "my-model", "budget_usd": 1, "pricing": {"other": PRICE}},
+            ]
+        )
+    ],
+    *[
+        (f"budget-{v}", GOOD_YAML + f"budget_usd: {v}\n", None, "budget_usd: must be a")
+        for v in (".nan", ".inf", "-1", "'1'")
+    ],
+]
 CONFIG_CASES += [
     # resources: aliases that expand past the limit, directly or through a cycle
     ("yaml-alias-bomb", GOOD_YAML + LAUGHS, None, "aliases expand to more than 10000 values"),
@@ -456,6 +474,11 @@ FLAG_CASES = [
         )
     ],
     ("export-unknown-to", ["export", "nope", "--to", "newdir"], "no run 'nope'"),
+    # issue 26: resume's budget is checked as run's is (NaN passed a plain range check)
+    *[
+        (f"resume-budget-{value}", ["resume", "exp", "--budget-usd", value], "--budget-usd: must")
+        for value in ("nan", "-nan", "inf", "-1")
+    ],
     # a NUL byte (a caller, not a shell, can pass one): found by the CLI fuzz
     *[
         (f"nul-byte-{i}", args, "an argument contains a NUL byte")
@@ -584,3 +607,34 @@ def test_special_or_huge_inputs_fail_at_once(tmp_path, case, which, make, fragme
     named = (f"Error: {target}: ", f"Error: {target.resolve()}: ")  # a symlink may be followed
     assert line.startswith(named) and fragment in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_budget_needs_a_price_for_the_runs_model(tmp_path, invoke):
+    """A run of an unpriced model may go without a budget; `resume --budget-usd` on it
+    is refused before the store changes, since that budget could never be reached."""
+    path = write_experiment(tmp_path / "e", SAMPLES, MOCKS, model="my-model")
+    assert invoke("run", "--config", str(path), "--quiet").exit_code == 0
+    db = tmp_path / "runs" / "exprof.db"
+    before = store_state(db)
+    result = invoke("resume", "exp", "--budget-usd", "1")
+    _assert_clean_failure(result, "--budget-usd: my-model has no price", before, db)
+
+
+def test_a_priced_model_of_its_own_keeps_its_budget(tmp_path, invoke):
+    """The pricing block that the refusal asks for is enough: the budget then holds."""
+    samples = [{**SAMPLES[0], "dialogue_id": f"d{i}"} for i in range(20)]
+    mocks = {f"d{i}": {"completion": "x", "metadata": {"token_count": 1000}} for i in range(20)}
+    path = write_experiment(
+        tmp_path / "e",
+        samples,
+        mocks,
+        model="my-model",
+        concurrency=1,
+        budget_usd=0.002,
+        pricing={"my-model": PRICE},
+    )
+    result = invoke("run", "--config", str(path), "--quiet", "--format", "json")
+    assert result.exit_code == 1, result.output
+    # each answer is cut off at max_tokens (100 of its 1,000 tokens): $0.0002 apiece,
+    # which the budget counts as recorded, not as the mock file's 1,000 tokens
+    assert json.loads(result.stdout)["samples_completed"] == 10

@@ -4,7 +4,10 @@ between transactions, never inside one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from exprof.clients.mock import MockClient
+from exprof.clients.outcome import Response
 from exprof.clients.replay import ReplayClient
 from exprof.dataset import Sample
 from exprof.export import StreamedExport
@@ -29,12 +32,7 @@ def run_mock(
         client = ReplayClient(source, recorded_responses(store, source))
         session.budget = None  # a rescore pays for nothing: its answers are recorded ones
     if session.budget is not None:  # mock answers carry usage: held to budget_usd like live
-        mocks = record.mocks
-        pending = session.budget.affordable(
-            record.run_id,
-            pending,
-            lambda s: (mocks.get(s.dialogue_id) or {}).get("metadata", {}),
-        )
+        pending = session.budget.affordable(record.run_id, pending, lambda s: _usage(client, s))
     for start in range(0, len(pending), MOCK_BATCH):
         with collector_paused():
             for sample in pending[start : start + MOCK_BATCH]:
@@ -44,3 +42,10 @@ def run_mock(
                     streamed.add(sample, events)
             session.flush()  # the chunk's events are freed here, while the collector looks away
         session.show()
+
+
+def _usage(client: MockClient | ReplayClient, sample: Sample) -> dict[str, Any]:
+    """The metadata the mock will record for `sample`, as it will be cut off at
+    max_tokens: what the budget counts before dispatching it."""
+    outcome = client.complete(sample)
+    return outcome.metadata if isinstance(outcome, Response) else {}
