@@ -13,7 +13,7 @@ import yaml
 
 from exprof import knobs
 from exprof.errors import ExprofError
-from exprof.files import MAX_CONFIG_BYTES, MAX_INT, check_tree, read_text
+from exprof.files import MAX_CONFIG_BYTES, MAX_INT, LongInteger, check_tree, read_text
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
     SpecContext,
@@ -267,9 +267,10 @@ class _StrictLoader(yaml.SafeLoader):
         return node
 
     def construct_yaml_int(self, node: Any) -> Any:
-        # int() of 5,000 digits raises ValueError (Python's str limit): refuse it first.
+        # int() of 5,000 digits raises ValueError (Python's str limit): check_tree refuses
+        # the stand-in, naming the key.
         if len(str(node.value).lstrip("+-0").replace("_", "")) > 20:
-            raise _ConfigYAMLError(f"line {node.start_mark.line + 1}: an integer beyond 64 bits")
+            return LongInteger()
         return super().construct_yaml_int(node)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:

@@ -166,6 +166,16 @@ def strict_decoder() -> json.JSONDecoder:
     )
 
 
+# PostgreSQL's text cannot hold U+0000 (SQLite's can): refused from every file, so that
+# both backends take the same input.
+NUL_REFUSED = "holds U+0000 (NUL), which a store cannot keep as text"
+
+
+class LongInteger:
+    """A parser's stand-in for an integer literal too long to convert (int() of 5,000
+    digits raises): check_tree refuses it, naming its field."""
+
+
 def check_tree(value: Any, where: str) -> Any:
     """`value` (parsed JSON or YAML) if every part of it can be recorded and written
     back as standard JSON; else one error naming the field (`where: key[2].name: ...`)."""
@@ -177,6 +187,10 @@ def check_tree(value: Any, where: str) -> Any:
         if isinstance(node, str):
             if not node.isascii() and not _encodable(node):
                 _refuse(where, at, "holds a lone surrogate (\\ud800-\\udfff), not text")
+            if "\x00" in node:
+                _refuse(where, at, NUL_REFUSED)
+        elif isinstance(node, LongInteger):
+            _refuse(where, at, "an integer beyond 64 bits")
         elif isinstance(node, bool) or node is None:
             pass
         elif isinstance(node, int):
@@ -189,6 +203,8 @@ def check_tree(value: Any, where: str) -> Any:
             for key, child in node.items():
                 if isinstance(key, str) and not key.isascii() and not _encodable(key):
                     _refuse(where, at, "a key holds a lone surrogate (\\ud800-\\udfff)")
+                if isinstance(key, str) and "\x00" in key:
+                    _refuse(where, at, f"a key {NUL_REFUSED}")
                 stack.append((child, (*at, key)))
         elif isinstance(node, list):
             stack.extend((child, (*at, i)) for i, child in enumerate(node))

@@ -167,14 +167,16 @@ def test_usage_counts_in_range_are_kept_exactly():
     assert sanitize.count(0) == 0 and sanitize.count(7.0) == 7 and sanitize.count(True) is None
 
 
-def test_lone_surrogates_in_answers_are_replaced(tmp_path, invoke, fake):
-    text = "half a pair \ud83d and the other half \ude00 alone"
+def test_lone_surrogates_and_nul_in_answers_are_replaced(tmp_path, invoke, fake):
+    """Neither can be written as UTF-8 text to both stores (PostgreSQL's text refuses
+    U+0000): each becomes U+FFFD."""
+    text = "half a pair \ud83d and the other half \ude00 alone\x00"
     fake(mangle=changed(content=[{"type": "text", "text": text}], model="m\udfff"))
     result = run_live(invoke, tmp_path)
     assert result.exit_code == 0, result.output
     raw = (tmp_path / "runs" / "exp" / "responses.jsonl").read_bytes()
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines()]  # valid UTF-8
-    expected = "half a pair \ufffd and the other half \ufffd alone"
+    expected = "half a pair \ufffd and the other half \ufffd alone\ufffd"
     assert [r["completion"] for r in rows] == [expected] * N
     assert {r["model"] for r in rows} == {"m\ufffd"}
     assert all(e["completion"] == expected for e in recorded("response_received"))

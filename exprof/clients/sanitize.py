@@ -60,11 +60,12 @@ def seconds_until(stamp: Any, cap: float, wall_now: float | None = None) -> floa
 
 
 def text(value: Any) -> str | None:
-    """A string from the API as it may be recorded: lone surrogates replaced, every
-    credential redacted; None for anything that is not a string."""
+    """A string from the API as it may be recorded: lone surrogates and U+0000 (which
+    PostgreSQL's text cannot hold) replaced, every credential redacted; None for
+    anything that is not a string."""
     if not isinstance(value, str):
         return None
-    return redact(LONE_SURROGATE.sub(REPLACEMENT, value))
+    return redact(LONE_SURROGATE.sub(REPLACEMENT, value).replace("\x00", REPLACEMENT))
 
 
 class Garbage(ValueError):
