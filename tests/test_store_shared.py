@@ -100,3 +100,51 @@ def test_postgres_store_commands_and_password_masking(tmp_path, pg_url, invoke):
     for result in results:
         assert password not in result.output
     assert "postgresql+psycopg://exprof:***@127.0.0.1" in results[-1].stderr
+
+
+def test_a_login_that_may_only_read_is_refused_by_writers_and_served_by_readers(
+    tmp_path, pg_url, invoke
+):
+    """Issue 26: a read-only role gave a traceback on `run`. Every command that writes is
+    now refused before it starts, with one line that names what it may not write and
+    masks the role's password; the reading commands serve it; the store is unchanged."""
+    import psycopg
+
+    config = write_experiment(tmp_path / "e", *make_samples(5))
+    assert invoke("run", "--config", str(config), "--db", pg_url, "--quiet").exit_code == 0
+    name = pg_url.rsplit("/", 1)[1]
+    secret = "reader-Pa55word"
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE reader LOGIN PASSWORD '{secret}'")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{name}" TO reader')
+        conn.execute("GRANT USAGE ON SCHEMA public TO reader")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+        # one table writable is not enough: every table the writers write is named
+        conn.execute("GRANT INSERT ON events TO reader")
+        count = conn.execute("SELECT count(*) FROM events").fetchone()
+    reader = pg_url.replace(f"{pg_server.USER}:{pg_server.PASSWORD}", f"reader:{secret}")
+    try:
+        for args in (
+            ["run", "--config", str(config), "--run-id", "two", "--quiet"],
+            ["resume", "exp", "--quiet"],
+            ["rescore", "exp", "--config", str(config), "--quiet"],
+            ["cancel", "exp"],
+        ):
+            result = invoke(*args, "--db", reader)
+            assert result.exit_code == 2, (args, result.output)
+            [line] = result.stderr.splitlines()
+            assert line.startswith("Error: postgresql+psycopg://reader:***@"), line
+            assert "may not write to the store" in line and "leases" in line, line
+            assert "events," not in line and secret not in result.output
+        for args in (["runs"], ["summarize", "exp"], ["compare", "exp", "exp"]):
+            result = invoke(*args, "--db", reader)
+            assert result.exit_code == 0, (args, result.output)
+        exported = invoke("export", "exp", "--to", str(tmp_path / "x"), "--db", reader)
+        assert exported.exit_code == 0, exported.output
+        with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM events").fetchone() == count
+    finally:
+        with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute("REASSIGN OWNED BY reader TO CURRENT_USER")
+            conn.execute("DROP OWNED BY reader")
+            conn.execute("DROP ROLE reader")

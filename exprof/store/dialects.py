@@ -254,6 +254,24 @@ def skip_locked(conn: Connection) -> str:
     return " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
 
 
+def unwritable(conn: Connection) -> list[str]:
+    """The store's tables (and sequences) this login may not write as exprof does:
+    insert everywhere, and update and delete outside the append-only events. SQLite has
+    no roles (a read-only file is refused when it is written)."""
+    if conn.dialect.name == "sqlite":
+        return []
+    rows = conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relname <> 'alembic_version' AND ("
+        "(c.relkind = 'r' AND NOT (has_table_privilege(c.oid, 'INSERT') AND "
+        "(c.relname = 'events' OR (has_table_privilege(c.oid, 'UPDATE') "
+        "AND has_table_privilege(c.oid, 'DELETE'))))) "
+        "OR (c.relkind = 'S' AND NOT has_sequence_privilege(c.oid, 'USAGE'))) "
+        "ORDER BY c.relname"
+    )
+    return [str(r[0]) for r in rows]
+
+
 def integrity_check(conn: Connection) -> list[str]:
     """The engine's own check of its files; PostgreSQL checks its pages as it reads them."""
     if conn.dialect.name == "sqlite":

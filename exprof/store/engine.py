@@ -101,7 +101,22 @@ class Store(Queries, Checks, Workers):
             raise ExprofError(f"{location}: cannot open store: {store._reason(exc)}") from None
         except DBAPIError as exc:
             raise ExprofError(f"{location}: not an exprof store: {store._reason(exc)}") from None
+        if not readonly:
+            store._require_writable()
         return store
+
+    def _require_writable(self) -> None:
+        """A command that writes is refused before it starts when the login may not
+        write every table it would: never half a run recorded, and no traceback."""
+        with self.engine.connect() as conn:
+            denied = dialects.unwritable(conn)
+        if denied:
+            raise ExprofError(
+                f"{self.location}: this login may not write to the store (no write "
+                f"privilege on {', '.join(denied)}); reading commands (runs, summarize, "
+                "compare, export, report) work with it; run, resume, rescore, cancel, doctor "
+                "and db upgrade need a login that may write"
+            )
 
     def _ensure_schema(self, create: bool, found: identify.Found | None, sqlite: bool) -> None:
         if not sqlite:  # a server database: its catalogue is read without writing
