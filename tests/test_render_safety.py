@@ -138,3 +138,33 @@ def test_json_output_is_exact():
     text = render([], [], "json", value)
     assert json.loads(text) == value
     _no_raw_controls(text)
+
+
+@pytest.mark.parametrize("value", ["a|b", "|", "a | b | c", "x\\|y"])
+def test_a_pipe_in_a_value_cannot_forge_a_markdown_column(value):
+    """Issue 26: a `|` in a dialogue id or a model name made a markdown table one column
+    wider on its row; each is escaped, so every row has the header's columns."""
+    text = render([[value, value, 1]], ["id", "model", "n"], "markdown")
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [len(re.findall(r"(?<!\\)\|", row)) for row in rows]
+    assert len(set(cells)) == 1 and cells[0] == 4, text
+
+
+def test_compare_markdown_keeps_its_columns_with_pipes_in_ids(tmp_path, invoke):
+    samples = [
+        {"dialogue_id": f"id|{i}|x", "system": "", "user": "u", "required_facts": ["f"]}
+        for i in range(12)
+    ]
+    for run_id, answer in (("a", "f"), ("b", "no")):
+        mocks = {s["dialogue_id"]: {"completion": answer, "metadata": {}} for s in samples}
+        config = write_experiment(tmp_path / run_id, samples, mocks)
+        assert invoke("run", "--config", str(config), "--quiet", "--run-id", run_id).exit_code == 0
+    out = invoke("compare", "a", "b", "--format", "markdown").stdout
+    tables: list[list[int]] = [[]]
+    for line in out.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(len(re.findall(r"(?<!\\)\|", line)))
+        elif tables[-1]:
+            tables.append([])
+    assert any("id\\|0\\|x" in line for line in out.splitlines())
+    assert all(len(set(t)) == 1 for t in tables if t), out
