@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -180,3 +181,29 @@ def test_lone_surrogates_and_nul_in_answers_are_replaced(tmp_path, invoke, fake)
     assert [r["completion"] for r in rows] == [expected] * N
     assert {r["model"] for r in rows} == {"m\ufffd"}
     assert all(e["completion"] == expected for e in recorded("response_received"))
+
+
+@pytest.mark.parametrize("field", ["content", "model", "id"], ids=lambda f: f"echoed-in-{f}")
+def test_a_server_echoing_the_key_has_it_redacted_everywhere(tmp_path, invoke, fake, field):
+    """Issue 26, class 3: a server that puts the API key into the answer text, the model
+    name or the response id got it into the store and the exports."""
+
+    def echo(payload: dict, sent: dict[str, str]) -> tuple[dict, dict[str, str]]:
+        value = f"before {os.environ['ANTHROPIC_API_KEY']} after"
+        text = [{"type": "text", "text": value}] if field == "content" else value
+        return {**payload, field: text}, sent
+
+    fake(mangle=echo)
+    key = os.environ["ANTHROPIC_API_KEY"]
+    result = run_live(invoke, tmp_path)
+    assert result.exit_code == 0, result.output
+    shown = [result.stdout, result.stderr]
+    for command in (["runs"], ["summarize", "exp"], ["export", "exp", "--to", "again"]):
+        done = invoke(*command)
+        shown += [done.stdout, done.stderr]
+    files = [p for root in ("runs", "again") for p in Path(root).rglob("*") if p.is_file()]
+    assert len(files) > 4
+    assert all(key.encode() not in p.read_bytes() for p in files)
+    assert all(key not in text for text in shown)
+    answers = recorded("response_received")
+    assert len(answers) == N and "[redacted]" in json.dumps(answers)
