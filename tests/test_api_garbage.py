@@ -183,13 +183,17 @@ def test_lone_surrogates_and_nul_in_answers_are_replaced(tmp_path, invoke, fake)
     assert all(e["completion"] == expected for e in recorded("response_received"))
 
 
-@pytest.mark.parametrize("field", ["content", "model", "id"], ids=lambda f: f"echoed-in-{f}")
+@pytest.mark.parametrize(
+    "field", ["content", "model", "request-id"], ids=lambda f: f"echoed-in-{f}"
+)
 def test_a_server_echoing_the_key_has_it_redacted_everywhere(tmp_path, invoke, fake, field):
     """Issue 26, class 3: a server that puts the API key into the answer text, the model
-    name or the response id got it into the store and the exports."""
+    name or the request id got it into the store and the exports."""
 
     def echo(payload: dict, sent: dict[str, str]) -> tuple[dict, dict[str, str]]:
         value = f"before {os.environ['ANTHROPIC_API_KEY']} after"
+        if field == "request-id":  # a header: the SDK's _request_id
+            return payload, {**sent, field: value}
         text = [{"type": "text", "text": value}] if field == "content" else value
         return {**payload, field: text}, sent
 
