@@ -57,6 +57,9 @@ class FakeBatches:
     create_delay_s: float = 0.0  # after the batch exists, before the answer goes out
     drop_creates: int = 0  # creates whose connection breaks before a batch exists
     list_lag_s: float = 0.0  # a batch shows in the list only this long after its creation
+    # The first `spoil_results` result fetches are spoiled as `spoil` says (GARBAGE).
+    spoil: str | None = None
+    spoil_results: int = 0
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     created: int = 0
     billed: int = 0
@@ -152,7 +155,24 @@ class FakeBatches:
         if not self.ended(batch):
             return handler._error(400, "invalid_request_error", "batch has not ended")
         assert batch.results is not None
-        order = list(range(len(batch.results)))
+        results = batch.results
+        with self.lock:
+            spoil = self.spoil if self.spoil_results > 0 else None
+            self.spoil_results -= spoil is not None
+        if spoil == "404":
+            return handler._error(404, "not_found_error", "results not found")
+        if spoil == "cut":  # the connection drops mid-line: no terminating chunk
+            handler.send_response(200)
+            handler.send_header("content-type", "application/binary")
+            handler.send_header("content-length", str(sum(map(len, results))))
+            handler.end_headers()
+            handler.wfile.write(b"".join(results)[: sum(map(len, results)) // 2 + 3])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return None
+        if spoil is not None:
+            results = [GARBAGE[spoil](line) for line in results]
+        order = list(range(len(results)))
         random.Random(self.seed * 7919 + batch.number).shuffle(order)  # results come unordered
         handler.send_response(200)
         handler.send_header("content-type", "application/binary")
@@ -161,7 +181,7 @@ class FakeBatches:
         chunk: list[bytes] = []
         size = 0
         for k in order:
-            line = batch.results[k]
+            line = results[k]
             chunk.append(line)
             size += len(line)
             if size >= 1 << 16:
@@ -229,6 +249,8 @@ class FakeBatches:
         with self.lock:
             ended = self.ended(batch)
             counts = batch.counts()
+            refuse = self.spoil == "refused" and self.spoil_results > 0
+            self.spoil_results -= refuse and ended
         status = "ended" if ended else "in_progress"
         host = handler.headers.get("host") if handler is not None else None
         iso = batch.created_at.isoformat().replace("+00:00", "Z")
@@ -244,7 +266,39 @@ class FakeBatches:
             "cancel_initiated_at": iso if batch.cancelled else None,
             "archived_at": None,
             "results_url": f"http://{host}{PREFIX}/{batch.id}/results" if ended and host else None,
+            **({"results_url": f"http://127.0.0.1:{_closed_port()}/results"} if refuse else {}),
         }
+
+
+def _spoil_message(line: bytes, change: Any) -> bytes:
+    """A succeeded result line with its message changed by `change(message)`."""
+    row = json.loads(line)
+    if row["result"]["type"] == "succeeded":
+        change(row["result"]["message"])
+    return json.dumps(row).encode() + b"\n"
+
+
+# Result lines as a broken server may send them (`spoil`); "cut", "404" and "refused"
+# (a results URL nothing listens on) are the stream's own faults.
+GARBAGE = {
+    "not-objects": lambda line: b"[1, 2]\n" if b'"succeeded"' in line else line,
+    "not-json": lambda line: b"{not json\n" if b'"succeeded"' in line else line,
+    "no-content": lambda line: _spoil_message(line, lambda m: m.pop("content")),
+    "null-content": lambda line: _spoil_message(line, lambda m: m.update(content=None)),
+    "text-not-string": lambda line: _spoil_message(
+        line, lambda m: m["content"][0].update(text=5)
+    ),
+    "usage-huge": lambda line: _spoil_message(
+        line, lambda m: m["usage"].update(output_tokens=2**80)
+    ),
+}
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that refuses connections (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _user(params: dict[str, Any]) -> str:

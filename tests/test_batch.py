@@ -479,3 +479,42 @@ def test_cancel_help_says_what_resume_does(invoke):
     shown = invoke("cancel", "--help").output
     assert "sends their unfinished requests again" in " ".join(shown.split())
     assert "not sent again" not in shown
+
+
+SPOILS = ["cut", "404", "refused", "not-objects", "not-json", "no-content", "null-content"]
+SPOILS += ["text-not-string", "usage-huge"]
+
+
+@pytest.mark.parametrize("spoil", SPOILS)
+def test_a_spoiled_results_stream_never_hangs_crashes_or_pays_twice(
+    tmp_path, fake, invoke, spoil
+):
+    """Issue 26, class 2: a results stream cut mid-line, lines that are not objects or
+    not JSON, messages without content or with non-string text, usage beyond 64 bits, a
+    results URL that answers 404 or refuses connections. Each ends the run (or that
+    request) with a recorded failure or a clean answer, never a traceback or an endless
+    wait; what was answered is never bought again."""
+    server = fake()
+    server.batches.spoil, server.batches.spoil_results = spoil, 1
+    samples = batch_samples(12)
+    config = experiment(tmp_path, samples)
+    first = invoke("run", "--config", str(config), "--format", "json", "--quiet")
+    assert "Traceback" not in first.output
+    assert first.exit_code in (0, 1, 2), first.output
+    if first.exit_code == 2:
+        [line] = first.stderr.splitlines()
+        assert line.startswith("Error: ")
+    finished = first
+    for _ in range(3):  # the spoiled fetch was the first only: resume finishes the run
+        if json.loads(finished.stdout or "{}").get("status") == "complete":
+            break
+        finished = invoke("resume", "exp", "--format", "json", "--quiet")
+        assert "Traceback" not in finished.output and finished.exit_code in (0, 1), finished.output
+    assert json.loads(finished.stdout)["samples_completed"] == 12
+    if spoil in ("cut", "404", "refused", "usage-huge"):
+        # the stream (or a count) was at fault, not the answers: the same batch is read
+        # again, and nothing is sent twice
+        assert (server.batches.created, server.batches.billed) == (1, 12)
+    else:
+        # a line that is no answer leaves its request unanswered: sent again, once
+        assert server.batches.billed == 24

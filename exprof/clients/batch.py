@@ -172,11 +172,25 @@ class BatchClient:
         return _info(self.client.messages.batches.cancel(batch_id))
 
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
-        """The ended batch's result lines, parsed one at a time as they stream in."""
-        with self.client.messages.batches.with_streaming_response.results(batch_id) as response:
-            for line in response.iter_lines():
-                if line.strip():
-                    yield orjson.loads(line)
+        """The ended batch's result lines, parsed one at a time as they stream in. A line
+        that is not a JSON object names no request of ours and is passed over (that
+        request stays unanswered); a stream that cannot be read to its end (an error
+        status, a refused connection, a cut) raises ResultsBroken after the lines read."""
+        try:
+            with self.client.messages.batches.with_streaming_response.results(batch_id) as response:
+                for line in response.iter_lines():
+                    try:
+                        row = orjson.loads(line) if line.strip() else None
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(row, dict):
+                        yield row
+        except (self.anthropic.APIError, OSError, ValueError) as exc:
+            raise ResultsBroken(redact(f"{type(exc).__name__}: {exc}")) from None
+        except Exception as exc:  # the HTTP library's own stream errors (a cut body)
+            if type(exc).__module__.split(".")[0] not in _HTTP_MODULES:
+                raise
+            raise ResultsBroken(redact(f"{type(exc).__name__}: {exc}")) from None
 
     def close(self) -> None:
         self.client.close()
@@ -209,6 +223,14 @@ def _info(batch: Any) -> BatchInfo:
         },
         created_at,
     )
+
+
+class ResultsBroken(Exception):
+    """A batch's results could not be read to their end; what was read stands."""
+
+
+# The packages whose exceptions a broken results stream raises through the SDK.
+_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "h11")
 
 
 def api_errors(client: BatchClient) -> tuple[type[Exception], ...]:

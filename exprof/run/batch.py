@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from exprof import hints
 from exprof.clients.batch import (
@@ -29,6 +30,7 @@ from exprof.clients.batch import (
     MAX_REQUESTS,
     BatchClient,
     BatchInfo,
+    ResultsBroken,
     api_errors,
     create_body,
     list_settle_s,
@@ -62,6 +64,7 @@ POLL_CAP_S = 60.0
 POLL_BACKOFF = 1.5
 INGEST_FLUSH = 30_000  # events per transaction while ingesting (10,000 results): fewer commits
 POLL_EVENT_EVERY_S = 10.0  # a batch's changing counts are recorded at most this often
+RESULT_TRIES = 4  # reads of a batch's results before its unread answers become failures
 
 
 def run_batch(session: Session, positions: Sequence[int], poll_s: float | None = None) -> None:
@@ -94,6 +97,7 @@ class _BatchLoop:
         self.settle_s = list_settle_s()
         self.polled_at: dict[str, float] = {}
         self.last_info: dict[str, BatchInfo] = {}
+        self.broken_reads: dict[str, int] = {}
 
     # -- the loop ----------------------------------------------------------------
 
@@ -223,33 +227,54 @@ class _BatchLoop:
         # prompts only when a custom metric may read them.
         owed = (p for p in iter_ranges(intent.ranges) if self.is_owed(p))
         samples = self.samples.many(owed, prompts=bool(self.session.metrics))
-        for result in raising_iter(iter(self.client.results(batch.batch_id))):
-            parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
-            if parsed is None or parsed[0] != batch.intent:
-                continue  # not a request of this batch: never ours to record
-            pos = parsed[1]
-            sample = samples.get(pos)
-            slot = self.slot(pos)
-            if sample is None or slot is None or not self.owed[slot]:
-                continue  # recorded before a crash, or not owed in this session
-            body = result.get("result") or {}
-            attempts = 1 if body.get("type") == "succeeded" else self.state.attempts(pos)
-            outcome = outcome_of(body, self.config, attempts)
-            if outcome == "canceled" and cancelled:
-                outcome = Failure("batch_canceled", "cancelled with exprof cancel", None, attempts)
-            if isinstance(outcome, str):
-                continue  # left owed: sent again below
-            self.session.record(sample, outcome)
-            self.owed[slot] = 0
-            if len(self.session.arrived) >= INGEST_FLUSH:
-                self.session.flush()
-                self.show()
-                self.check()
+        try:
+            for result in raising_iter(iter(self.client.results(batch.batch_id))):
+                self.take(batch, result, samples, cancelled)
+        except ResultsBroken as broken:
+            self.session.flush()  # the answers read before the break are kept: never rebought
+            tries = self.broken_reads[batch.batch_id] = self.broken_reads.get(batch.batch_id, 0) + 1
+            if tries < RESULT_TRIES:
+                self.wait(min(self.poll_s * POLL_BACKOFF**tries, POLL_CAP_S))
+                return []  # still live: the next poll reads its results again
+            for pos in iter_ranges(intent.ranges):  # given up: resume sends these again
+                sample, slot = samples.get(pos), self.slot(pos)
+                if sample is not None and slot is not None and self.owed[slot]:
+                    failure = Failure("BatchResultsUnreadable", str(broken), None, 1)
+                    self.session.record(sample, failure)
+                    self.owed[slot] = 0
         self.session.flush()
         again = [pos for pos in iter_ranges(intent.ranges) if self.is_owed(pos)]
         self.append([BatchEnded(batch.batch_id, info.counts)])
         batch.ended, batch.status, batch.counts = True, "ended", dict(info.counts)
         return again
+
+    def take(
+        self, batch: Batch, result: dict[str, Any], samples: dict[int, Any], cancelled: bool
+    ) -> None:
+        """Record one result line, if it answers a request of this batch still owed."""
+        parsed = parse_custom_id(str(result.get("custom_id", "")), self.tag)
+        if parsed is None or parsed[0] != batch.intent:
+            return  # not a request of this batch: never ours to record
+        pos = parsed[1]
+        sample = samples.get(pos)
+        slot = self.slot(pos)
+        if sample is None or slot is None or not self.owed[slot]:
+            return  # recorded before a crash, or not owed in this session
+        body = result.get("result") or {}
+        if not isinstance(body, dict):
+            body = {}
+        attempts = 1 if body.get("type") == "succeeded" else self.state.attempts(pos)
+        outcome = outcome_of(body, self.config, attempts)
+        if outcome == "canceled" and cancelled:
+            outcome = Failure("batch_canceled", "cancelled with exprof cancel", None, attempts)
+        if isinstance(outcome, str):
+            return  # left owed: sent again
+        self.session.record(sample, outcome)
+        self.owed[slot] = 0
+        if len(self.session.arrived) >= INGEST_FLUSH:
+            self.session.flush()
+            self.show()
+            self.check()
 
     # -- helpers -----------------------------------------------------------------
 
