@@ -220,8 +220,16 @@ def _encodable(text: str) -> bool:
 
 
 def _refuse(where: str, at: tuple[Any, ...], problem: str) -> NoReturn:
-    field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in at).lstrip(".")
+    field = "".join(f"[{k}]" if isinstance(k, int) else f".{_key_word(k)}" for k in at)
+    field = field.lstrip(".")
     raise ExprofError(f"{where}: {field or 'the value'}: {problem}")
+
+
+def _key_word(key: Any) -> str:
+    """A key as an error line names it: plain words as they are, anything else quoted
+    with its escapes (a key may hold a newline or a control character)."""
+    text = str(key)
+    return text if text.isidentifier() or re.fullmatch(r"[\w.-]+", text) else repr(text)
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

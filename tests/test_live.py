@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -254,7 +255,8 @@ def test_ctrl_c_or_sigterm_records_what_arrived_and_resumes(tmp_path, fake, sig,
     assert proc.returncode == code, stderr
     assert stderr.strip().splitlines()[-1] == f"{what}; continue with: exprof resume exp"
     db = tmp_path / "runs" / "exprof.db"
-    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with contextlib.closing(sqlite3.connect(db)) as raw:  # closed: see Store.open
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = Store.open(store_url(None, "runs"))
     assert store.lease("exp") is None  # released
     done = sum(response_counts().values())

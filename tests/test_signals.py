@@ -6,6 +6,7 @@ signals; each bound below is a liveness bound (a hang fails), not a speed test."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -102,7 +103,8 @@ def test_a_stop_ends_a_mock_run_whose_python_metric_hangs(tmp_path, mode, sig, c
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted; continue with: exprof resume exp"
     db = tmp_path / "runs" / "exprof.db"
-    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with contextlib.closing(sqlite3.connect(db)) as raw:  # closed: see Store.open
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     (tmp_path / "e" / "slow").unlink()  # the metric is quick again: the resume finishes
     resumed = start(tmp_path, "resume", "exp")
     _, err = resumed.communicate(timeout=120)

@@ -53,6 +53,15 @@ def store_url(db: str | None, output_dir: str | Path) -> str:
     return f"sqlite:///{path.absolute()}"
 
 
+# The store files this process has opened (device, inode): see Store.open.
+_OPENED_FILES: set[tuple[int, int]] = set()
+
+
+def _file_key(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
 def _sqlite_path(url: str) -> Path | None:
     parsed = dialects.parse(url)
     if parsed is None or parsed.get_backend_name() != "sqlite":
@@ -79,10 +88,17 @@ class Store(Queries, Checks, Workers):
         path = _sqlite_path(url)
         location = dialects.masked(url) if path is None or "?" in url else str(path)
         found: identify.Found | None = None
+        # A file this process has opened as its store already is not read again by hand:
+        # closing any descriptor of a SQLite file drops every POSIX lock this process
+        # holds on it, under the feet of the connections still open (SQLite's own
+        # warning), and another process may then checkpoint the WAL away from them.
+        known = path is not None and path.exists() and _file_key(path) in _OPENED_FILES
         if path is not None:
             if path.is_dir():
                 raise ExprofError(f"{path}: store path is a directory, not a database file")
-            if path.exists():
+            if known:
+                pass  # identified when first opened: its catalogue is read below instead
+            elif path.exists():
                 found = identify.peek_sqlite(path)
                 if found is not None:
                     identify.refuse_foreign(location, found)
@@ -96,13 +112,15 @@ class Store(Queries, Checks, Workers):
         engine = dialects.create(url, location, readonly)
         store = cls(engine, location, dialects.secrets(url))
         try:
-            store._ensure_schema(create, found, sqlite=path is not None)
+            store._ensure_schema(create, found, peeked=path is not None and not known)
         except OperationalError as exc:
             raise ExprofError(f"{location}: cannot open store: {store._reason(exc)}") from None
         except DBAPIError as exc:
             raise ExprofError(f"{location}: not an exprof store: {store._reason(exc)}") from None
         if not readonly:
             store._require_writable()
+        if path is not None:
+            _OPENED_FILES.add(_file_key(path))
         return store
 
     def _require_writable(self) -> None:
@@ -118,8 +136,8 @@ class Store(Queries, Checks, Workers):
                 "and db upgrade need a login that may write"
             )
 
-    def _ensure_schema(self, create: bool, found: identify.Found | None, sqlite: bool) -> None:
-        if not sqlite:  # a server database: its catalogue is read without writing
+    def _ensure_schema(self, create: bool, found: identify.Found | None, peeked: bool) -> None:
+        if not peeked:  # a server database (or a file known already): read, never written
             with self.engine.connect() as conn:
                 tables = inspect(conn).get_table_names()
                 columns = (
