@@ -1,0 +1,322 @@
+"""Sequential A/B (`run --config A --versus B --stop-when-decided`): the confidence
+sequence of exprof.sequential driving a two-cell experiment, in the mock, live against
+the fake Messages API (counting what it sends), with repeats, killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exprof.sequential import replay
+from exprof.store.engine import Store, store_url
+from exprof.store.record import sequential_events
+from fake_anthropic import FakeAnthropic
+
+
+def arms(
+    folder: Path, n: int, cover_a, cover_b=lambda i: 2, facts: int = 2, **config
+) -> tuple[Path, Path]:
+    """A dataset of n samples and two configs whose mock files cover cover_a(i) and
+    cover_b(i) of each sample's facts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples, answers = [], {"a": {}, "b": {}}
+    for i in range(n):
+        did, fact_list = f"d{i:04d}", [f"f{i}-{k}" for k in range(facts)]
+        samples.append({"dialogue_id": did, "system": "s", "user": f"q {i}", "required_facts": fact_list})
+        for arm, cover in (("a", cover_a), ("b", cover_b)):
+            text = "answer " + " ".join(fact_list[: cover(i)])
+            answers[arm][did] = {"completion": text, "metadata": {"token_count": 10}}
+    (folder / "d.json").write_text(json.dumps(samples))
+    paths = []
+    for arm in ("a", "b"):
+        (folder / f"{arm}.json").write_text(json.dumps(answers[arm]))
+        settings = {
+            "experiment_id": "ab",
+            "model": "claude-3-opus",
+            "max_tokens": 100,
+            "dataset_path": "d.json",
+            "mock_responses_path": f"{arm}.json",
+            **config,
+        }
+        path = folder / f"{arm.upper()}.yaml"
+        path.write_text(json.dumps(settings))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def versus(invoke, a: Path, b: Path, *extra: str):
+    result = invoke(
+        "run", "--config", str(a), "--versus", str(b), "--stop-when-decided",
+        "--quiet", "--format", "json", *extra,
+    )  # fmt: skip
+    return result, json.loads(result.stdout) if result.stdout.strip() else None
+
+
+def store() -> Store:
+    return Store.open(store_url(None, "runs"))
+
+
+def answered(run_id: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ev in store().events(run_id, types=("response_received",)):
+        counts[ev.payload["dialogue_id"]] = counts.get(ev.payload["dialogue_id"], 0) + 1
+    return counts
+
+
+def expected(cover_a, cover_b, order, facts=2, **options):
+    """The sequence replayed independently, pair by pair, in the recorded order."""
+    diffs = [(cover_b(p) - cover_a(p)) / facts for p in order]
+    cs = replay([], **options)
+    for d in diffs:
+        cs.update(d)
+        if (v := cs.verdict()) is not None:
+            return v
+    return cs.verdict(exhausted=True)
+
+
+# -- the mock -------------------------------------------------------------------------
+
+
+def test_a_better_arm_is_decided_early_in_the_recorded_order_and_resume_sends_nothing(
+    tmp_path, invoke
+):
+    cover_a = lambda i: i % 3  # noqa: E731  (0, 1 or 2 of 2 facts)
+    a, b = arms(tmp_path, 300, cover_a)
+    result, out = versus(invoke, a, b, "--mock", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    seq = out["sequential"]
+    assert seq["verdict"] == "decided" and seq["winner"] == "B"
+    plan, stopped = sequential_events(store(), "ab")
+    assert plan is not None and stopped is not None
+    assert sorted(plan.order) == list(range(300)) and plan.seed == 7 and stopped.seed == 7
+    assert stopped.order == plan.order and stopped.verdict == "decided"
+    truth = expected(cover_a, lambda i: 2, plan.order)
+    assert seq["pairs_used"] == truth.pairs_used < 300
+    assert seq["interval"] == [round(x, 4) for x in truth.interval]
+    assert seq["interval"][0] > 0  # excludes 0: B - A is positive
+    # What was answered: the pairs used, plus at most one round of concurrency / 2.
+    used = set(plan.order[: seq["pairs_used"]])
+    for run_id in ("ab.A", "ab.B"):
+        got = answered(run_id)
+        assert {f"d{p:04d}" for p in used} <= set(got) and set(got.values()) == {1}
+        assert len(got) - seq["pairs_used"] < 8 // 2
+    assert [c["cell"] for c in out["cells"]] == ["A", "B"]
+    events = store().event_count()
+    again = invoke("resume", "ab", "--quiet", "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["sequential"] == seq
+    assert store().event_count() == events  # nothing sent, nothing written
+    summary = invoke("summarize", "ab", "--format", "json")
+    assert json.loads(summary.stdout)["sequential"] == seq
+    table = invoke("summarize", "ab")
+    assert f"sequential: decided: B wins after {seq['pairs_used']} pairs" in table.stdout
+
+
+def test_the_seed_sets_the_order(tmp_path, invoke):
+    orders = []
+    for seed in ("1", "2"):
+        a, b = arms(tmp_path / seed, 50, lambda i: 0)
+        result, out = versus(invoke, a, b, "--mock", "--seed", seed, "--run-id", f"s{seed}")
+        assert result.exit_code == 0, result.output
+        orders.append(sequential_events(store(), f"s{seed}")[0].order)
+    assert orders[0] != orders[1]
+    assert orders[0] == [int(i) for i in np.random.default_rng(1).permutation(50)]
+
+
+def test_equal_arms_are_equivalent_within_the_min_effect(tmp_path, invoke):
+    a, b = arms(tmp_path, 400, lambda i: 2)
+    result, out = versus(invoke, a, b, "--mock", "--min-effect", "0.2")
+    assert result.exit_code == 0, result.output
+    seq = out["sequential"]
+    assert seq["verdict"] == "equivalent" and seq["winner"] is None
+    assert -0.2 <= seq["interval"][0] <= 0 <= seq["interval"][1] <= 0.2
+    plan = sequential_events(store(), "ab")[0]
+    truth = expected(lambda i: 2, lambda i: 2, plan.order, min_effect=0.2)
+    assert seq["pairs_used"] == truth.pairs_used < 400
+
+
+def test_undecided_when_the_dataset_runs_out(tmp_path, invoke):
+    cover = lambda i: i % 3  # noqa: E731
+    a, b = arms(tmp_path, 20, cover, cover_b=lambda i: (i + 1) % 3)
+    result, out = versus(invoke, a, b, "--mock")
+    assert result.exit_code == 0, result.output
+    assert out["sequential"]["verdict"] == "undecided"
+    assert out["sequential"]["pairs_used"] == 20
+    assert sequential_events(store(), "ab")[1].reason == "no pairs left"
+
+
+def test_undecided_when_the_budget_runs_out(tmp_path, invoke):
+    cover = lambda i: i % 3  # noqa: E731
+    a, b = arms(tmp_path, 500, cover, cover_b=lambda i: (i + 1) % 3, budget_usd=0.01)
+    result, out = versus(invoke, a, b, "--mock")
+    assert result.exit_code == 0, result.output
+    seq = out["sequential"]
+    assert seq["verdict"] == "undecided" and seq["pairs_used"] < 500
+    assert sequential_events(store(), "ab")[1].reason == "budget_usd reached"
+
+
+def test_repeats_are_averaged_into_one_observation(tmp_path, invoke):
+    cover_a = lambda i: i % 4  # noqa: E731  (of 3 facts: 0..3)
+    a, b = arms(tmp_path, 200, cover_a, cover_b=lambda i: 3, facts=3, concurrency=12)
+    result, out = versus(invoke, a, b, "--mock", "--repeats", "3")
+    assert result.exit_code == 0, result.output
+    seq = out["sequential"]
+    plan = sequential_events(store(), "ab")[0]
+    truth = expected(cover_a, lambda i: 3, plan.order, facts=3)
+    assert seq["pairs_used"] == truth.pairs_used and seq["verdict"] == "decided"
+    for run_id in ("ab.A", "ab.B"):
+        got = answered(run_id)
+        assert set(got.values()) == {3}  # every sample sent has all its repeats
+        assert len(got) - seq["pairs_used"] < 12 // (2 * 3)
+
+
+def test_a_single_arm_cannot_be_resumed_alone(tmp_path, invoke):
+    a, b = arms(tmp_path, 60, lambda i: 0)
+    assert versus(invoke, a, b, "--mock")[0].exit_code == 0
+    result = invoke("resume", "ab.A")
+    assert result.exit_code == 2
+    assert "continue it with `exprof resume ab`" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (("--metric", "nope"), "--metric: 'nope' is not one of"),
+        (("--alpha", "1.5"), "--alpha"),
+        (("--min-effect", "0"), "--min-effect"),
+        (("--seed", "-1"), "--seed"),
+    ],
+)
+def test_bad_options_are_one_error_and_nothing_written(tmp_path, invoke, extra, fragment):
+    a, b = arms(tmp_path, 10, lambda i: 0)
+    result, _ = versus(invoke, a, b, "--mock", *extra)
+    assert result.exit_code == 2
+    assert result.stderr.count("Error:") == 1 and fragment in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_combinations_are_one_error_and_nothing_written(tmp_path, invoke):
+    a, b = arms(tmp_path, 10, lambda i: 0)
+    cases = [
+        (("--versus", str(b)), "add --stop-when-decided"),
+        (("--stop-when-decided",), "needs --versus"),
+        (("--seed", "3"), "--seed needs --versus"),
+        (("--versus", str(b), "--stop-when-decided", "--dry-run"), "--dry-run"),
+    ]
+    for extra, fragment in cases:
+        result = invoke("run", "--config", str(a), "--mock", *extra)
+        assert result.exit_code == 2, extra
+        assert result.stderr.count("Error:") == 1 and fragment in result.stderr, result.stderr
+    other = tmp_path / "other"
+    c, _ = arms(other, 11, lambda i: 0)  # another dataset
+    matrix = json.loads(b.read_text()) | {"matrix": {"max_tokens": [10, 20]}}
+    (tmp_path / "M.yaml").write_text(json.dumps(matrix))
+    judged = json.loads(b.read_text()) | {"batch": True}
+    (tmp_path / "J.yaml").write_text(json.dumps(judged))
+    for versus_path, fragment in (
+        (c, "must share a dataset"),
+        (tmp_path / "M.yaml", "not a matrix"),
+        (tmp_path / "J.yaml", "batch"),
+    ):
+        result, _ = versus(invoke, a, versus_path, "--mock")
+        assert result.exit_code == 2
+        assert result.stderr.count("Error:") == 1 and fragment in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# -- live, against the fake Messages API ----------------------------------------------
+
+
+def live_arms(folder: Path, n: int, pad, **config) -> tuple[Path, Path]:
+    """The fake echoes the prompt: sample i's facts come after pad(i) filler words, so
+    arm A (max_tokens 6) cuts some of them off and arm B (max_tokens 100) never does."""
+    a, b = arms(folder, n, lambda i: 0, **config)
+    samples = json.loads((folder / "d.json").read_text())
+    for i, s in enumerate(samples):
+        s["user"] = " ".join(["q", *["w"] * pad(i), *s["required_facts"]])
+    (folder / "d.json").write_text(json.dumps(samples))
+    settings = json.loads(a.read_text()) | {"max_tokens": 6}
+    a.write_text(json.dumps(settings))
+    return a, b
+
+
+def test_live_a_decided_run_sends_two_per_pair_plus_at_most_those_in_flight(
+    tmp_path, invoke, fake
+):
+    server = fake(latency=0.01)
+    concurrency = 6
+    a, b = live_arms(tmp_path, 200, lambda i: i % 6, concurrency=concurrency)
+    result, out = versus(invoke, a, b, "--live")
+    assert result.exit_code == 0, result.output
+    seq = out["sequential"]
+    assert seq["verdict"] == "decided" and seq["winner"] == "B"
+    sent = server.state.requests
+    assert 2 * seq["pairs_used"] <= sent <= 2 * seq["pairs_used"] + concurrency, (sent, seq)
+    assert seq["pairs_used"] < 200
+    again = invoke("resume", "ab", "--quiet", "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["sequential"] == seq
+    assert server.state.requests == sent  # resume adds none
+
+
+def exprof(*args: str, cwd: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exprof", *args, "--quiet", "--format", "json"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ok_count(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT count(*) FROM samples WHERE status = 'ok'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_and_resumed_it_continues_the_very_same_sequence(tmp_path):
+    pad = lambda i: 5 if i % 7 == 0 else 0  # noqa: E731  (A misses 1 in 7)
+    a, b = live_arms(tmp_path / "e", 300, pad, concurrency=2)
+    with FakeAnthropic(latency=0.01) as server:
+        env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-x", "ANTHROPIC_BASE_URL": server.url}
+        flags = ("--config", str(a), "--versus", str(b), "--stop-when-decided", "--seed", "3")
+        ref = exprof("run", *flags, "--output-dir", "ref", cwd=tmp_path, env=env)
+        out, err = ref.communicate(timeout=120)
+        assert ref.returncode == 0, err
+        reference = json.loads(out)["sequential"]
+        assert reference["verdict"] == "decided" and reference["pairs_used"] > 20
+        db = tmp_path / "runs" / "exprof.db"
+        proc = exprof("run", *flags, cwd=tmp_path, env=env)
+        kills = 0
+        for target in (10, 30):
+            deadline = time.monotonic() + 60
+            while ok_count(db) < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = exprof("resume", "ab", cwd=tmp_path, env=env)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert kills == 2
+    assert json.loads(out)["sequential"] == reference
