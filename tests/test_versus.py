@@ -30,7 +30,9 @@ def arms(
     samples, answers = [], {"a": {}, "b": {}}
     for i in range(n):
         did, fact_list = f"d{i:04d}", [f"f{i}-{k}" for k in range(facts)]
-        samples.append({"dialogue_id": did, "system": "s", "user": f"q {i}", "required_facts": fact_list})
+        samples.append(
+            {"dialogue_id": did, "system": "s", "user": f"q {i}", "required_facts": fact_list}
+        )
         for arm, cover in (("a", cover_a), ("b", cover_b)):
             text = "answer " + " ".join(fact_list[: cover(i)])
             answers[arm][did] = {"completion": text, "metadata": {"token_count": 10}}
@@ -248,9 +250,7 @@ def live_arms(folder: Path, n: int, pad, **config) -> tuple[Path, Path]:
     return a, b
 
 
-def test_live_a_decided_run_sends_two_per_pair_plus_at_most_those_in_flight(
-    tmp_path, invoke, fake
-):
+def test_live_a_decided_run_sends_two_per_pair_plus_at_most_those_in_flight(tmp_path, invoke, fake):
     server = fake(latency=0.01)
     concurrency = 6
     a, b = live_arms(tmp_path, 200, lambda i: i % 6, concurrency=concurrency)
