@@ -283,6 +283,8 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
 def sequential_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
     """A stopped sequential A/B experiment's `sequential` block (exprof.versus): verdict,
     winner, pairs used and the confidence sequence's interval for the mean B - A."""
+    if store.last_seq(experiment_id) < 2:  # a matrix experiment's stream is its record
+        return None
     _, stopped = sequential_events(store, experiment_id)
     if stopped is None:
         return None
