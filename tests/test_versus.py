@@ -320,3 +320,25 @@ def test_killed_and_resumed_it_continues_the_very_same_sequence(tmp_path):
         assert proc.returncode == 0, err
     assert kills == 2
     assert json.loads(out)["sequential"] == reference
+
+
+def test_compare_of_the_arms_shows_the_sequence_beside_the_fixed_n_ci(tmp_path, invoke):
+    a, b = arms(tmp_path, 300, lambda i: i % 3)
+    _, out = versus(invoke, a, b, "--mock")
+    seq = out["sequential"]
+    found = json.loads(invoke("compare", "ab.A", "ab.B", "--format", "json").stdout)
+    shown = found["sequential"]
+    assert shown["interval"] == seq["interval"] and shown["pairs_used"] == seq["pairs_used"]
+    assert shown["winner"] == "ab.B" and shown["valid"] == "interval"
+    assert shown["fixed_n_ci95"] == found["metrics"]["fact_coverage"]["ci95"]
+    flipped = json.loads(invoke("compare", "ab.B", "ab.A", "--format", "json").stdout)
+    assert flipped["sequential"]["interval"] == [-seq["interval"][1], -seq["interval"][0]]
+    assert flipped["sequential"]["winner"] == "ab.B"
+    text = invoke("compare", "ab.A", "ab.B").stdout
+    assert "confidence sequence" in text and "VALID for this stopped run" in text
+    assert "fixed-n bootstrap 95% CI" in text and "not valid here" in text
+    # Two runs outside a sequential experiment get no such section.
+    other = arms(tmp_path / "x", 20, lambda i: 1)[0]
+    for run_id in ("p", "q"):
+        invoke("run", "--config", str(other), "--mock", "--run-id", run_id, "--quiet")
+    assert "sequential" not in json.loads(invoke("compare", "p", "q", "--format", "json").stdout)
