@@ -57,6 +57,10 @@ METRICS: dict[str, Callable[[float, bool], float]] = {
     "refusal_rate": lambda coverage, refused: float(refused),
 }
 _SCALARS = (str, int, float, bool, type(None))
+REASONS = {
+    "decided": "the sequence excludes 0",
+    "equivalent": "the sequence lies within +-min_effect",
+}
 
 
 @dataclass(frozen=True)
@@ -346,7 +350,7 @@ def _rounds(
         states = [arm_state(store, arm.record, metric) for arm in arms]
         walk.advance(states)
         if walk.verdict is not None:
-            return f"{walk.verdict.verdict} after {walk.verdict.pairs_used} pairs"
+            return REASONS[walk.verdict.verdict]
         todo = walk.next_round(states, size)
         spent = budget is not None and (budget.reached or budget.check())
         if not todo or spent or tuple(todo) == last:
