@@ -842,7 +842,7 @@ def _run_versus(
     from exprof.dataset import load_dataset, load_mock_responses
     from exprof.models import preflight
     from exprof.run.runner import Runner
-    from exprof.versus import Options, check_options, check_versus, start_versus
+    from exprof.versus import Options, check_metric, check_options, check_versus, start_versus
 
     db, output_dir, run_id, mock, concurrency, quiet = args
     options = Options(**{k: v for k, v in sequential.items() if v is not None})
@@ -850,6 +850,7 @@ def _run_versus(
     a, b = configs
     samples = load_dataset(a.dataset_path)
     check_versus(a, b, samples, load_dataset(b.dataset_path))
+    check_metric(options.metric, configs)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
     if live:
         from exprof.clients.credentials import require_credentials

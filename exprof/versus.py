@@ -36,7 +36,7 @@ from exprof.render import Progress
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner
 from exprof.run.session import Session
-from exprof.scoring import judge
+from exprof.scoring import judge, recorded
 from exprof.sequential import BettingCS, Verdict
 from exprof.signals import deferred_signals
 from exprof.store.engine import Store
@@ -56,6 +56,8 @@ METRICS: dict[str, Callable[[float, bool], float]] = {
     "fact_coverage": lambda coverage, refused: coverage,
     "refusal_rate": lambda coverage, refused: float(refused),
 }
+# Custom metric types that score every answer true or false: in [0, 1] too.
+BOOLEAN_TYPES = ("contains_all", "contains_any", "regex", "json", "length")
 _SCALARS = (str, int, float, bool, type(None))
 REASONS = {
     "decided": "the sequence excludes 0",
@@ -97,10 +99,29 @@ def check_versus(a: Config, b: Config, samples_a: list[Sample], samples_b: list[
         raise ExprofError("--versus: the two configs must share a dataset (the same samples)")
 
 
+def check_metric(metric: str, configs: tuple[Config, Config]) -> None:
+    """The metric must be bounded, per sample in [0, 1]: a built-in one, or a custom
+    metric both arms score with a boolean type."""
+    if metric in METRICS:
+        return
+    for config in configs:
+        spec = next(
+            (m for m in config.metrics if isinstance(m, dict) and m["name"] == metric), None
+        )
+        if spec is None:
+            names = ", ".join(METRICS)
+            raise ExprofError(
+                f"--metric: {metric!r} is not {names} or a custom metric of both arms"
+            )
+        if spec["type"] not in BOOLEAN_TYPES:
+            raise ExprofError(
+                f"--metric: {metric} is a {spec['type']} metric, with no known range; the "
+                f"sequence needs one in [0, 1]: {', '.join(METRICS)}, or a custom metric of "
+                f"type {', '.join(BOOLEAN_TYPES)}"
+            )
+
+
 def check_options(options: Options) -> None:
-    if options.metric not in METRICS:
-        names = ", ".join(METRICS)
-        raise ExprofError(f"--metric: {options.metric!r} is not one of {names}")
     if not 0 < options.alpha < 1:
         raise ExprofError("--alpha must lie strictly between 0 and 1")
     if options.min_effect is not None and not 0 < options.min_effect < 1:
@@ -251,10 +272,16 @@ def arm_state(store: Store, record: RunRecord, metric: str) -> ArmState:
     """What the store holds of one arm, by dataset position."""
     run_id, repeats = record.run_id, record.config.repeats
     position = {s.dialogue_id: i for i, s in enumerate(record.samples)}
-    value = METRICS[metric]
     sums: dict[int, list[float]] = {}
-    for dialogue_id, coverage, refused in store.sample_scores(run_id):
-        sums.setdefault(position[dialogue_id], []).append(value(coverage, refused))
+    if metric in METRICS:
+        value = METRICS[metric]
+        for dialogue_id, coverage, refused in store.sample_scores(run_id):
+            sums.setdefault(position[dialogue_id], []).append(value(coverage, refused))
+    else:  # a boolean custom metric; an answer it could not score is left out
+        scored = recorded.per_sample(store, run_id, record.started.config)
+        for (dialogue_id, _), row in scored.items():
+            if isinstance(row.get(metric), bool):
+                sums.setdefault(position[dialogue_id], []).append(float(row[metric]))
     owed = store.pending_positions(run_id, retry_failed=True)
     pending = store.pending_positions(run_id, retry_failed=False)
     return ArmState(

@@ -191,7 +191,7 @@ def test_a_single_arm_cannot_be_resumed_alone(tmp_path, invoke):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (("--metric", "nope"), "--metric: 'nope' is not one of"),
+        (("--metric", "nope"), "--metric: 'nope' is not fact_coverage"),
         (("--alpha", "1.5"), "--alpha"),
         (("--min-effect", "0"), "--min-effect"),
         (("--seed", "-1"), "--seed"),
@@ -342,3 +342,31 @@ def test_compare_of_the_arms_shows_the_sequence_beside_the_fixed_n_ci(tmp_path, 
     for run_id in ("p", "q"):
         invoke("run", "--config", str(other), "--mock", "--run-id", run_id, "--quiet")
     assert "sequential" not in json.loads(invoke("compare", "p", "q", "--format", "json").stdout)
+
+
+def test_a_boolean_custom_metric_and_refusal_rate_can_be_followed(tmp_path, invoke):
+    regex = {"name": "full", "type": "regex", "pattern": r"-1\b"}  # covers the second fact
+    cover_a = lambda i: 1 + (i % 5 == 0)  # noqa: E731  (A names it 1 in 5 times, B always)
+    a, b = arms(tmp_path, 300, cover_a, metrics=["fact_coverage", regex])
+    result, out = versus(invoke, a, b, "--mock", "--metric", "full")
+    assert result.exit_code == 0, result.output
+    plan = sequential_events(store(), "ab")[0]
+    assert plan.metric == "full"
+    truth = expected(lambda i: 2 * (cover_a(i) == 2), lambda i: 2, plan.order)
+    assert out["sequential"]["pairs_used"] == truth.pairs_used
+    assert out["sequential"]["winner"] == "B"
+    # refusal_rate: equal arms that never refuse, equivalent within 0.1.
+    c, d = arms(tmp_path / "r", 300, lambda i: 1)
+    result, out = versus(invoke, c, d, "--mock", "--metric", "refusal_rate", "--run-id", "r")
+    assert out["sequential"]["verdict"] == "undecided"  # no --min-effect: never equivalent
+
+
+def test_a_metric_with_no_known_range_is_refused(tmp_path, invoke):
+    (tmp_path / "m.py").write_text("def n(sample, completion, metadata):\n    return 7\n")
+    python = {"name": "n", "type": "python", "function": "m:n"}
+    a, b = arms(tmp_path, 10, lambda i: 0, metrics=["fact_coverage", python])
+    result, _ = versus(invoke, a, b, "--mock", "--metric", "n")
+    assert result.exit_code == 2 and "n is a python metric, with no known range" in result.stderr
+    result, _ = versus(invoke, a, b, "--mock", "--metric", "missing")
+    assert result.exit_code == 2 and "not fact_coverage, refusal_rate or a custom" in result.stderr
+    assert not (tmp_path / "runs").exists()
