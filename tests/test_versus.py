@@ -73,9 +73,10 @@ def answered(run_id: str) -> dict[str, int]:
     return counts
 
 
-def expected(cover_a, cover_b, order, facts=2, **options):
-    """The sequence replayed independently, pair by pair, in the recorded order."""
-    diffs = [(cover_b(p) - cover_a(p)) / facts for p in order]
+def expected(cover_a, cover_b, order, facts=2, skip=(), **options):
+    """The sequence replayed independently, pair by pair, in the recorded order (the
+    pairs in `skip` failed: left out)."""
+    diffs = [(cover_b(p) - cover_a(p)) / facts for p in order if p not in skip]
     cs = replay([], **options)
     for d in diffs:
         cs.update(d)
@@ -265,6 +266,28 @@ def test_live_a_decided_run_sends_two_per_pair_plus_at_most_those_in_flight(tmp_
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["sequential"] == seq
     assert server.state.requests == sent  # resume adds none
+
+
+def test_live_a_pair_that_failed_is_left_out_of_the_sequence(tmp_path, invoke, fake):
+    pad = lambda i: i % 6  # noqa: E731
+    a, b = live_arms(tmp_path, 200, pad, concurrency=4, max_retries=0)
+    order = [int(i) for i in np.random.default_rng(0).permutation(200)]
+    broken = set(order[:3]) | {order[5]}
+    samples = json.loads((tmp_path / "d.json").read_text())
+    server = fake(always_fail={samples[p]["user"] for p in broken})
+    result, out = versus(invoke, a, b, "--live")
+    assert result.exit_code == 0, result.output
+    cover_a = lambda i: (pad(i) <= 3) + (pad(i) <= 2)  # noqa: E731  (A's 6 tokens)
+    truth = expected(cover_a, lambda i: 2, order, skip=broken)
+    assert out["sequential"]["pairs_used"] == truth.pairs_used
+    assert out["sequential"]["interval"] == [round(x, 4) for x in truth.interval]
+    for run_id in ("ab.A", "ab.B"):
+        failed = {e.payload["dialogue_id"] for e in store().events(run_id, ("sample_failed",))}
+        assert failed == {f"d{p:04d}" for p in broken}  # sent once each, never again
+    sent = server.state.requests
+    assert sent <= 2 * (truth.pairs_used + len(broken)) + 4
+    again = invoke("resume", "ab", "--quiet")
+    assert again.exit_code == 0 and server.state.requests == sent
 
 
 def exprof(*args: str, cwd: Path, env: dict) -> subprocess.Popen:
