@@ -59,6 +59,7 @@ METRICS: dict[str, Callable[[float, bool], float]] = {
 # Custom metric types that score every answer true or false: in [0, 1] too.
 BOOLEAN_TYPES = ("contains_all", "contains_any", "regex", "json", "length")
 _SCALARS = (str, int, float, bool, type(None))
+BUDGET = "budget_usd reached"
 REASONS = {
     "decided": "the sequence excludes 0",
     "equivalent": "the sequence lies within +-min_effect",
@@ -225,6 +226,8 @@ def resume_versus(
             f"experiment {experiment_id} stopped before its arm {missing[0]} started; "
             "run the configs again"
         )
+    if stopped is not None and stopped.reason == BUDGET and budget_usd is not None:
+        stopped = None  # a larger budget: the same sequence goes on (it is anytime-valid)
     if stopped is not None and all(_finished(store, c.run_id) for c in cells):
         return _report(store, experiment_id, _verdict_of(stopped).to_payload(), stopped.reason)
     if record.mode == "live":
@@ -382,7 +385,7 @@ def _rounds(
         spent = budget is not None and (budget.reached or budget.check())
         if not todo or spent or tuple(todo) == last:
             walk.verdict = walk.cs.verdict(exhausted=True)
-            return "budget_usd reached" if spent else "no pairs left"
+            return BUDGET if spent else "no pairs left"
         last = tuple(todo)  # the same round twice: nothing it sent was answered
         check()
         for arm, state in zip(arms, states, strict=True):

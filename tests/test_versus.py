@@ -156,14 +156,23 @@ def test_undecided_when_the_dataset_runs_out(tmp_path, invoke):
     assert sequential_events(store(), "ab")[1].reason == "no pairs left"
 
 
-def test_undecided_when_the_budget_runs_out(tmp_path, invoke):
+def test_undecided_when_the_budget_runs_out_and_a_larger_one_goes_on(tmp_path, invoke):
     cover = lambda i: i % 3  # noqa: E731
-    a, b = arms(tmp_path, 500, cover, cover_b=lambda i: (i + 1) % 3, budget_usd=0.01)
+    a, b = arms(tmp_path, 500, cover, budget_usd=0.01)
     result, out = versus(invoke, a, b, "--mock")
     assert result.exit_code == 0, result.output
     seq = out["sequential"]
-    assert seq["verdict"] == "undecided" and seq["pairs_used"] < 500
-    assert sequential_events(store(), "ab")[1].reason == "budget_usd reached"
+    assert seq["verdict"] == "undecided" and 0 < seq["pairs_used"] < 10
+    plan, stopped = sequential_events(store(), "ab")
+    assert stopped.reason == "budget_usd reached"
+    same = invoke("resume", "ab", "--quiet", "--format", "json")  # the same budget: stays
+    assert json.loads(same.stdout)["sequential"] == seq
+    more = invoke("resume", "ab", "--quiet", "--format", "json", "--budget-usd", "100")
+    assert more.exit_code == 0, more.output
+    truth = expected(cover, lambda i: 2, plan.order)  # as if it had never stopped
+    went_on = json.loads(more.stdout)["sequential"]
+    assert went_on["verdict"] == "decided" and went_on["pairs_used"] == truth.pairs_used
+    assert went_on["interval"] == [round(x, 4) for x in truth.interval]
 
 
 def test_repeats_are_averaged_into_one_observation(tmp_path, invoke):
