@@ -275,8 +275,11 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
         rows.append({**row, **_cell_metrics(store, payload["run_id"])})
     found: dict[str, Any] = {"experiment_id": experiment_id, "mode": record.mode, "cells": rows}
     outcome = sequential_outcome(store, experiment_id)
-    if outcome is not None:
+    if outcome is not None:  # a sequential A/B: its arms stopped when it was decided
         found["sequential"] = outcome
+        for row in rows:
+            if row.get("status") == "incomplete":
+                row["status"] = "stopped"
     return found
 
 

@@ -112,6 +112,7 @@ def test_a_better_arm_is_decided_early_in_the_recorded_order_and_resume_sends_no
         assert {f"d{p:04d}" for p in used} <= set(got) and set(got.values()) == {1}
         assert len(got) - seq["pairs_used"] < 8 // 2
     assert [c["cell"] for c in out["cells"]] == ["A", "B"]
+    assert {c["status"] for c in out["cells"]} == {"stopped"}
     events = store().event_count()
     again = invoke("resume", "ab", "--quiet", "--format", "json")
     assert again.exit_code == 0, again.output
@@ -424,6 +425,11 @@ def test_ctrl_c_records_the_stop_and_resume_continues_the_sequence(tmp_path):
         statuses = {r.run_id: r.status for r in store().runs()}
         assert statuses == {"ab.A": "interrupted", "ab.B": "interrupted"}
         assert sequential_events(store(), "ab")[1] is None  # not stopped by the sequence
+        listing = subprocess.run(
+            [sys.executable, "-m", "exprof", "runs", "--format", "json"],
+            cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+        assert {r["next step"] for r in json.loads(listing.stdout)} == {"exprof resume ab"}
         proc = exprof("resume", "ab", cwd=tmp_path, env=env)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
