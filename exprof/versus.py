@@ -80,6 +80,7 @@ class Arm:
     record: RunRecord
     lease: Lease
     session: Session
+    warned: bool = False  # the live loop's warnings: said once, in the first round
 
 
 # -- checking and starting ------------------------------------------------------------
@@ -202,7 +203,10 @@ def start_versus(
         for arm in arms:
             store.release_lease(arm.lease)
         raise
-    return _drive(runner, exp, plan, arms, concurrency, _budget(store, cells, a.budget_usd))
+    limits = [c.budget_usd for c in configs if c.budget_usd is not None]
+    return _drive(
+        runner, exp, plan, arms, concurrency, _budget(store, cells, min(limits, default=None))
+    )
 
 
 def resume_versus(
@@ -244,7 +248,9 @@ def resume_versus(
         for arm in arms:
             store.release_lease(arm.lease)
         raise
-    limit = budget_usd if budget_usd is not None else Config.from_dict(record.config).budget_usd
+    given = [c.get("budget_usd") for c in plan.configs.values()]
+    limits = [float(v) for v in given if v is not None]
+    limit = budget_usd if budget_usd is not None else min(limits, default=None)
     budget = _budget(store, cells, limit)
     if stopped is not None:
         return _conclude(runner, experiment_id, arms, _verdict_of(stopped), stopped.reason, None)
@@ -412,7 +418,8 @@ def _send(arm: Arm, positions: list[int], concurrency: int | None) -> None:
     else:
         from exprof.run.live import run_live
 
-        run_live(arm.session, samples, concurrency)
+        run_live(arm.session, samples, concurrency, warn=not arm.warned)
+        arm.warned = True
 
 
 # -- ending ---------------------------------------------------------------------------

@@ -264,9 +264,10 @@ def live_arms(folder: Path, n: int, pad, **config) -> tuple[Path, Path]:
 def test_live_a_decided_run_sends_two_per_pair_plus_at_most_those_in_flight(tmp_path, invoke, fake):
     server = fake(latency=0.01)
     concurrency = 6
-    a, b = live_arms(tmp_path, 200, lambda i: i % 6, concurrency=concurrency)
+    a, b = live_arms(tmp_path, 200, lambda i: i % 6, concurrency=concurrency, temperature=0.5)
     result, out = versus(invoke, a, b, "--live")
     assert result.exit_code == 0, result.output
+    assert result.stderr.count("recorded but not sent") == 2  # once per arm, not per round
     seq = out["sequential"]
     assert seq["verdict"] == "decided" and seq["winner"] == "B"
     sent = server.state.requests
