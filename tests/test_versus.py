@@ -440,3 +440,21 @@ def test_ctrl_c_records_the_stop_and_resume_continues_the_sequence(tmp_path):
     seq = json.loads(out)["sequential"]
     assert seq["pairs_used"] == truth.pairs_used and seq["verdict"] == "decided"
     assert seq["interval"] == [round(x, 4) for x in truth.interval]
+
+
+def test_a_crash_between_the_stop_and_the_arms_end_is_finished_by_resume(tmp_path, invoke):
+    from exprof.store.events import RunResumed
+
+    a, b = arms(tmp_path, 300, lambda i: i % 3)
+    _, out = versus(invoke, a, b, "--mock")
+    s = store()
+    for run_id in ("ab.A", "ab.B"):  # as if killed after the stop was recorded
+        s.append(run_id, [RunResumed(1, "h", False)], after_seq=s.last_seq(run_id))
+    assert {r.status for r in s.runs()} == {"running"}
+    answers = {run_id: answered(run_id) for run_id in ("ab.A", "ab.B")}
+    again = invoke("resume", "ab", "--quiet", "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["sequential"] == out["sequential"]
+    assert {r.status for r in store().runs()} == {"complete"}
+    assert {run_id: answered(run_id) for run_id in answers} == answers  # nothing sent
+    assert len([e for e in store().events("ab", ("sequential_stopped",))]) == 1
