@@ -237,6 +237,33 @@ def cli() -> None:
     is_flag=True,
     help="Print the requests, input tokens and cost it would take; write nothing.",
 )
+@click.option(
+    "--versus",
+    "versus_path",
+    type=click.Path(readable=False),
+    help="A second config: run a sequential A/B of --config (A) against it (B).",
+)
+@click.option(
+    "--stop-when-decided",
+    is_flag=True,
+    help="With --versus: stop dispatching once the confidence sequence decides.",
+)
+@click.option("--metric", help="With --versus: the metric compared [default: fact_coverage].")
+@click.option(
+    "--min-effect",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="With --versus: stop as equivalent once the difference lies within +-E.",
+)
+@click.option(
+    "--alpha",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="With --versus: the sequence's error rate [default: 0.05].",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="With --versus: seeds the order the pairs are sent in [default: 0].",
+)
 @output_options
 def run(
     config_path: str,
@@ -253,9 +280,16 @@ def run(
     cache: bool | None,
     budget_usd: float | None,
     dry_run: bool,
+    versus_path: str | None,
+    stop_when_decided: bool,
+    metric: str | None,
+    min_effect: float | None,
+    alpha: float | None,
+    seed: int | None,
     format_: str,
 ) -> None:
-    """Start a new run: send every sample, record it, export, print the summary."""
+    """Start a new run: send every sample, record it, export, print the summary; with
+    --versus B.yaml --stop-when-decided, a sequential A/B test of the two configs."""
     from exprof.config import check_run_id, load_config, with_overrides
     from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
     from exprof.run.runner import Runner
@@ -263,10 +297,19 @@ def run(
     _check_concurrency(concurrency)
     if run_id is not None:
         check_run_id(run_id, "--run-id")
+    sequential = {"metric": metric, "min_effect": min_effect, "alpha": alpha, "seed": seed}
+    _check_versus_flags(versus_path, stop_when_decided, sequential, dry_run)
     config = load_config(config_path)
     if batch is not None:
         config = dataclasses.replace(config, batch=batch)
     config = with_overrides(config, repeats=repeats, cache=cache, budget_usd=budget_usd)
+    if versus_path is not None:
+        other = load_config(versus_path)
+        if batch is not None:
+            other = dataclasses.replace(other, batch=batch)
+        other = with_overrides(other, repeats=repeats, cache=cache, budget_usd=budget_usd)
+        args = (db, output_dir, run_id, mock, concurrency, quiet)
+        _run_versus((config, other), (config_path, versus_path), sequential, args, format_)
     if config.matrix and not dry_run:
         from exprof.experiment import check_size
 
@@ -373,7 +416,12 @@ def resume(
                 "join a cell's run by its run id"
             )
         from exprof.experiment import resume_experiment
+        from exprof.store.record import sequential_events
 
+        if sequential_events(store, run_id)[0] is not None:
+            from exprof.versus import resume_versus
+
+            _finish_experiment(resume_versus(runner, run_id, concurrency, budget_usd), format_)
         found = resume_experiment(runner, run_id, concurrency, retry_failed, budget_usd)
         _finish_experiment(found, format_)
     budget = None
@@ -825,8 +873,64 @@ def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str, store: An
         )
 
 
+def _check_versus_flags(
+    versus: str | None, decided: bool, sequential: dict[str, Any], dry_run: bool
+) -> None:
+    given = [f"--{k.replace('_', '-')}" for k, v in sequential.items() if v is not None]
+    if versus is None and (decided or given):
+        flag = "--stop-when-decided" if decided else given[0]
+        raise ExprofError(f"{flag} needs --versus B.yaml (a sequential A/B run)")
+    if versus is not None and not decided:
+        raise ExprofError("--versus runs a sequential A/B test: add --stop-when-decided")
+    if versus is not None and dry_run:
+        raise ExprofError("--dry-run does not plan a sequential A/B run; drop --versus")
+
+
+def _run_versus(
+    configs: tuple[Any, Any],
+    paths: tuple[str, str],
+    sequential: dict[str, Any],
+    args: tuple[Any, ...],
+    format_: str,
+) -> None:
+    """run --versus B.yaml --stop-when-decided: see exprof.versus."""
+    from exprof.dataset import load_dataset, load_mock_responses
+    from exprof.models import preflight
+    from exprof.run.runner import Runner
+    from exprof.versus import Options, check_metric, check_options, check_versus, start_versus
+
+    db, output_dir, run_id, mock, concurrency, quiet = args
+    options = Options(**{k: v for k, v in sequential.items() if v is not None})
+    check_options(options)
+    a, b = configs
+    samples = load_dataset(a.dataset_path)
+    check_versus(a, b, samples, load_dataset(b.dataset_path))
+    check_metric(options.metric, configs)
+    live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
+    if live:
+        from exprof.clients.credentials import require_credentials
+
+        require_credentials("--live")
+    models = preflight([("A", a), ("B", b)], paths[0], live)
+    mocks: tuple[Any, Any] = (None, None)
+    if not live:
+        mocks = (
+            load_mock_responses(a.mock_responses_path),
+            load_mock_responses(b.mock_responses_path),
+        )
+    store = open_store(db, output_dir, create=True)
+    runner = Runner(store, output_dir, quiet=quiet)
+    runner.models = models if live else {}
+    mode = "live" if live else "mock"
+    found = start_versus(runner, configs, samples, mode, mocks, options, run_id, concurrency)
+    _finish_experiment(found, format_)
+
+
 def _finish_experiment(result: Any, format_: str) -> None:
-    _echo_cells({"experiment_id": result.experiment_id, "cells": result.cells}, format_)
+    found = {"experiment_id": result.experiment_id, "cells": result.cells}
+    if result.sequential is not None:
+        found["sequential"] = result.sequential
+    _echo_cells(found, format_)
     if format_ != "json":
         click.echo(f"experiment id: {result.experiment_id}")
     click.echo(result.message, err=True)
@@ -877,6 +981,10 @@ def _echo_cells(found: dict[str, Any], format_: str) -> None:
         from exprof.render import render_frontier
 
         click.echo(render_frontier(found["frontier"], format_))
+    if "sequential" in found and format_ not in ("json", "csv"):
+        from exprof.versus import describe
+
+        click.echo(f"sequential: {describe(found['sequential'])}")
 
 
 def _echo_baseline(found: dict[str, Any], format_: str) -> None:

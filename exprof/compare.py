@@ -25,7 +25,7 @@ from exprof.scoring import custom, recorded
 from exprof.scoring.builtin import geometric_mean
 from exprof.stats import bootstrap_means, mcnemar_exact
 from exprof.stops import is_cut_off
-from exprof.store.record import load_started
+from exprof.store.record import load_started, sequential_events
 
 MIN_SAMPLES = 10
 CONFIG_KEYS = (
@@ -310,6 +310,9 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
             for d, x, y, ra, rb in zip(common, cov_a, cov_b, ref_a, ref_b, strict=True)
         ],
     }
+    sequential = _sequential(a, b, metrics)
+    if sequential is not None:
+        result["sequential"] = sequential
     if a.cut_off or b.cut_off:
         # A pair cut off on one side only compares a cut-off with an answer: a tight
         # max_tokens, not a worse prompt, may be why it lost.
@@ -319,6 +322,44 @@ def compare(a: Side, b: Side, resamples: int = 10_000, seed: int = 0, top: int =
             if (d in a.cut_off) != (d in b.cut_off)
         ]
     return result
+
+
+def _sequential(a: Side, b: Side, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The two arms of one stopped sequential A/B experiment (exprof.versus): the
+    confidence sequence's interval beside the fixed-n bootstrap CI, and which of them is
+    valid for a run that stopped when the sequence decided."""
+    if a.store is None or b.store is None:
+        return None
+    cells = [load_started(s.store, s.summary["run_id"]).cell or {} for s in (a, b)]
+    if not all(c.get("sequential") for c in cells):
+        return None
+    exp = cells[0]["experiment"]
+    if cells[1]["experiment"] != exp or cells[0]["name"] == cells[1]["name"]:
+        return None
+    plan, stopped = sequential_events(a.store, exp)
+    if plan is None or stopped is None:
+        return None
+    lo, hi = stopped.interval
+    if cells[0]["name"] == "B":  # the sequence is of B - A as the experiment names them
+        lo, hi = -hi, -lo
+    winner = stopped.winner  # the experiment's arm name, as this compare's run id
+    if winner is not None:
+        winner = a.label if cells[0]["name"] == winner else b.label
+    return {
+        "experiment": exp,
+        "metric": plan.metric,
+        "verdict": stopped.verdict,
+        "winner": winner,
+        "pairs_used": stopped.pairs_used,
+        "interval": [lo, hi],
+        "fixed_n_ci95": (metrics.get(plan.metric) or {}).get("ci95"),
+        "valid": "interval",
+        "note": (
+            "the run stopped when its confidence sequence decided: the sequence's interval "
+            "holds at that data-dependent stop; the fixed-n bootstrap CI assumes the number "
+            "of samples was fixed in advance, and is not valid for a stopped run"
+        ),
+    }
 
 
 def _custom_metric(pairs: list[tuple[Any, Any]], resamples: int, seed: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from exprof.run.runner import Runner, RunResult
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted
-from exprof.store.record import load_run
+from exprof.store.record import load_run, sequential_events
 from exprof.summary import run_summary
 
 RUN_ID_MAX = 128
@@ -59,6 +59,7 @@ class ExperimentResult:
     cells: list[dict[str, Any]]  # experiment_summary()'s rows
     exit_code: int
     message: str
+    sequential: dict[str, Any] | None = None  # a sequential A/B's outcome (exprof.versus)
 
 
 def plan_cells(config: Config, experiment_id: str) -> list[Cell]:
@@ -272,7 +273,30 @@ def experiment_summary(store: Store, experiment_id: str) -> dict[str, Any]:
             rows.append({**row, "status": "not started"})
             continue
         rows.append({**row, **_cell_metrics(store, payload["run_id"])})
-    return {"experiment_id": experiment_id, "mode": record.mode, "cells": rows}
+    found: dict[str, Any] = {"experiment_id": experiment_id, "mode": record.mode, "cells": rows}
+    outcome = sequential_outcome(store, experiment_id)
+    if outcome is not None:  # a sequential A/B: its arms stopped when it was decided
+        found["sequential"] = outcome
+        for row in rows:
+            if row.get("status") == "incomplete":
+                row["status"] = "stopped"
+    return found
+
+
+def sequential_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
+    """A stopped sequential A/B experiment's `sequential` block (exprof.versus): verdict,
+    winner, pairs used and the confidence sequence's interval for the mean B - A."""
+    if store.last_seq(experiment_id) < 2:  # a matrix experiment's stream is its record
+        return None
+    _, stopped = sequential_events(store, experiment_id)
+    if stopped is None:
+        return None
+    return {
+        "verdict": stopped.verdict,
+        "winner": stopped.winner,
+        "pairs_used": stopped.pairs_used,
+        "interval": stopped.interval,
+    }
 
 
 def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:

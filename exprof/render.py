@@ -160,6 +160,20 @@ class Progress:
             self.stream.flush()
 
 
+def _sequential_lines(seq: dict[str, Any]) -> list[str]:
+    """compare of a sequential A/B's two arms: which interval a stopped run may use."""
+    lo, hi = seq["interval"]
+    ci = seq["fixed_n_ci95"]
+    won = f", {seq['winner']} wins" if seq["winner"] else ""
+    return [
+        f"{seq['metric']} B−A: confidence sequence [{lo}, {hi}] after {seq['pairs_used']} "
+        f"pairs ({seq['verdict']}{won}): VALID for this stopped run",
+        f"{seq['metric']} B−A: fixed-n bootstrap 95% CI "
+        + (f"[{ci[0]}, {ci[1]}]" if ci else "-")
+        + ": not valid here (it assumes the number of samples was fixed in advance)",
+    ]
+
+
 def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     """`exprof compare` output: sections of tables, or one JSON object, or per-sample CSV."""
     if fmt == "json":  # the per-sample rows are the CSV's; JSON stays one readable object
@@ -212,6 +226,8 @@ def render_compare(result: dict[str, Any], fmt: str, top: int) -> str:
     out.append(
         render(metric_rows, ["metric", "A", "B", "Δ (B−A)", "relative", "95% CI", "verdict"], fmt)
     )
+    if "sequential" in result:
+        out += ["", heading("sequential A/B"), *_sequential_lines(result["sequential"])]
     flips = result["refusal_flips"]
     p = result["metrics"]["refusal_rate"].get("mcnemar_p")
     out += [

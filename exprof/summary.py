@@ -228,6 +228,8 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         if started.cell is not None:  # a matrix cell: its parameters
             params = in_words(started.cell["params"])
             row["cell"] = ", ".join(f"{k}={v}" for k, v in params.items())
+            if started.cell.get("sequential") and next_step.startswith("exprof resume"):
+                next_step = f"exprof resume {started.cell['experiment']}"  # an A/B arm
         # Custom metric means, read from the events only for runs that have them.
         config = started.config
         custom = recorded.summary_fields(store, run_id, config)

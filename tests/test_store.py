@@ -36,6 +36,8 @@ from exprof.store.events import (
     RunStarted,
     SampleFailed,
     SampleScored,
+    SequentialStarted,
+    SequentialStopped,
 )
 
 
@@ -74,6 +76,8 @@ EXAMPLES = [
     SampleFailed("a", "RateLimitError", "slow down", 429, 3, 1),
     SampleScored("a", 0.5, True, [], repeat=4),
     ResponseReused("a", "x", {"output_tokens": 2}, 1, source_event_id=7),
+    SequentialStarted("fact_coverage", -1.0, 1.0, 0.05, 0.1, 3, [1, 0], {"A": {}, "B": {}}),
+    SequentialStopped("decided", "B", 12, [0.05, 0.9], 3, [1, 0], "decided after 12 pairs"),
 ]
 
 

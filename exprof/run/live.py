@@ -26,12 +26,15 @@ from exprof.store.events import RunInterrupted
 SIGINT_GRACE_S = 5.0
 
 
-def run_live(session: Session, pending: Iterable[Sample], concurrency: int | None) -> None:
+def run_live(
+    session: Session, pending: Iterable[Sample], concurrency: int | None, warn: bool = True
+) -> None:
     """Send `pending` through the API. Raises KeyboardInterrupt after a Ctrl-C, once the
-    answers that arrived in the grace period are recorded."""
+    answers that arrived in the grace period are recorded. `warn`: say which recorded
+    parameters are not sent (a caller sending a run in many calls says it once)."""
     config = session.config
     unsent = {k: v for k, v in config.knobs.items() if k in SAMPLING}
-    if unsent and not config.sends_temperature:
+    if warn and unsent and not config.sends_temperature:
         said = ", ".join(f"{k} {v}" for k, v in unsent.items())
         verb = "is" if len(unsent) == 1 else "are"
         print(

@@ -124,28 +124,8 @@ class Runner:
         cell: dict[str, Any] | None,
         budget: Budget | None,
     ) -> RunResult:
-        sent_params = config.sent_params(mode)
-        if isinstance(samples, DatasetFile):
-            digest, count = samples.sha256, samples.count
-        else:
-            digest, count = dataset_sha256(samples), len(samples)
-
-        def events(chosen: str) -> Iterator[Event]:
-            yield RunStarted(
-                chosen,
-                config.experiment_id,
-                mode,
-                config.to_dict(),
-                digest,
-                count,
-                sent_params,
-                __version__,
-                snapshot_chunk=SNAPSHOT_CHUNK,
-                cell=cell,
-                model_info=self.models.get(config.model),
-            )
-            yield from snapshot(samples, mocks if mode == "mock" else None)
-
+        count = samples.count if isinstance(samples, DatasetFile) else len(samples)
+        events = self._start_events(config, samples, mode, mocks, cell)
         chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
         started = load_started(self.store, chosen)
         if isinstance(samples, DatasetFile):  # the batch run reads them from the snapshot
@@ -165,6 +145,53 @@ class Runner:
             positions=positions,
             budget=budget,
         )
+
+    def _start_events(
+        self,
+        config: Config,
+        samples: list[Sample] | DatasetFile,
+        mode: str,
+        mocks: dict[str, dict[str, Any]] | None,
+        cell: dict[str, Any] | None,
+    ) -> Callable[[str], Iterator[Event]]:
+        """A new run's first events: RunStarted, then the dataset snapshot."""
+        if isinstance(samples, DatasetFile):
+            digest, count = samples.sha256, samples.count
+        else:
+            digest, count = dataset_sha256(samples), len(samples)
+
+        def events(chosen: str) -> Iterator[Event]:
+            yield RunStarted(
+                chosen,
+                config.experiment_id,
+                mode,
+                config.to_dict(),
+                digest,
+                count,
+                config.sent_params(mode),
+                __version__,
+                snapshot_chunk=SNAPSHOT_CHUNK,
+                cell=cell,
+                model_info=self.models.get(config.model),
+            )
+            yield from snapshot(samples, mocks if mode == "mock" else None)
+
+        return events
+
+    def begin_run(
+        self,
+        config: Config,
+        samples: list[Sample],
+        mode: str,
+        mocks: dict[str, dict[str, Any]] | None,
+        run_id: str,
+        cell: dict[str, Any],
+    ) -> tuple[RunRecord, Lease, int]:
+        """Record a new run's start and snapshot, sending nothing: for a caller that
+        drives the loops itself (exprof.versus). Returns its record, lease and seq."""
+        events = self._start_events(config, samples, mode, mocks, cell)
+        chosen, lease, seq = self._begin(config.experiment_id, run_id, events)
+        return RunRecord(load_started(self.store, chosen), samples, mocks or {}), lease, seq
 
     def rescore(self, source_run_id: str, config: Config, run_id: str | None = None) -> RunResult:
         """A new run that answers every sample with the response `source_run_id` recorded,
@@ -240,6 +267,12 @@ class Runner:
         """Continue a run; `budget` replaces the recorded budget_usd, if any. With `join`,
         as one more worker of a live run beside those already on it."""
         started = load_started(self.store, run_id)
+        if started.cell and started.cell.get("sequential"):  # its sequence decides what is sent
+            exp = started.cell["experiment"]
+            raise ExprofError(
+                f"run {run_id} is an arm of the sequential A/B experiment {exp}: "
+                f"continue it with `exprof resume {exp}`"
+            )
         if join:
             check_joinable(started.mode, started.config, run_id)
         if started.mode == "live" or (

@@ -279,6 +279,40 @@ class ExperimentStarted(Event):
 
 
 @dataclass(frozen=True)
+class SequentialStarted(Event):
+    """A sequential A/B experiment (`run --versus --stop-when-decided`), the second event
+    of its stream: both arms' configs, the metric whose paired differences (B - A, in
+    [low, high]) feed the confidence sequence, its alpha and min_effect, and the seeded
+    order of dataset positions in which the pairs are dispatched and observed."""
+
+    type: ClassVar[str] = "sequential_started"
+    metric: str
+    low: float
+    high: float
+    alpha: float
+    min_effect: float | None
+    seed: int
+    order: list[int]
+    configs: dict[str, dict[str, Any]]  # the arms' configs, by cell name
+
+
+@dataclass(frozen=True)
+class SequentialStopped(Event):
+    """Why a sequential A/B experiment stopped dispatching: decided (and which arm wins),
+    equivalent, or undecided (dataset or budget_usd ran out), after `pairs_used` pairs
+    of `order`, with the sequence's interval for the mean difference B - A."""
+
+    type: ClassVar[str] = "sequential_stopped"
+    verdict: str
+    winner: str | None
+    pairs_used: int
+    interval: list[float]
+    seed: int
+    order: list[int]
+    reason: str
+
+
+@dataclass(frozen=True)
 class ResponseReused(ResponseReceived):
     """An answer taken from the store instead of sent (`cache: true`): the
     identical request's recorded answer, copied, with the id of the event that first
@@ -306,6 +340,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunFinished,
         *BATCH_EVENTS,
         ExperimentStarted,
+        SequentialStarted,
+        SequentialStopped,
         ResponseReused,
     )
 }

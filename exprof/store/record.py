@@ -21,6 +21,8 @@ from exprof.store.events import (
     RescoreStarted,
     ResponseReceived,
     RunStarted,
+    SequentialStarted,
+    SequentialStopped,
 )
 
 SNAPSHOT_CHUNK = 2000
@@ -159,3 +161,19 @@ def rescore_source(store: Store, run_id: str) -> RescoreStarted:
         assert isinstance(stored.event, RescoreStarted)
         return stored.event
     raise ExprofError(f"{store.location}: run {run_id!r} is not a rescore run")
+
+
+def sequential_events(
+    store: Store, experiment_id: str
+) -> tuple[SequentialStarted | None, SequentialStopped | None]:
+    """A sequential A/B experiment's plan and its recorded stop (None: not one, or not
+    stopped yet)."""
+    started: SequentialStarted | None = None
+    stopped: SequentialStopped | None = None
+    types = (SequentialStarted.type, SequentialStopped.type)
+    for stored in store.events(experiment_id, types=types):
+        if isinstance(stored.event, SequentialStarted):
+            started = stored.event
+        elif isinstance(stored.event, SequentialStopped):
+            stopped = stored.event
+    return started, stopped
