@@ -452,6 +452,8 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         "geometric_mean",
         "next step",
     ]
+    if any("cost_usd" in r for r in rows):  # live runs: what the ledger says they cost
+        headers.insert(-1, "cost_usd")
     if any(r.get("batches") for r in rows):  # batch runs: their batches' state and counts
         headers.insert(-1, "batches")
     if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them

@@ -22,7 +22,7 @@ from exprof import __version__
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
 from exprof.experiment import cell_configs, cell_samples
-from exprof.pricing import price_for
+from exprof.pricing import Usage, cost_of
 from exprof.run.cache import find_sources, request_identity
 from exprof.store.engine import Store
 from exprof.store.events import RunStarted
@@ -81,7 +81,9 @@ def dry_run(
             for repeat in range(cfg.repeats)
             if (sample.dialogue_id, repeat) not in reused
         )
-        price = price_for(cfg.model, cfg.pricing)
+        input_cost = cost_of(cfg.model, cfg.pricing, [Usage(input=tokens, batch=cfg.batch)])
+        most = Usage(input=tokens, output=requests * cfg.max_tokens, batch=cfg.batch)
+        max_cost = cost_of(cfg.model, cfg.pricing, [most])
         row: dict[str, Any] = {
             "cell": name,
             "model": cfg.model,
@@ -92,10 +94,9 @@ def dry_run(
         }
         if cfg.cache:
             row["reused"] = len(reused)
-        if price is not None:
-            row["input_cost_usd"] = round(tokens * price["input"] / 1e6, 6)
-            output = requests * cfg.max_tokens * price["output"] / 1e6
-            row["max_cost_usd"] = round(row["input_cost_usd"] + output, 6)
+        if input_cost is not None and max_cost is not None:
+            row["input_cost_usd"] = round(input_cost.total, 6)
+            row["max_cost_usd"] = round(max_cost.total, 6)
         rows.append(row)
     known = all(r["input_cost_usd"] is not None for r in rows)
     out = {

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from exprof.clients import sanitize
+from exprof.clients import caching, sanitize
 from exprof.clients.fatal import fatal_cause
 from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
@@ -45,6 +45,8 @@ def build_request(config: Config, sample: Sample) -> dict[str, Any]:
     if config.sends_temperature:
         request["extra_headers"] = {"anthropic-version": config.api_version}
         request["extra_body"] = sampling
+    if config.prompt_cache is not None:
+        caching.with_breakpoints(request, config.prompt_cache, caching.plan(config, sample))
     return request
 
 
@@ -113,6 +115,7 @@ class LiveClient:
                 self.limiter.on_success()
                 request_id = sanitize.text(raw.headers.get("request-id"))
                 elapsed = time.perf_counter() - started
+                timing = {**timing, **caching.record(self.config, sample)}
                 return self._response(answer, request_id, attempts, elapsed, timing)
             finally:
                 if not settled:  # no answer to learn from: only give the estimate back

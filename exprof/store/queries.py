@@ -63,6 +63,21 @@ class StatusStats:
 
 
 @dataclass(frozen=True)
+class UsageTotals:
+    """A run's answered samples' tokens by class, summed over the answers that were
+    taken from the store alike (`reused`) and ran at the same service tier and speed."""
+
+    reused: bool
+    service_tier: str | None
+    speed: str | None
+    input: int
+    cache_write_5m: int
+    cache_write_1h: int
+    cache_read: int
+    output: int
+
+
+@dataclass(frozen=True)
 class ScoredResponse:
     """A recorded answer with the scores recorded for it."""
 
@@ -164,6 +179,17 @@ class Queries:
             )
             for r in rows
         }
+
+    def usage_totals(self, run_id: str) -> list[UsageTotals]:
+        """The answered samples' tokens by class, per (reused, service tier, speed)."""
+        rows = self._all(
+            "SELECT COALESCE(reused, 0), service_tier, speed, sum(input_tokens), "
+            "sum(cache_write_5m_tokens), sum(cache_write_1h_tokens), sum(cache_read_tokens), "
+            "sum(output_tokens) FROM samples WHERE run_id = ? AND status = 'ok' "
+            "GROUP BY COALESCE(reused, 0), service_tier, speed",
+            (run_id,),
+        )
+        return [UsageTotals(bool(r[0]), r[1], r[2], *(int(v or 0) for v in r[3:])) for r in rows]
 
     def refusals_by_category(self, run_id: str) -> dict[str, int] | None:
         """Refused answers per policy category; a refusal found by the text rule, or
