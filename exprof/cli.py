@@ -682,7 +682,9 @@ def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str, store: An
     headers = ["cell", "model", "requests", "input_tokens", "input_cost_usd", "max_cost_usd"]
     if config.cache:  # the requests the store answers instead: not sent, not priced
         headers.insert(3, "reused")
-    rows = [[c[h] for h in headers] for c in found["cells"]]
+    if any("cache_writes" in c for c in found["cells"]):  # prompt_cache: prefixes written
+        headers.insert(headers.index("input_tokens") + 1, "cache_writes")
+    rows = [[c.get(h, "") for h in headers] for c in found["cells"]]
     rows.append([found[h] if h in found else "" for h in headers])
     rows[-1][0] = "total"
     click.echo(render(rows, headers, format_, found))

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from exprof import __version__
+from exprof.clients import caching
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
 from exprof.experiment import cell_configs, cell_samples
@@ -81,9 +83,16 @@ def dry_run(
             for repeat in range(cfg.repeats)
             if (sample.dialogue_id, repeat) not in reused
         )
-        input_cost = cost_of(cfg.model, cfg.pricing, [Usage(input=tokens, batch=cfg.batch)])
-        most = Usage(input=tokens, output=requests * cfg.max_tokens, batch=cfg.batch)
-        max_cost = cost_of(cfg.model, cfg.pricing, [most])
+        sent = [
+            (sample, tokens)
+            for sample, tokens in zip(prompts, per_sample, strict=True)
+            for repeat in range(cfg.repeats)
+            if (sample.dialogue_id, repeat) not in reused
+        ]
+        usages, writes = input_usages(cfg, sent)
+        input_cost = cost_of(cfg.model, cfg.pricing, usages)
+        most = Usage(output=requests * cfg.max_tokens, batch=cfg.batch)
+        max_cost = cost_of(cfg.model, cfg.pricing, [*usages, most])
         row: dict[str, Any] = {
             "cell": name,
             "model": cfg.model,
@@ -94,6 +103,8 @@ def dry_run(
         }
         if cfg.cache:
             row["reused"] = len(reused)
+        if cfg.prompt_cache is not None:
+            row["cache_writes"] = writes
         if input_cost is not None and max_cost is not None:
             row["input_cost_usd"] = round(input_cost.total, 6)
             row["max_cost_usd"] = round(max_cost.total, 6)
@@ -111,6 +122,35 @@ def dry_run(
     if config.cache:
         out["reused"] = sum(r["reused"] for r in rows)
     return out
+
+
+def input_usages(config: Config, sent: list[tuple[Sample, int]]) -> tuple[list[Usage], int]:
+    """The input side of each request to be sent, by class, and how many cache writes
+    there will be. With prompt_cache, the first request of each prefix group writes its
+    prefix and the rest read it; without scheduling, up to `concurrency` of a group go
+    out before any answer, and each of those writes."""
+    settings = config.prompt_cache
+    if settings is None:
+        return [Usage(input=tokens, batch=config.batch) for _, tokens in sent], 0
+    writers = 1 if settings["schedule"] else config.concurrency
+    seen: dict[str | None, int] = {}
+    usages = []
+    for sample, tokens in sent:
+        where = caching.plan(config, sample)
+        cached = min(where.tokens, tokens)
+        if where.prefix_sha256 is None or not cached:
+            usages.append(Usage(input=tokens, batch=config.batch))
+            continue
+        group = seen[where.prefix_sha256] = seen.get(where.prefix_sha256, 0) + 1
+        usage = Usage(input=tokens - cached, batch=config.batch)
+        if group > writers:
+            usages.append(replace(usage, cache_read=cached))
+        elif settings["ttl"] == "1h":
+            usages.append(replace(usage, cache_write_1h=cached))
+        else:
+            usages.append(replace(usage, cache_write_5m=cached))
+    writes = sum(min(n, writers) for n in seen.values())
+    return usages, writes
 
 
 def _as_started(config: Config, mode: str, samples: list[Sample]) -> RunStarted:

@@ -591,9 +591,14 @@ def main() -> None:
     parser.add_argument("--itpm", type=int, help="input tokens per minute")
     parser.add_argument("--otpm", type=int, help="output tokens per minute")
     parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size, in seconds")
+    parser.add_argument(
+        "--count-prefix", action="store_true", help="system prompts count as input uncached too"
+    )
     args = parser.parse_args()
     limits = {"rpm": args.rpm, "itpm": args.itpm, "otpm": args.otpm, "burst_s": args.burst_s}
-    with FakeAnthropic(latency=args.latency, jitter=args.jitter, **limits) as fake:
+    with FakeAnthropic(
+        latency=args.latency, jitter=args.jitter, count_prefix=args.count_prefix, **limits
+    ) as fake:
         print(fake.url, flush=True)
         threading.Event().wait()
 

@@ -257,3 +257,38 @@ def test_a_bad_ttl_override_is_one_error(tmp_path, invoke, fake, monkeypatch):
     assert result.output.strip().splitlines() == [
         "Error: EXPROF_CACHE_TTL_S: must be a positive number of seconds, got 'soon'"
     ]
+
+
+# -- the dry run -------------------------------------------------------------------
+
+
+def test_the_dry_run_prices_each_group_as_one_write_and_reads(tmp_path, invoke):
+    config = setup(tmp_path, dataset(40, systems(4)), prompt_cache={})
+    result = invoke("run", "--config", str(config), "--dry-run", "--mock", "--format", "json")
+    assert result.exit_code == 0, result.output
+    (cell,) = json.loads(result.stdout)["cells"]
+    assert cell["cache_writes"] == 4
+    rates = {"input": 3, "cache_write_5m": 3.75, "cache_read": 0.3}
+    expected = 0.0
+    for i, item in enumerate(dataset(40, systems(4))):
+        total = -(-len(f"{item['system']}\n\n{item['user']}") // 4) + 8
+        prefix = -(-len(item["system"]) // 4)
+        kind = "cache_write_5m" if i < 4 else "cache_read"
+        expected += (prefix * rates[kind] + (total - prefix) * rates["input"]) / 1e6
+    assert cell["input_cost_usd"] == pytest.approx(expected, abs=1e-6)
+    naive = setup(
+        tmp_path, dataset(40, systems(4)), prompt_cache={"schedule": False}, concurrency=8
+    )
+    result = invoke("run", "--config", str(naive), "--dry-run", "--mock", "--format", "json")
+    assert json.loads(result.stdout)["cells"][0]["cache_writes"] == 32  # 8 slots x 4 prefixes
+
+
+def test_the_dry_runs_input_cost_is_within_10_percent_of_the_runs(tmp_path, invoke, fake):
+    fake(latency=0.02)
+    config = setup(tmp_path, dataset(40, systems(4)), prompt_cache={}, concurrency=8)
+    result = invoke("run", "--config", str(config), "--dry-run", "--mock", "--format", "json")
+    estimate = json.loads(result.stdout)["input_cost_usd"]
+    _, summary = run(invoke, config)
+    spent = summary["cost_by_class"]
+    actual = sum(v for k, v in spent.items() if k != "output")
+    assert abs(estimate - actual) <= 0.1 * actual, (estimate, actual)

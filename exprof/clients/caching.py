@@ -81,6 +81,7 @@ class Plan:
     breakpoints: tuple[str, ...]
     prefix_sha256: str | None  # the shared prefix's hash; None: nothing to cache
     short: bool  # it had a prefix, under the model's minimum: sent without a breakpoint
+    tokens: int = 0  # the estimated tokens up to the last breakpoint: what is cached
 
 
 NO_PLAN = Plan((), None, False)
@@ -103,16 +104,17 @@ def plan(config: Config, sample: Sample) -> Plan:
     if not parts:
         return NO_PLAN
     least = min_cacheable(config.model)
-    placed, shared, length = [], None, 0
+    placed, shared, length, cached = [], None, 0, 0
     for at, (name, _, text) in enumerate(parts):
         length += estimated_tokens(text)
         if length < least:
             continue
         placed.append(name)
+        cached = length
         if shared is None:
             upto = [closes for _, closes, _ in parts[: at + 1]]
             shared = hashlib.sha256(dumps([config.model, upto]).encode()).hexdigest()
-    return Plan(tuple(placed), shared, not placed)
+    return Plan(tuple(placed), shared, not placed, cached)
 
 
 def with_breakpoints(request: dict[str, Any], settings: dict[str, Any], where: Plan) -> None:
