@@ -93,6 +93,10 @@ def run_summary(
             summary["requests_per_second"] = round(requests / sum(durations), 1)
         if costs is not None:
             summary.update(costs.fields(bool(config.get("batch"))))
+            summary["cost_per_correct_usd"] = cost_per_correct(
+                costs.paid.total if costs.paid is not None else None,
+                store.correct_answers(run_id),
+            )
     if latencies:
         summary["latency_ms"] = {**_percentiles(latencies), "max": latencies[-1]}
     if ok.streamed:
@@ -101,6 +105,11 @@ def run_summary(
         if tps:
             summary["output_tokens_per_s"] = _percentiles(tps)
     return summary
+
+
+def cost_per_correct(cost: float | None, correct: int) -> float | None:
+    """What one correct answer (full coverage, no refusal) cost, None with none."""
+    return round(cost / correct, 6) if cost is not None and correct else None
 
 
 def _percentiles(ascending: list[float]) -> dict[str, float]:

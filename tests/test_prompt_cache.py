@@ -143,6 +143,13 @@ def test_the_prefix_is_written_once_and_read_after(tmp_path, invoke, fake):
     assert all(line["cache_breakpoints"] == ["system"] for line in requests + responses)
     assert responses[0]["cache_write_1h_tokens"] == prefix
     assert responses[1]["cache_read_input_tokens"] == prefix
+    # Every answer covers its fact: a correct answer costs the run's cost over ten.
+    assert summary["cost_per_correct_usd"] == round(summary["estimated_cost_usd"] / 10, 6)
+    page = tmp_path / "page.html"
+    assert invoke("report", "exp", "--out", str(page)).exit_code == 0
+    html = page.read_text()
+    assert "cache hit rate" in html and "90.0%" in html and "cost per correct answer" in html
+    assert "1h writes $" in html
 
 
 def test_a_prefix_under_the_minimum_gets_one_warning_and_no_breakpoint(tmp_path, invoke, fake):

@@ -191,6 +191,15 @@ class Queries:
         )
         return [UsageTotals(bool(r[0]), r[1], r[2], *(int(v or 0) for v in r[3:])) for r in rows]
 
+    def correct_answers(self, run_id: str) -> int:
+        """Answers with full fact coverage and no refusal."""
+        found = self._scalar(
+            "SELECT count(*) FROM samples WHERE run_id = ? AND status = 'ok' "
+            "AND fact_coverage >= 1 AND refused = 0",
+            (run_id,),
+        )
+        return int(found or 0)
+
     def refusals_by_category(self, run_id: str) -> dict[str, int] | None:
         """Refused answers per policy category; a refusal found by the text rule, or
         with no category, is `uncategorized` (exprof.stops). None when no answer of
