@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def one_run(work: Path, mode: str, latency: float, concurrency: int) -> dict:
             "ANTHROPIC_BASE_URL": url,
             "PYTHONPATH": str(REPO),  # this checkout's exprof, whatever is installed
         }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(
             [
@@ -115,6 +117,8 @@ def one_run(work: Path, mode: str, latency: float, concurrency: int) -> dict:
             text=True,
         )
         wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         with urllib.request.urlopen(url + "/stats") as reply:  # noqa: S310 (our loopback fake)
             stats = json.load(reply)
     finally:
@@ -124,6 +128,7 @@ def one_run(work: Path, mode: str, latency: float, concurrency: int) -> dict:
     return {
         "mode": mode,
         "wall_s": round(wall, 2),
+        "exprof_cpu_s": round(cpu, 2),
         "server_cache_writes": stats["cache_writes"],
         "server_cache_reads": stats["cache_reads"],
         "cache_hit_rate": summary["cache_hit_rate"],
@@ -139,11 +144,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="exprof-cache-bench-"))
     try:
         write_experiment(work / "data", args.samples, args.prompts)
-        rows = [one_run(work, mode, args.latency, args.concurrency) for mode in MODES]
+        rows = [one_run(work, mode, args.latency, args.concurrency) for mode in args.modes]
         off = rows[0]["wall_s"]
         for row in rows:
             row["wall_over_off"] = round(row["wall_s"] / off, 3)

@@ -299,3 +299,31 @@ def test_the_dry_runs_input_cost_is_within_10_percent_of_the_runs(tmp_path, invo
     spent = summary["cost_by_class"]
     actual = sum(v for k, v in spent.items() if k != "output")
     assert abs(estimate - actual) <= 0.1 * actual, (estimate, actual)
+
+
+def test_a_failed_warm_up_hands_the_role_to_the_groups_next_sample():
+    import asyncio
+
+    from exprof.run.warmup import Scheduler
+
+    samples = [Sample(f"d{i}", LONG, f"q{i}") for i in range(5)]
+
+    async def scenario() -> list[str]:
+        halt = asyncio.Event()
+        scheduler = Scheduler(samples, lambda s: f"fail-test-{id(samples)}", 60.0, 4)
+        order = []
+        first = await scheduler.next(halt)
+        order.append(first.dialogue_id)
+        waiting = asyncio.ensure_future(scheduler.next(halt))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # the rest of the group waits on the warm-up
+        scheduler.answered(first, ok=False)
+        second = await waiting
+        order.append(second.dialogue_id)
+        assert scheduler.warmups == 2
+        scheduler.answered(second, ok=True)
+        while (found := await scheduler.next(halt)) is not None:
+            order.append(found.dialogue_id)
+        return order
+
+    assert asyncio.run(scenario()) == ["d0", "d1", "d2", "d3", "d4"]

@@ -18,6 +18,7 @@ from exprof.clients import caching
 from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.live import Halted, LiveClient
 from exprof.clients.outcome import Failure
+from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import STOP_SIGNALS, ExprofError, interruption
 from exprof.heap import settled_heap
@@ -43,11 +44,6 @@ def run_live(session: Session, pending: Iterable[Sample], concurrency: int | Non
             "in the config to send them",
             file=sys.stderr,
         )
-    if config.prompt_cache is not None:
-        pending = list(pending)
-        warning = caching.short_warning(config, pending)
-        if warning:
-            print(warning, file=sys.stderr)
     if session.budget is not None:  # none is dispatched once the limit is reached
         pending = session.budget.within(pending)
     loop = _LiveLoop(session, concurrency or config.concurrency)
@@ -57,6 +53,14 @@ def run_live(session: Session, pending: Iterable[Sample], concurrency: int | Non
     # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
     with settled_heap():
         asyncio.run(loop.run(pending))
+
+
+def warn_short_prefixes(config: Config, pending: list[Sample]) -> None:
+    """prompt_cache's one warning for the prefixes under the model's minimum, printed
+    before the samples are claimed."""
+    warning = caching.short_warning(config, pending)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 class _LiveLoop:
