@@ -327,3 +327,18 @@ def test_a_failed_warm_up_hands_the_role_to_the_groups_next_sample():
         return order
 
     assert asyncio.run(scenario()) == ["d0", "d1", "d2", "d3", "d4"]
+
+
+def test_cached_and_uncached_runs_compare_cost_beside_quality(tmp_path, invoke, fake):
+    fake(latency=0.01, count_prefix=True)  # the plain run's system prompts are input too
+    config = setup(tmp_path, dataset(12, systems(2)), concurrency=4)
+    run(invoke, config, "--run-id", "plain")
+    cached = setup(tmp_path, dataset(12, systems(2)), prompt_cache={}, concurrency=4)
+    run(invoke, cached, "--run-id", "cached")
+    found = json.loads(invoke("compare", "plain", "cached", "--format", "json").stdout)
+    metrics = found["metrics"]
+    assert metrics["fact_coverage"]["delta"] == 0
+    cost = metrics["estimated_cost_usd"]
+    assert cost["b"] < cost["a"] and cost["delta"] == round(cost["b"] - cost["a"], 6)
+    assert metrics["cost_per_correct_usd"]["delta"] < 0
+    assert found["config_diff"]["fields"]["prompt_cache"]["b"]["ttl"] == "5m"
