@@ -342,3 +342,23 @@ def test_cached_and_uncached_runs_compare_cost_beside_quality(tmp_path, invoke, 
     assert cost["b"] < cost["a"] and cost["delta"] == round(cost["b"] - cost["a"], 6)
     assert metrics["cost_per_correct_usd"]["delta"] < 0
     assert found["config_diff"]["fields"]["prompt_cache"]["b"]["ttl"] == "5m"
+
+
+def test_the_dry_run_learns_output_lengths_from_earlier_runs(tmp_path, invoke, fake):
+    """With caching on and an earlier run in the store, the expected cost is within 10%
+    of what the run then costs; with none, answers are bounded at max_tokens."""
+    fake(latency=0.01)
+    config = setup(tmp_path, dataset(40, systems(4)), prompt_cache={}, concurrency=8)
+    dry = ("run", "--config", str(config), "--dry-run", "--mock", "--format", "json")
+    before = json.loads(invoke(*dry).stdout)["cells"][0]
+    assert before["output_from"] == "max_tokens"
+    assert before["expected_cost_usd"] == before["max_cost_usd"]
+    run(invoke, config, "--run-id", "first")
+    after = json.loads(invoke(*dry).stdout)["cells"][0]
+    assert after["output_from"] == "40 earlier answers"
+    assert after["output_tokens_p50"] <= after["output_tokens_p95"] < 50
+    fake(latency=0.01)  # a cold cache, as the dry run assumes
+    _, summary = run(invoke, config, "--run-id", "second")
+    actual = summary["estimated_cost_usd"]
+    assert abs(after["expected_cost_usd"] - actual) <= 0.1 * actual, (after, actual)
+    assert after["p95_cost_usd"] >= after["expected_cost_usd"]

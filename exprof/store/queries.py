@@ -191,6 +191,18 @@ class Queries:
         )
         return [UsageTotals(bool(r[0]), r[1], r[2], *(int(v or 0) for v in r[3:])) for r in rows]
 
+    def output_token_counts(self, run_ids: Sequence[str]) -> list[int]:
+        """The answered samples' output tokens over these runs, ascending."""
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self._all(
+            f"SELECT output_tokens FROM samples WHERE run_id IN ({marks}) "  # noqa: S608
+            "AND status = 'ok' AND output_tokens IS NOT NULL ORDER BY output_tokens",
+            tuple(run_ids),
+        )
+        return [int(r[0]) for r in rows]
+
     def correct_answers(self, run_id: str) -> int:
         """Answers with full fact coverage and no refusal."""
         found = self._scalar(
