@@ -44,6 +44,8 @@ def run_live(session: Session, pending: Iterable[Sample], concurrency: int | Non
             "in the config to send them",
             file=sys.stderr,
         )
+    if config.prompt_cache is not None:
+        caching.ttl_s(config.prompt_cache)  # a bad EXPROF_CACHE_TTL_S: an error before the loop
     if session.budget is not None:  # none is dispatched once the limit is reached
         pending = session.budget.within(pending)
     loop = _LiveLoop(session, concurrency or config.concurrency)
