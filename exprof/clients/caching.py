@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from exprof.config import Config
@@ -113,8 +114,18 @@ def plan(config: Config, sample: Sample) -> Plan:
         cached = length
         if shared is None:
             upto = [closes for _, closes, _ in parts[: at + 1]]
-            shared = hashlib.sha256(dumps([config.model, upto]).encode()).hexdigest()
+            if len(upto) == 1 and isinstance(upto[0], str):  # a plain system prompt
+                shared = _digest(config.model, upto[0])
+            else:
+                shared = hashlib.sha256(dumps([config.model, upto]).encode()).hexdigest()
     return Plan(tuple(placed), shared, not placed, cached)
+
+
+@lru_cache(maxsize=256)
+def _digest(model: str, system: str) -> str:
+    """A plain system prompt's prefix hash, computed once per prompt: every sample of a
+    large run asks for it several times."""
+    return hashlib.sha256(dumps([model, [system]]).encode()).hexdigest()
 
 
 def with_breakpoints(request: dict[str, Any], settings: dict[str, Any], where: Plan) -> None:
@@ -129,12 +140,12 @@ def with_breakpoints(request: dict[str, Any], settings: dict[str, Any], where: P
             turns[index] = {**turns[index], "content": _marked(turns[index]["content"], control)}
 
 
-def record(config: Config, sample: Sample) -> dict[str, Any]:
+def record(config: Config, sample: Sample, where: Plan | None = None) -> dict[str, Any]:
     """What an answer's record says of its request's cache breakpoints: where they went
     and the hash of the prefix they share (nothing when prompt_cache is off)."""
     if config.prompt_cache is None:
         return {}
-    where = plan(config, sample)
+    where = where or plan(config, sample)
     return {"cache_breakpoints": list(where.breakpoints), "prefix_sha256": where.prefix_sha256}
 
 

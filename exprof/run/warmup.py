@@ -46,6 +46,7 @@ class Scheduler:
         self.ready: deque[Sample] = deque()
         self.held: dict[str, deque[Sample]] = {}  # per warming prefix, in dataset order
         self.warmers: dict[tuple[str, int], str] = {}  # (dialogue_id, repeat) -> prefix
+        self.given: dict[tuple[str, int], str] = {}  # the other samples given out, by prefix
         self.changed = asyncio.Event()
         self.warmups = 0  # requests sent alone to write a prefix
 
@@ -94,6 +95,7 @@ class Scheduler:
             self.held[prefix].append(sample)
             return None
         if state is not None and state != WARMING and time.monotonic() - state < self.ttl_s:
+            self.given[(sample.dialogue_id, sample.repeat)] = prefix
             return sample
         return self._warm(sample, prefix)
 
@@ -112,14 +114,15 @@ class Scheduler:
             held = self.held.pop(prefix)
             if ok:
                 WARM[(self.endpoint, prefix)] = time.monotonic()
+                self.given.update(((s.dialogue_id, s.repeat), prefix) for s in held)
                 self.ready.extend(held)
             else:
                 WARM.pop((self.endpoint, prefix), None)
                 if held:
                     self.held[prefix] = held
                     self.ready.append(self._warm(held.popleft(), prefix))
-        elif ok:
-            prefix = self.prefix(sample)
-            if prefix is not None and WARM.get((self.endpoint, prefix)) != WARMING:
+        else:
+            prefix = self.given.pop((sample.dialogue_id, sample.repeat), None)
+            if ok and prefix is not None and WARM.get((self.endpoint, prefix)) != WARMING:
                 WARM[(self.endpoint, prefix)] = time.monotonic()
         self.changed.set()
