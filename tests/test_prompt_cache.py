@@ -362,3 +362,11 @@ def test_the_dry_run_learns_output_lengths_from_earlier_runs(tmp_path, invoke, f
     actual = summary["estimated_cost_usd"]
     assert abs(after["expected_cost_usd"] - actual) <= 0.1 * actual, (after, actual)
     assert after["p95_cost_usd"] >= after["expected_cost_usd"]
+
+
+def test_batch_requests_carry_the_same_breakpoints(tmp_path):
+    from exprof.clients.batch import batch_params
+
+    config = load_config(setup(tmp_path, dataset(1, [LONG]), prompt_cache={"ttl": "1h"}))
+    params = batch_params(config, Sample.from_payload(dataset(1, [LONG])[0]))
+    assert params["system"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
