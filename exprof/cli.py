@@ -341,7 +341,7 @@ def run(
         cells = cell_configs(config)
     models = preflight(cells, config_path, live)
     if dry_run:
-        _echo_dry_run(config, samples, live, format_, _cache_store(config, db, output_dir))
+        _echo_dry_run(config, samples, live, format_, _dry_run_store(db, output_dir))
         return
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
@@ -565,6 +565,8 @@ def runs(output_dir: str, db: str | None, format_: str) -> None:
         "geometric_mean",
         "next step",
     ]
+    if any("cost_usd" in r for r in rows):  # live runs: what the ledger says they cost
+        headers.insert(-1, "cost_usd")
     if any(r.get("batches") for r in rows):  # batch runs: their batches' state and counts
         headers.insert(-1, "batches")
     if any("metrics" in r for r in rows):  # custom metric means, for the runs that have them
@@ -829,11 +831,10 @@ def _check_concurrency(value: int | None) -> None:
         raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
 
 
-def _cache_store(config: Any, db: str | None, output_dir: str) -> Any:
-    """--dry-run with the cache: the store it would reuse from, opened read-only; None
-    when there is no store yet (nothing to reuse, and a dry run creates nothing)."""
-    if not config.cache:
-        return None
+def _dry_run_store(db: str | None, output_dir: str) -> Any:
+    """--dry-run's store, opened read-only: the answers the cache would reuse and the
+    earlier runs' output lengths; None when there is none yet (a dry run creates
+    nothing)."""
     try:
         return open_store(db, output_dir, readonly=True)
     except ExprofError as exc:
@@ -853,9 +854,12 @@ def _echo_dry_run(config: Any, samples: Any, live: bool, format_: str, store: An
         counter = count_input_tokens
     found = dry_run(config, samples, counter, store)
     headers = ["cell", "model", "requests", "input_tokens", "input_cost_usd", "max_cost_usd"]
+    headers += ["output_from", "expected_cost_usd", "p95_cost_usd"]
     if config.cache:  # the requests the store answers instead: not sent, not priced
         headers.insert(3, "reused")
-    rows = [[c[h] for h in headers] for c in found["cells"]]
+    if any("cache_writes" in c for c in found["cells"]):  # prompt_cache: prefixes written
+        headers.insert(headers.index("input_tokens") + 1, "cache_writes")
+    rows = [[c.get(h, "") for h in headers] for c in found["cells"]]
     rows.append([found[h] if h in found else "" for h in headers])
     rows[-1][0] = "total"
     click.echo(render(rows, headers, format_, found))

@@ -43,6 +43,7 @@ EXTRA_METRICS = (
     "latency_p50_ms",
     "latency_p90_ms",
     "estimated_cost_usd",
+    "cost_per_correct_usd",
 )
 
 

@@ -20,7 +20,7 @@ from exprof.metric_specs import (
     parse_metrics,
     with_schema_metric,
 )
-from exprof.pricing import require_prices
+from exprof.pricing import CLASSES, PRICES_PER_MTOK, require_prices
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -120,6 +120,8 @@ class Config:
     speed: str | None = None
     top_p: float | None = None
     top_k: int | None = None
+    # {ttl, upto, schedule} (exprof.clients.caching); None: no breakpoints
+    prompt_cache: dict[str, Any] | None = None
     stream: bool = False  # stream each answer, for time to first token and tokens/s
 
     def to_dict(self) -> dict[str, Any]:
@@ -619,17 +621,28 @@ def _rate_limit(value: object, where: str) -> dict[str, int]:
 
 
 def _pricing(value: object, where: str) -> dict[str, dict[str, float]]:
+    """{MODEL: {input, output, cache_write_5m, cache_write_1h, cache_read}}, any subset;
+    a model the price table lacks needs at least input and output."""
+    classes = ", ".join(CLASSES)
     if not isinstance(value, dict):
-        raise ExprofError(f"{where}: must be a mapping of model to input/output prices")
+        raise ExprofError(f"{where}: must be a mapping of model to prices per class ({classes})")
     out: dict[str, dict[str, float]] = {}
     for model, prices in value.items():
-        if not isinstance(prices, dict) or set(prices) != {"input", "output"}:
+        if not isinstance(prices, dict) or not prices:
             raise ExprofError(
-                f"{where}.{model}: must be {{input: USD per MTok, output: USD per MTok}}"
+                f"{where}.{model}: must be a mapping of one or more of {classes} to USD per MTok"
+            )
+        for key in prices:
+            if key not in CLASSES:
+                raise ExprofError(
+                    f"{where}.{model}: unknown price class {str(key)!r}; the classes are {classes}"
+                )
+        if str(model) not in PRICES_PER_MTOK and not {"input", "output"} <= set(prices):
+            raise ExprofError(
+                f"{where}.{model}: not in exprof's price table, so both input and output are needed"
             )
         out[str(model)] = {
-            k: float(_number(prices[k], f"{where}.{model}.{k}", 0.0, None))
-            for k in ("input", "output")
+            k: float(_number(prices[k], f"{where}.{model}.{k}", 0.0, None)) for k in prices
         }
     return out
 

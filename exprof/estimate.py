@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from exprof import __version__
+from exprof.clients import caching
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
 from exprof.experiment import cell_configs, cell_samples
-from exprof.pricing import price_for
+from exprof.pricing import Usage, cost_of
 from exprof.run.cache import find_sources, request_identity
+from exprof.scoring.builtin import percentile
 from exprof.store.engine import Store
 from exprof.store.events import RunStarted
+from exprof.store.record import load_started
 
 CHARS_PER_TOKEN = 4
+EARLIER_RUNS = 20  # the most recorded runs an output prediction reads
 MESSAGE_OVERHEAD_TOKENS = 8
 
 Counter = Callable[[Config, list[Sample]], list[int]]
@@ -81,7 +86,16 @@ def dry_run(
             for repeat in range(cfg.repeats)
             if (sample.dialogue_id, repeat) not in reused
         )
-        price = price_for(cfg.model, cfg.pricing)
+        sent = [
+            (sample, tokens)
+            for sample, tokens in zip(prompts, per_sample, strict=True)
+            for repeat in range(cfg.repeats)
+            if (sample.dialogue_id, repeat) not in reused
+        ]
+        usages, writes = input_usages(cfg, sent)
+        input_cost = cost_of(cfg.model, cfg.pricing, usages)
+        most = Usage(output=requests * cfg.max_tokens, batch=cfg.batch)
+        max_cost = cost_of(cfg.model, cfg.pricing, [*usages, most])
         row: dict[str, Any] = {
             "cell": name,
             "model": cfg.model,
@@ -92,10 +106,12 @@ def dry_run(
         }
         if cfg.cache:
             row["reused"] = len(reused)
-        if price is not None:
-            row["input_cost_usd"] = round(tokens * price["input"] / 1e6, 6)
-            output = requests * cfg.max_tokens * price["output"] / 1e6
-            row["max_cost_usd"] = round(row["input_cost_usd"] + output, 6)
+        if cfg.prompt_cache is not None:
+            row["cache_writes"] = writes
+        if input_cost is not None and max_cost is not None:
+            row["input_cost_usd"] = round(input_cost.total, 6)
+            row["max_cost_usd"] = round(max_cost.total, 6)
+        row.update(predicted_costs(cfg, store, usages, requests, row["max_cost_usd"]))
         rows.append(row)
     known = all(r["input_cost_usd"] is not None for r in rows)
     out = {
@@ -110,6 +126,73 @@ def dry_run(
     if config.cache:
         out["reused"] = sum(r["reused"] for r in rows)
     return out
+
+
+def predicted_costs(
+    config: Config, store: Store | None, usages: list[Usage], requests: int, bound: float | None
+) -> dict[str, Any]:
+    """The expected and P95 cost: each answer at the median and the 95th percentile of
+    the output tokens of earlier live runs in the store with the same model, effort and
+    thinking; with none, every answer at max_tokens (the bound), as max_cost_usd."""
+    counts: list[float] = (
+        [float(c) for c in earlier_outputs(store, config)] if store is not None else []
+    )
+    if not counts:
+        return {"output_from": "max_tokens", "expected_cost_usd": bound, "p95_cost_usd": bound}
+    out: dict[str, Any] = {
+        "output_from": f"{len(counts)} earlier answers",
+        "output_tokens_p50": int(percentile(counts, 50)),
+        "output_tokens_p95": int(percentile(counts, 95)),
+    }
+    for name, q in (("expected_cost_usd", 50), ("p95_cost_usd", 95)):
+        answers = Usage(output=round(percentile(counts, q) * requests), batch=config.batch)
+        cost = cost_of(config.model, config.pricing, [*usages, answers])
+        out[name] = round(cost.total, 6) if cost is not None else None
+    return out
+
+
+def earlier_outputs(store: Store, config: Config) -> list[int]:
+    """Output tokens per answer, ascending, of the newest EARLIER_RUNS live runs of this
+    model, effort and thinking."""
+    same = []
+    for run in store.runs():
+        if run.mode != "live" or run.model != config.model:
+            continue
+        recorded = load_started(store, run.run_id).config
+        if (recorded.get("effort"), recorded.get("thinking")) == (config.effort, config.thinking):
+            same.append(run.run_id)
+        if len(same) == EARLIER_RUNS:
+            break
+    return store.output_token_counts(same)
+
+
+def input_usages(config: Config, sent: list[tuple[Sample, int]]) -> tuple[list[Usage], int]:
+    """The input side of each request to be sent, by class, and how many cache writes
+    there will be. With prompt_cache, the first request of each prefix group writes its
+    prefix and the rest read it; without scheduling, up to `concurrency` of a group go
+    out before any answer, and each of those writes."""
+    settings = config.prompt_cache
+    if settings is None:
+        return [Usage(input=tokens, batch=config.batch) for _, tokens in sent], 0
+    writers = 1 if settings["schedule"] else config.concurrency
+    seen: dict[str | None, int] = {}
+    usages = []
+    for sample, tokens in sent:
+        where = caching.plan(config, sample)
+        cached = min(where.tokens, tokens)
+        if where.prefix_sha256 is None or not cached:
+            usages.append(Usage(input=tokens, batch=config.batch))
+            continue
+        group = seen[where.prefix_sha256] = seen.get(where.prefix_sha256, 0) + 1
+        usage = Usage(input=tokens - cached, batch=config.batch)
+        if group > writers:
+            usages.append(replace(usage, cache_read=cached))
+        elif settings["ttl"] == "1h":
+            usages.append(replace(usage, cache_write_1h=cached))
+        else:
+            usages.append(replace(usage, cache_write_5m=cached))
+    writes = sum(min(n, writers) for n in seen.values())
+    return usages, writes
 
 
 def _as_started(config: Config, mode: str, samples: list[Sample]) -> RunStarted:

@@ -322,6 +322,8 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
         if name in summary:
             out[name] = summary[name]
     out["estimated_cost_usd"] = summary.get("estimated_cost_usd")  # live runs only
+    if summary.get("cost_per_correct_usd") is not None:
+        out["cost_per_correct_usd"] = summary["cost_per_correct_usd"]
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from exprof.clients.caching import record as cache_record
 from exprof.config import Config
 from exprof.dataset import RESERVED_KEYS, Sample
 from exprof.errors import ExprofError
@@ -229,6 +230,7 @@ class ExportLines:
             max_tokens=config.max_tokens,
             prompt=sample.prompt(),
         )
+        line.update(cache_record(config, sample))  # where its breakpoints went, if any
         return _line(line)
 
     def response(self, response: ResponseReceived) -> str:

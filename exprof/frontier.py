@@ -52,7 +52,7 @@ def load_cell(store: Store, name: str, run_id: str, metric: str) -> CellData:
         builtin = metric == "fact_coverage"
         quality = {
             dialogue_id: (coverage if builtin else refused) / answers
-            for dialogue_id, answers, coverage, refused, _, _ in totals
+            for dialogue_id, answers, coverage, refused, *_ in totals
         }
     else:
         values = repeat_values(store, run_id, metric)

@@ -37,9 +37,18 @@ KNOBS = (
     "temperature",
     "top_p",
     "top_k",
+    "prompt_cache",
 )
+CACHE_TTLS = ("5m", "1h")
+CACHE_UPTO = ("system", "tools", "conversation")
 # The prefix of a knob's value in a cell's name (`effort-high`, `think-adaptive`).
-SHORT = {"thinking": "think", "service_tier": "tier", "output_schema": "schema", "temperature": "t"}
+SHORT = {
+    "thinking": "think",
+    "service_tier": "tier",
+    "output_schema": "schema",
+    "temperature": "t",
+    "prompt_cache": "cache",
+}
 
 
 def parse(key: str, value: object, where: str, base: Path) -> Any:
@@ -82,6 +91,10 @@ def describe(key: str, value: Any) -> Any:
         return Path(value["file"]).stem
     if key == "stop_sequences":
         return "+".join(value)
+    if key == "prompt_cache":
+        if value is None:
+            return "off"
+        return f"{value['ttl']}-{value['upto']}" + ("" if value["schedule"] else "-unscheduled")
     return value
 
 
@@ -147,6 +160,28 @@ def _output_schema(value: object, where: str, base: Path) -> dict[str, Any]:
     return {"file": path.name, "schema": schema}
 
 
+def _prompt_cache(value: object, where: str, base: Path) -> dict[str, Any] | None:
+    """`off` (None: nothing is cached), or {ttl: 5m|1h, upto: system|tools|conversation,
+    schedule: bool}, each optional (5m, system, true); `on` takes the defaults. YAML reads
+    a bare off/on as false/true, which mean the same."""
+    if value in ("off", False):
+        return None
+    if value in ("on", True):
+        value = {}
+    keys = ("ttl", "upto", "schedule")
+    if not isinstance(value, dict):
+        raise ExprofError(f"{where}: must be off, or a mapping of {', '.join(keys)}, got {value!r}")
+    for key in value:
+        if key not in keys:
+            raise ExprofError(f"{where}: unknown key {str(key)!r}; the keys are {', '.join(keys)}")
+    ttl = _choice(CACHE_TTLS)(value.get("ttl", "5m"), f"{where}.ttl", base)
+    upto = _choice(CACHE_UPTO)(value.get("upto", "system"), f"{where}.upto", base)
+    schedule = value.get("schedule", True)
+    if not isinstance(schedule, bool):
+        raise ExprofError(f"{where}.schedule: must be true or false, got {schedule!r}")
+    return {"ttl": ttl, "upto": upto, "schedule": schedule}
+
+
 def _unit(value: object, where: str, base: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ExprofError(f"{where}: must be a number in [0, 1], got {value!r}")
@@ -173,4 +208,5 @@ _PARSERS: dict[str, Callable[[object, str, Path], Any]] = {
     "temperature": _unit,
     "top_p": _unit,
     "top_k": _top_k,
+    "prompt_cache": _prompt_cache,
 }

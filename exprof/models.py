@@ -136,7 +136,7 @@ def check_models(
 
 def _checked_knobs(config: Config) -> list[str]:
     """The knobs set that a model entry rules on (sampling parameters it does not)."""
-    return [k for k in config.knobs if k not in SAMPLING]
+    return [k for k in config.knobs if k not in SAMPLING and k != "prompt_cache"]
 
 
 def _lifecycle(info: ModelInfo, model: str, source: str) -> list[str]:

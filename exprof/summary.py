@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from exprof import hints
+from exprof.costs import run_cost
 from exprof.errors import ExprofError
 from exprof.files import export_complete, parse_json, read_text
 from exprof.knobs import KNOBS, describe, in_words
-from exprof.pricing import BATCH_DISCOUNT, estimate_cost
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
 from exprof.store.batches import batch_state
@@ -75,13 +75,12 @@ def run_summary(
         summary["rescore_of"] = rescore_source(store, run_id).source_run_id
     if run.repeats > 1:
         summary.update(repeat_fields(store, run_id, run.repeats, repeat_stats))
-    reused, reused_in, reused_out = ok.reused, ok.reused_input_tokens, ok.reused_output_tokens
-    if reused:  # answers taken from the store: what they would have cost
-        summary["responses_reused"] = reused
-        avoided = estimate_cost(
-            start.config["model"], reused_in, reused_out, start.config["pricing"]
-        )
-        summary["cost_avoided_usd"] = avoided if mode == "live" else None
+    # Only a live run's answers were paid for (one more scan of its samples).
+    costs = run_cost(store, run_id, start.config) if mode == "live" else None
+    if ok.reused:  # answers taken from the store: what they would have cost
+        summary["responses_reused"] = ok.reused
+        avoided = costs.avoided if costs is not None else None
+        summary["cost_avoided_usd"] = round(avoided.total, 6) if avoided is not None else None
     summary.update(recorded.summary_fields(store, run_id, start.config, ci=metric_cis))
     if failures:
         summary["failures_by_class"] = failures
@@ -93,10 +92,12 @@ def run_summary(
         if durations and sum(durations) > 0:
             requests = sum(row.count for row in sent)
             summary["requests_per_second"] = round(requests / sum(durations), 1)
-        cost = estimate_cost(config["model"], ok.input_tokens, ok.output_tokens, config["pricing"])
-        summary["estimated_cost_usd"] = cost if cost is not None else "cost unknown"
-        if config.get("batch"):
-            summary.update(batch_costs(cost))
+        if costs is not None:
+            summary.update(costs.fields(bool(config.get("batch"))))
+            summary["cost_per_correct_usd"] = cost_per_correct(
+                costs.paid.total if costs.paid is not None else None,
+                store.correct_answers(run_id),
+            )
     if latencies:
         summary["latency_ms"] = {**_percentiles(latencies), "max": latencies[-1]}
     if ok.streamed:
@@ -105,6 +106,11 @@ def run_summary(
         if tps:
             summary["output_tokens_per_s"] = _percentiles(tps)
     return summary
+
+
+def cost_per_correct(cost: float | None, correct: int) -> float | None:
+    """What one correct answer (full coverage, no refusal) cost, None with none."""
+    return round(cost / correct, 6) if cost is not None and correct else None
 
 
 def _percentiles(ascending: list[float]) -> dict[str, float]:
@@ -136,14 +142,6 @@ def answer_fields(
     if categories is not None:
         fields["refusal_by_category"] = categories
     return fields
-
-
-def batch_costs(full: float | None) -> dict[str, Any]:
-    """Batch runs pay BATCH_DISCOUNT of the list price: the cost, and what it saved."""
-    if full is None:
-        return {"batch": True}
-    cost = round(full * BATCH_DISCOUNT, 6)
-    return {"batch": True, "estimated_cost_usd": cost, "batch_saving_usd": round(full - cost, 6)}
 
 
 def repeat_fields(
@@ -237,6 +235,9 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
             row["metrics"] = custom["metrics"]
         if config.get("batch"):
             row["batches"] = batch_state(store, run_id).describe()
+        if run.mode == "live":
+            paid = run_cost(store, run_id, config).paid
+            row["cost_usd"] = round(paid.total, 6) if paid is not None else "cost unknown"
         row["next step"] = next_step
         out.append(row)
     return out
@@ -251,10 +252,8 @@ def _budget_flag(store: Store, run: RunRow, started: RunStarted) -> list[str]:
         return []
     ok = store.sample_stats(run.run_id).get("ok")
     done = ok.count if ok else 0
-    spent = 0.0
-    if ok is not None:
-        cost = estimate_cost(config["model"], ok.input_tokens, ok.output_tokens, config["pricing"])
-        spent = cost or 0.0
+    paid = run_cost(store, run.run_id, config).paid
+    spent = paid.total if paid is not None else 0.0
     if spent < limit:
         return []
     owed = run.samples_total * run.repeats

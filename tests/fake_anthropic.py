@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import fake_models
 from fake_batches import PREFIX as BATCHES
 from fake_batches import FakeBatches
+from fake_cache import PromptCache
 
 FAULTS = ("429", "529", "500", "drop", "hang")
 # Faults a script may name besides FAULTS: a credential echoed back (as a 401, as a
@@ -77,6 +78,11 @@ class FakeState:
     peak_in_flight: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
     seen: list[dict] = field(default_factory=list)  # {"headers", "body"} of every request
+    cache: PromptCache = field(default_factory=PromptCache)  # tests/fake_cache.py
+    # Count the system prompt and earlier turns in input_tokens without a breakpoint too
+    # (a run with caching off, priced like one with it on); else they count only where
+    # the request has a breakpoint, as the fake's answers always had.
+    count_prefix: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -229,6 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "output_tokens": state.output_tokens,
                 "first_success": state.first_success,
                 "last_success": state.last_success,
+                "cache_writes": state.cache.writes,
+                "cache_reads": state.cache.reads,
+                "cache_write_tokens": state.cache.write_tokens,
+                "cache_read_tokens": state.cache.read_tokens,
             }
         self._send(200, stats)
 
@@ -248,8 +258,13 @@ class _Handler(BaseHTTPRequestHandler):
         input_tokens = len(user.split()) + 3
         with state.lock:
             limited = self._admit(state, input_tokens)
+            cached = state.cache.lookup(body, body.get("model", ""))
         if limited is not None:
             return limited()
+        if isinstance(cached, str):
+            return self._error(400, "invalid_request_error", cached)
+        if cached.marked or state.count_prefix:
+            input_tokens += cached.prefix_tokens - cached.read - cached.write
         delay = state.latency + random.uniform(-state.jitter, state.jitter)
         time.sleep(max(delay, 0.0))
         if self.path.split("?")[0] != "/v1/messages":
@@ -331,6 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
             text, stop_reason = " ".join(text.split()[: max(room, 0)]), "max_tokens"
         output_tokens = len(text.split()) + thinking
         with state.lock:
+            state.cache.commit(cached)
             state.successes += 1
             state.output_tokens += output_tokens
             now = time.monotonic()
@@ -357,14 +373,23 @@ class _Handler(BaseHTTPRequestHandler):
             "stop_sequence": stop_sequence,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         }
+        if cached.marked:
+            payload["usage"].update(
+                cache_creation_input_tokens=cached.write,
+                cache_read_input_tokens=cached.read,
+                cache_creation={
+                    "ephemeral_5m_input_tokens": cached.written["5m"],
+                    "ephemeral_1h_input_tokens": cached.written["1h"],
+                },
+            )
         if refused:
             category = "cyber" if "CYBER" in user else None
             payload["stop_details"] = {"type": "refusal", "category": category, "explanation": None}
         if model in fake_models.CATALOGUE:  # today's models report today's usage
             usage = payload["usage"]
+            usage.setdefault("cache_creation_input_tokens", 0)
+            usage.setdefault("cache_read_input_tokens", 0)
             usage.update(
-                cache_creation_input_tokens=0,
-                cache_read_input_tokens=0,
                 service_tier="standard",
                 speed=body.get("speed") or "standard",
             )
@@ -566,9 +591,14 @@ def main() -> None:
     parser.add_argument("--itpm", type=int, help="input tokens per minute")
     parser.add_argument("--otpm", type=int, help="output tokens per minute")
     parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size, in seconds")
+    parser.add_argument(
+        "--count-prefix", action="store_true", help="system prompts count as input uncached too"
+    )
     args = parser.parse_args()
     limits = {"rpm": args.rpm, "itpm": args.itpm, "otpm": args.otpm, "burst_s": args.burst_s}
-    with FakeAnthropic(latency=args.latency, jitter=args.jitter, **limits) as fake:
+    with FakeAnthropic(
+        latency=args.latency, jitter=args.jitter, count_prefix=args.count_prefix, **limits
+    ) as fake:
         print(fake.url, flush=True)
         threading.Event().wait()
 

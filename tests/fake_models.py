@@ -66,6 +66,9 @@ CATALOGUE = {
     "claude-haiku-4-5": entry(
         "claude-haiku-4-5", 64_000, efforts=(), thinking=("disabled", "enabled"), structured=False
     ),
+    "claude-sonnet-4-5": entry(
+        "claude-sonnet-4-5", 64_000, efforts=(), thinking=("disabled", "enabled"), structured=False
+    ),
     "claude-opus-4-1": entry(
         "claude-opus-4-1",
         32_000,
@@ -77,7 +80,21 @@ CATALOGUE = {
 }
 # Models that think unless told not to, take no prefill, and refuse to turn thinking
 # off at an effort above high.
-THINK_BY_DEFAULT = {m for m in CATALOGUE if "-5" in m}
+THINK_BY_DEFAULT = {m for m in CATALOGUE if "-5" in m} - {"claude-sonnet-4-5"}
+# The smallest prefix each model caches, in tokens (the prompt caching page); any other
+# model takes the lowest.
+MIN_CACHEABLE = {
+    "claude-sonnet-4-5": 1024,
+    "claude-opus-4-1": 1024,
+    "claude-haiku-4-5": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-opus-4-6": 4096,
+    "claude-sonnet-4-6": 2048,
+}
+
+
+def min_cacheable(model: str) -> int:
+    return MIN_CACHEABLE.get(model, 1024)
 
 
 def lookup(model: str, retired: set[str], unknown: set[str]) -> dict | None:

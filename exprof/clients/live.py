@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from exprof.clients import sanitize
+from exprof.clients import caching, sanitize
 from exprof.clients.fatal import fatal_cause
 from exprof.clients.limits import AdaptiveLimit, Gate, pacer_for
 from exprof.clients.outcome import Failure, Outcome, Response
@@ -28,7 +28,9 @@ RETRY_AFTER_CAP_S = 120.0
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
-def build_request(config: Config, sample: Sample) -> dict[str, Any]:
+def build_request(
+    config: Config, sample: Sample, where: caching.Plan | None = None
+) -> dict[str, Any]:
     """messages.create arguments: the sample's system prompt and turns, and the config's
     knobs (sampling parameters only where the API version takes them, sent as extra body
     fields since the SDK's own version no longer has them)."""
@@ -45,6 +47,9 @@ def build_request(config: Config, sample: Sample) -> dict[str, Any]:
     if config.sends_temperature:
         request["extra_headers"] = {"anthropic-version": config.api_version}
         request["extra_body"] = sampling
+    if config.prompt_cache is not None:
+        where = where or caching.plan(config, sample)
+        caching.with_breakpoints(request, config.prompt_cache, where)
     return request
 
 
@@ -69,7 +74,8 @@ class LiveClient:
     async def complete(self, sample: Sample) -> Outcome:
         """The sample's Response or final Failure; raises Halted instead of sending once
         the run is halted, so that the sample stays pending."""
-        request = build_request(self.config, sample)
+        where = caching.plan(self.config, sample) if self.config.prompt_cache else None
+        request = build_request(self.config, sample, where)
         chars = len(sample.transcript())
         attempts = 0
         while True:
@@ -113,6 +119,7 @@ class LiveClient:
                 self.limiter.on_success()
                 request_id = sanitize.text(raw.headers.get("request-id"))
                 elapsed = time.perf_counter() - started
+                timing = {**timing, **caching.record(self.config, sample, where)}
                 return self._response(answer, request_id, attempts, elapsed, timing)
             finally:
                 if not settled:  # no answer to learn from: only give the estimate back

@@ -235,7 +235,10 @@ def _run_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
     cost = summary.get("estimated_cost_usd")
     if cost is not None:
         value = f"${cost:,.4f}" if isinstance(cost, int | float) else str(cost)
-        cards.append({"id": "cost", "label": "estimated cost", "value": value, "detail": ""})
+        cards.append(
+            {"id": "cost", "label": "estimated cost", "value": value, "detail": by_class(summary)}
+        )
+        cards.extend(cache_cards(summary))
     latency = summary.get("latency_ms")
     if latency:
         cards.append(
@@ -249,6 +252,47 @@ def _run_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         cards.append(
             {"id": "latency", "label": "latency", "value": "–", "detail": "not measured (mock)"}
+        )
+    return cards
+
+
+def by_class(summary: dict[str, Any]) -> str:
+    """The cost panel's breakdown: each token class that cost anything."""
+    names = {
+        "input": "input",
+        "cache_write_5m": "5m writes",
+        "cache_write_1h": "1h writes",
+        "cache_read": "reads",
+        "output": "output",
+    }
+    classes = summary.get("cost_by_class") or {}
+    return " · ".join(f"{names[k]} ${v:,.4f}" for k, v in classes.items() if v)
+
+
+def cache_cards(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cache hit rate with what it saved, and the cost per correct answer."""
+    cards = []
+    rate = summary.get("cache_hit_rate")
+    if rate is not None:
+        saving = summary.get("cache_saving_usd") or 0.0
+        written = summary.get("cache_write_tokens") or 0
+        cards.append(
+            {
+                "id": "cache",
+                "label": "cache hit rate",
+                "value": f"{rate:.1%}",
+                "detail": f"saved ${saving:,.4f} · {written:,} tokens written",
+            }
+        )
+    per_correct = summary.get("cost_per_correct_usd")
+    if per_correct is not None:
+        cards.append(
+            {
+                "id": "per_correct",
+                "label": "cost per correct answer",
+                "value": f"${per_correct:,.4f}",
+                "detail": "full coverage, no refusal",
+            }
         )
     return cards
 

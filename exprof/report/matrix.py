@@ -87,6 +87,18 @@ def columns(cells: list[dict[str, Any]]) -> list[Column]:
         ]
     out += [
         Column("estimated_cost_usd", "cost", False, _field("estimated_cost_usd"), _dollars),
+    ]
+    if any(c.get("cost_per_correct_usd") is not None for c in cells):
+        out.append(
+            Column(
+                "cost_per_correct_usd",
+                "cost / correct",
+                False,
+                _field("cost_per_correct_usd"),
+                _dollars,
+            )
+        )
+    out += [
         Column("latency_p50_ms", "latency p50 (ms)", False, _field("latency_p50_ms")),
     ]
     return out

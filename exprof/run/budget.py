@@ -1,7 +1,8 @@
 """`budget_usd`: stop dispatching once the recorded cost reaches a limit.
 
 The cost is what the store says was spent: the tokens of the answers recorded for the
-runs under the budget (all the cells of an experiment), priced by the pricing table;
+runs under the budget (all the cells of an experiment), each class of token priced by
+the ledger (exprof.pricing), so a cache write counts at its rate as soon as it lands;
 reused answers cost nothing. Mock answers carry usage too (their `token_count`), so a
 mock run is held to its budget the same way, which makes budgets testable offline.
 Requests already in flight when the limit is reached still land, so a run may end a few
@@ -15,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from exprof import hints
-from exprof.pricing import estimate_cost
+from exprof.costs import answer_usage, run_cost
+from exprof.pricing import cost_of
 from exprof.store.engine import Store
-from exprof.store.projections import usage_tokens
 from exprof.store.queries import StatusStats
 from exprof.store.record import load_started
 
@@ -35,24 +36,20 @@ class Budget:
         self.reached = False
         self._checked = 0.0
         self._spent = 0.0
-        self._prices: dict[str, tuple[str, dict]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
 
-    def _price(self, run_id: str) -> tuple[str, dict]:
-        if run_id not in self._prices:
-            config = load_started(self.store, run_id).config
-            self._prices[run_id] = (config["model"], config["pricing"])
-        return self._prices[run_id]
+    def _config(self, run_id: str) -> dict[str, Any]:
+        if run_id not in self._configs:
+            self._configs[run_id] = load_started(self.store, run_id).config
+        return self._configs[run_id]
 
     def spent(self) -> float:
         total = 0.0
         for run_id in self.run_ids:
             if not self.store.run_exists(run_id):
                 continue
-            model, pricing = self._price(run_id)
-            ok = self.store.sample_stats(run_id).get("ok")
-            if ok is not None:
-                cost = estimate_cost(model, ok.input_tokens, ok.output_tokens, pricing)
-                total += cost or 0.0
+            paid = run_cost(self.store, run_id, self._config(run_id)).paid
+            total += paid.total if paid is not None else 0.0  # refused at load: require_prices
         return total
 
     def affordable(
@@ -69,10 +66,13 @@ class Budget:
                 self.reached = True
                 break
             out.append(item)
-            input_tokens, output_tokens = usage_tokens(metadata(item))
-            model, pricing = self._price(run_id)
-            cost = estimate_cost(model, input_tokens or 0, output_tokens or 0, pricing)
-            self._spent += cost or 0.0  # an unpriced model costs nothing, as in spent()
+            config = self._config(run_id)
+            cost = cost_of(
+                config["model"],
+                config["pricing"],
+                [answer_usage(metadata(item), bool(config.get("batch")))],
+            )
+            self._spent += cost.total if cost is not None else 0.0  # as in spent()
         return out
 
     def check(self) -> bool:

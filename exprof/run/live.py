@@ -8,19 +8,23 @@ a grace period, then abandon them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from exprof.clients import caching
 from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.live import Halted, LiveClient
 from exprof.clients.outcome import Failure
+from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import STOP_SIGNALS, ExprofError, interruption
 from exprof.heap import settled_heap
 from exprof.knobs import SAMPLING
 from exprof.run.session import HEARTBEAT_S, Session
+from exprof.run.warmup import Scheduler
 from exprof.store.events import RunInterrupted
 
 SIGINT_GRACE_S = 5.0
@@ -43,6 +47,8 @@ def run_live(
             "in the config to send them",
             file=sys.stderr,
         )
+    if config.prompt_cache is not None:
+        caching.ttl_s(config.prompt_cache)  # a bad EXPROF_CACHE_TTL_S: an error before the loop
     if session.budget is not None:  # none is dispatched once the limit is reached
         pending = session.budget.within(pending)
     loop = _LiveLoop(session, concurrency or config.concurrency)
@@ -52,6 +58,14 @@ def run_live(
     # also walk every object that start-up left behind (SQLAlchemy, the dataset, ...).
     with settled_heap():
         asyncio.run(loop.run(pending))
+
+
+def warn_short_prefixes(config: Config, pending: list[Sample]) -> None:
+    """prompt_cache's one warning for the prefixes under the model's minimum, printed
+    before the samples are claimed."""
+    warning = caching.short_warning(config, pending)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 class _LiveLoop:
@@ -85,6 +99,7 @@ class _LiveLoop:
             await client.close()
             raise
         tasks: set[asyncio.Task[None]] = set()
+        scheduler = self._scheduler(pending)
         # Beats on a timer, not with the answers: in a 429/529 storm every slot may wait
         # on retries for longer than STALE_LEASE_S, and a worker that went quiet would
         # be taken for dead and its in-flight samples sent again by a peer.
@@ -101,13 +116,19 @@ class _LiveLoop:
                     self.fatal = outcome.fatal
                     self._wake()
                 session.record(sample, outcome)
+                if scheduler is not None:
+                    scheduler.answered(sample, not isinstance(outcome, Failure))
                 await self._committed()
                 session.show(client.status())
             finally:
                 workers.release()
 
         try:
-            for sample in pending:
+            for sample in self._order(pending, scheduler):
+                if scheduler is not None:
+                    sample = await scheduler.next(self.halt)
+                    if sample is None or self._over_budget():
+                        break
                 if not await self._slot(workers):
                     break
                 if self.stopping is not None or self.crashed or self.fatal:
@@ -132,6 +153,31 @@ class _LiveLoop:
             raise ExprofError(self.fatal)
         if self.stopping is not None:
             raise interruption(self.stopping)
+
+    def _scheduler(self, pending: Iterable[Sample]) -> Scheduler | None:
+        """The cache-aware order (exprof.run.warmup), when prompt_cache schedules."""
+        config = self.session.config
+        settings = config.prompt_cache
+        if settings is None or not settings["schedule"]:
+            return None
+        return Scheduler(
+            pending,
+            lambda sample: caching.plan(config, sample).prefix_sha256,
+            caching.ttl_s(settings),
+            self.concurrency,
+        )
+
+    @staticmethod
+    def _order(pending: Iterable[Sample], scheduler: Scheduler | None) -> Iterable[Any]:
+        """What the dispatch loop walks: the samples, or with a scheduler, turns that
+        each ask it for the next one."""
+        if scheduler is None:
+            return pending
+        return itertools.repeat(None)
+
+    def _over_budget(self) -> bool:
+        budget = self.session.budget
+        return budget is not None and budget.check()
 
     def _restore(self, loop: asyncio.AbstractEventLoop, previous: dict[Any, Any]) -> None:
         """Put the runner's signal handlers back in place of the loop's."""

@@ -384,8 +384,9 @@ class Runner:
                         slots = range(len(pending)) if positions is None else positions
                         run_batch(session, slots, self.poll_interval)
                     else:
-                        from exprof.run.live import run_live
+                        from exprof.run.live import run_live, warn_short_prefixes
 
+                        warn_short_prefixes(config, pending)
                         owed = ("pending", "failed") if retry_failed else ("pending",)
                         chunk = concurrency or config.concurrency
                         source = ClaimSource(self.store, lease, pending, owed, chunk)

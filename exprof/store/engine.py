@@ -39,7 +39,7 @@ from exprof.store.workers import (
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 EVENT_COLUMNS = ("id", "run_id", "seq", "type", "payload", "created_at", "hash")
 APPEND_SLICE = 6000  # events per executemany inside one append
 APPEND_SLICE_BYTES = 4_000_000

@@ -233,6 +233,11 @@ RESPONSE_COLUMNS = (
     "refusal_category",
     "ttft_ms",
     "output_tps",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "service_tier",
+    "speed",
 )
 SCORE_COLUMNS = ("fact_coverage", "refused", "facts_missing")
 
@@ -271,7 +276,26 @@ def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
         refusal_category(meta) if meta.get("stop_reason") == "refusal" else None,
         _number_or_none(meta.get("ttft_ms")),
         _number_or_none(meta.get("output_tokens_per_s")),
+        *cache_tokens(meta),
+        _text_or_none(meta.get("service_tier")),
+        _text_or_none(meta.get("speed")),
     )
+
+
+def cache_tokens(meta: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """An answer's cache writes at the 5-minute and the 1-hour rate, and its cache reads.
+    Where the usage gives only the total written (cache_creation_input_tokens), what the
+    1-hour split does not claim was written at the 5-minute rate, the API's default."""
+    written = _int_or_none(meta.get("cache_creation_input_tokens"))
+    hour = _int_or_none(meta.get("cache_write_1h_tokens"))
+    five = _int_or_none(meta.get("cache_write_5m_tokens"))
+    if five is None and written is not None:
+        five = max(written - (hour or 0), 0)
+    return five, hour, _int_or_none(meta.get("cache_read_input_tokens"))
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _score_values(ev: SampleScored) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
@@ -61,6 +61,35 @@ class StatusStats:
     cut_off: int = 0  # answers cut off (exprof.stops), and their fact coverage
     cut_off_coverage_sum: float = 0.0
     streamed: int = 0  # answers with a time to first token
+
+
+class SampleTotals(NamedTuple):
+    """One sample's answers summed over its repeats (Queries.sample_totals)."""
+
+    dialogue_id: str
+    answers: int
+    fact_coverage: float
+    refused: int
+    input: int
+    cache_write_5m: int
+    cache_write_1h: int
+    cache_read: int
+    output: int
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """A run's answered samples' tokens by class, summed over the answers that were
+    taken from the store alike (`reused`) and ran at the same service tier and speed."""
+
+    reused: bool
+    service_tier: str | None
+    speed: str | None
+    input: int
+    cache_write_5m: int
+    cache_write_1h: int
+    cache_read: int
+    output: int
 
 
 @dataclass(frozen=True)
@@ -169,6 +198,38 @@ class Queries:
             for r in rows
         }
 
+    def usage_totals(self, run_id: str) -> list[UsageTotals]:
+        """The answered samples' tokens by class, per (reused, service tier, speed)."""
+        rows = self._all(
+            "SELECT COALESCE(reused, 0), service_tier, speed, sum(input_tokens), "
+            "sum(cache_write_5m_tokens), sum(cache_write_1h_tokens), sum(cache_read_tokens), "
+            "sum(output_tokens) FROM samples WHERE run_id = ? AND status = 'ok' "
+            "GROUP BY COALESCE(reused, 0), service_tier, speed",
+            (run_id,),
+        )
+        return [UsageTotals(bool(r[0]), r[1], r[2], *(int(v or 0) for v in r[3:])) for r in rows]
+
+    def output_token_counts(self, run_ids: Sequence[str]) -> list[int]:
+        """The answered samples' output tokens over these runs, ascending."""
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self._all(
+            f"SELECT output_tokens FROM samples WHERE run_id IN ({marks}) "  # noqa: S608
+            "AND status = 'ok' AND output_tokens IS NOT NULL ORDER BY output_tokens",
+            tuple(run_ids),
+        )
+        return [int(r[0]) for r in rows]
+
+    def correct_answers(self, run_id: str) -> int:
+        """Answers with full fact coverage and no refusal."""
+        found = self._scalar(
+            "SELECT count(*) FROM samples WHERE run_id = ? AND status = 'ok' "
+            "AND fact_coverage >= 1 AND refused = 0",
+            (run_id,),
+        )
+        return int(found or 0)
+
     def refusals_by_category(self, run_id: str) -> dict[str, int] | None:
         """Refused answers per policy category; a refusal found by the text rule, or
         with no category, is `uncategorized` (exprof.stops). None when no answer of
@@ -256,19 +317,29 @@ class Queries:
         )
         return {str(r[0]) for r in rows}
 
-    def sample_totals(self, run_id: str) -> list[tuple[str, int, float, int, int, int]]:
-        """Per answered sample, its repeats summed: (dialogue_id, answers, fact_coverage,
-        refused, input_tokens, output_tokens), the tokens those paid for (a reused
-        answer paid nothing, as in sample_stats)."""
+    def sample_totals(self, run_id: str) -> list[SampleTotals]:
+        """Per answered sample, its repeats summed: its answers, fact coverage, refusals
+        and the tokens those paid for by class (a reused answer paid nothing, as in
+        sample_stats)."""
+        paid = " ".join(
+            f"sum(CASE WHEN reused = 1 THEN 0 ELSE {column} END),"
+            for column in (
+                "input_tokens",
+                "cache_write_5m_tokens",
+                "cache_write_1h_tokens",
+                "cache_read_tokens",
+                "output_tokens",
+            )
+        )
         rows = self._all(
-            "SELECT dialogue_id, count(*), sum(fact_coverage), sum(refused), "
-            "sum(CASE WHEN reused = 1 THEN 0 ELSE input_tokens END), "
-            "sum(CASE WHEN reused = 1 THEN 0 ELSE output_tokens END) FROM samples "
-            "WHERE run_id = ? AND status = 'ok' GROUP BY dialogue_id",
+            f"SELECT dialogue_id, count(*), sum(fact_coverage), sum(refused), {paid[:-1]} "  # noqa: S608
+            "FROM samples WHERE run_id = ? AND status = 'ok' GROUP BY dialogue_id",
             (run_id,),
         )
         return [
-            (r[0], int(r[1]), float(r[2] or 0.0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0))
+            SampleTotals(
+                r[0], int(r[1]), float(r[2] or 0.0), int(r[3] or 0), *(int(v or 0) for v in r[4:])
+            )
             for r in rows
         ]
 
