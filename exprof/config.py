@@ -20,6 +20,13 @@ from exprof.metric_specs import (
     parse_metrics,
     with_schema_metric,
 )
+from exprof.tool_specs import (
+    DEFAULT_MAX_TURNS,
+    DEFAULT_TOOL_TIMEOUT_S,
+    parse_tool_choice,
+    parse_tool_runner,
+    parse_tools,
+)
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -36,6 +43,7 @@ DEFAULT_TIMEOUT_S = 60.0
 # expanded, stay far below this.
 MAX_YAML_NODES = 10_000
 
+TOOL_KEYS = ("tools", "tool_choice", "max_turns", "tool_timeout_s", "tool_runner")
 REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "dataset_path")
 OPTIONAL_KEYS = (
     *knobs.KNOBS,
@@ -57,6 +65,7 @@ OPTIONAL_KEYS = (
     "cache",
     "budget_usd",
     "metric_timeout_s",
+    *TOOL_KEYS,
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
 MATRIX_KEYS = ("model", "max_tokens", "system", *knobs.KNOBS)
@@ -73,6 +82,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "metric_timeout_s": DEFAULT_METRIC_TIMEOUT_S,
     "stream": False,
     **{k: None for k in knobs.KNOBS if k != "temperature"},
+    "tools": None,
+    "tool_choice": None,
+    "max_turns": DEFAULT_MAX_TURNS,
+    "tool_timeout_s": DEFAULT_TOOL_TIMEOUT_S,
+    "tool_runner": None,
 }
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 
@@ -115,6 +129,13 @@ class Config:
     top_p: float | None = None
     top_k: int | None = None
     stream: bool = False  # stream each answer, for time to first token and tokens/s
+    # Tools (exprof.tool_specs): what Claude may call, how, for how many requests per
+    # sample, and where results come from besides a sample's scripted tool_results.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    max_turns: int = DEFAULT_MAX_TURNS
+    tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    tool_runner: dict[str, str] | None = None  # {function, search_path}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -371,7 +392,48 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["cache"] = raw["cache"]
     if "budget_usd" in raw:
         out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
+    out.update(_tools(raw, path))
     return _check_batch(Config(**out))
+
+
+def _tools(raw: dict[Any, Any], path: Path) -> dict[str, Any]:
+    """`tools` (a list, or a JSON/YAML file of one) and the keys that only mean something
+    with it: tool_choice, max_turns, tool_timeout_s, tool_runner."""
+    out: dict[str, Any] = {}
+    if "tools" not in raw:
+        for key in TOOL_KEYS:
+            if key in raw:
+                raise ExprofError(f"{path}: {key}: needs tools (the list of tool definitions)")
+        return out
+    value, where = raw["tools"], f"{path}: tools"
+    if raw.get("batch") is True:
+        # A batch answers each request once, within hours: a tool loop would need a batch
+        # per turn, each round waiting on the slowest sample of the last.
+        raise ExprofError(
+            f"{where}: a batch run sends each sample once and cannot answer its tool "
+            "calls; run tools live (batch: false)"
+        )
+    if isinstance(value, str):
+        file = resolve_path(value, path.parent, where)
+        text = read_text(file, "tools file", limit=MAX_CONFIG_BYTES)
+        try:
+            value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ExprofError(f"{where}: {file}: not JSON or YAML: {exc}") from None
+        where = f"{where} ({file})"
+    out["tools"] = tools = parse_tools(value, where)
+    if "tool_choice" in raw:
+        out["tool_choice"] = parse_tool_choice(raw["tool_choice"], tools, f"{path}: tool_choice")
+    if "max_turns" in raw:
+        out["max_turns"] = _integer(raw["max_turns"], f"{path}: max_turns", 1, 100)
+    if "tool_timeout_s" in raw:
+        limit = _number(raw["tool_timeout_s"], f"{path}: tool_timeout_s", 0.001, 86400.0)
+        out["tool_timeout_s"] = float(limit)
+    if "tool_runner" in raw:
+        out["tool_runner"] = parse_tool_runner(
+            raw["tool_runner"], path.parent, f"{path}: tool_runner"
+        )
+    return out
 
 
 def with_overrides(

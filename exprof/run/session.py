@@ -17,11 +17,12 @@ from exprof.dataset import Sample
 from exprof.errors import ConcurrencyError
 from exprof.render import Progress
 from exprof.run.budget import Budget
+from exprof.run.tools import ToolBox, Trajectory
 from exprof.scoring import custom, guard, judge, sample_events
 from exprof.store.engine import Store
-from exprof.store.events import Event
+from exprof.store.events import Event, TurnRecorded
 from exprof.store.leases import Lease
-from exprof.store.record import RunRecord
+from exprof.store.record import RunRecord, recorded_turns
 
 HEARTBEAT_S = 10.0  # a worker's heartbeat is refreshed at least this often while it works
 
@@ -58,6 +59,22 @@ class Session:
         self.done = self.errors = 0
         self.check_signals: Callable[[], None] = lambda: None  # set by the runner
         self.last_beat = time.monotonic()
+        # A tool run's loop state: the turns recorded before this session (a resume
+        # continues each sample from its last), and what answers the calls.
+        self.tools: ToolBox | None = None
+        self.turns: dict[tuple[str, int], list[TurnRecorded]] = {}
+        if record.config.tools:
+            self.tools = ToolBox(record.config)
+            self.turns = recorded_turns(store, record.run_id)
+
+    def trajectory(self, sample: Sample) -> Trajectory:
+        """The sample's tool loop, from its last recorded turn."""
+        turns = self.turns.pop((sample.dialogue_id, sample.repeat), [])
+        return Trajectory(sample, self.config, list(turns))
+
+    def record_turn(self, turn: TurnRecorded) -> None:
+        """Queue a tool-loop turn, to be committed before the next request is sent."""
+        self.arrived.append(turn)
 
     def record(
         self, sample: Sample, outcome: Outcome, reused_from: int | None = None

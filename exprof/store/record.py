@@ -21,6 +21,7 @@ from exprof.store.events import (
     RescoreStarted,
     ResponseReceived,
     RunStarted,
+    TurnRecorded,
 )
 
 SNAPSHOT_CHUNK = 2000
@@ -150,6 +151,21 @@ def recorded_responses(
         event = stored.event
         assert isinstance(event, ResponseReceived)
         out[event.dialogue_id, event.repeat] = (event.completion, event.metadata)
+    return out
+
+
+def recorded_turns(store: Store, run_id: str) -> dict[tuple[str, int], list[TurnRecorded]]:
+    """Every tool-loop turn the run holds, by (dialogue_id, repeat), in turn order; a
+    turn number recorded twice (two workers on one sample) counts once, the first."""
+    out: dict[tuple[str, int], list[TurnRecorded]] = {}
+    for stored in store.events(run_id, types=(TurnRecorded.type,), batch=5000):
+        event = stored.event
+        assert isinstance(event, TurnRecorded)
+        turns = out.setdefault((event.dialogue_id, event.repeat), [])
+        if all(t.turn != event.turn for t in turns):
+            turns.append(event)
+    for turns in out.values():
+        turns.sort(key=lambda t: t.turn)
     return out
 
 

@@ -1,0 +1,208 @@
+"""Tools and multi-step samples: the config's tools, the loop that answers each tool_use
+with a tool_result until Claude answers (or max_turns), every turn recorded, resumable
+mid-trajectory, and scored on the path as well as the answer.
+
+Live tests use the real SDK against the fake API (tests/fake_anthropic.py): given tools
+and a prompt that says `CALL tool:arg ...`, it answers one tool_use per named call, turn
+by turn, then a text that quotes the results; it answers 400 to a tool_result whose id
+matches no tool_use of the turn before, as the API does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_experiment
+from exprof.config import load_config
+from exprof.store.engine import Store, store_url
+from exprof.store.events import TurnRecorded
+
+TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look a word up",
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+    },
+    {
+        "name": "add",
+        "description": "Add two numbers",
+        "input_schema": {"type": "object", "properties": {"a": {}, "b": {}}},
+    },
+]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_json(invoke, config: Path, *extra: str):
+    result = invoke("run", "--config", str(config), "--quiet", "--format", "json", *extra)
+    out = result.stdout
+    return result, (json.loads(out[: out.rindex("}") + 1]) if out.startswith("{") else None)
+
+
+# -- the config ----------------------------------------------------------------------
+
+
+def tool_config(tmp_path: Path, **config) -> Path:
+    samples = [{"dialogue_id": "a", "system": "s", "user": "hi"}]
+    mocks = {"a": {"completion": "hello"}}
+    config.setdefault("tools", TOOLS)
+    return write_experiment(tmp_path / "e", samples, mocks, **config)
+
+
+def test_tools_load_from_the_config_or_a_file(tmp_path):
+    config = load_config(tool_config(tmp_path, tool_choice="any", max_turns=3))
+    assert config.tools == TOOLS
+    assert config.tool_choice == {"type": "any"}
+    assert (config.max_turns, config.tool_timeout_s) == (3, 10.0)
+    (tmp_path / "e" / "tools.json").write_text(json.dumps(TOOLS))
+    from_file = load_config(tool_config(tmp_path, tools="tools.json"))
+    assert from_file.tools == TOOLS and from_file.max_turns == 8
+
+
+def test_a_config_without_tools_records_what_it_always_did(tmp_path):
+    samples = [{"dialogue_id": "a", "system": "s", "user": "hi"}]
+    path = write_experiment(tmp_path / "e", samples, {"a": {"completion": "x"}})
+    recorded = load_config(path).to_dict()
+    assert not {"tools", "tool_choice", "max_turns", "tool_timeout_s", "tool_runner"} & set(
+        recorded
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        (
+            {"tools": [{"name": "bad name", "input_schema": {"type": "object"}}]},
+            "tools[0]: name must be 1-64 letters, digits, '_' or '-', got 'bad name'",
+        ),
+        (
+            {"tools": [{"name": "t", "input_schema": {"type": "string"}}]},
+            "tools[0] (t): input_schema must be a JSON Schema with type: object",
+        ),
+        (
+            {"tools": [{"name": "t", "input_schema": {"type": "object"}, "color": 1}]},
+            "tools[0] (t): unknown key 'color'; a tool has name, description, input_schema",
+        ),
+        (
+            {"tools": [TOOLS[0], TOOLS[0]]},
+            "tools[1] (lookup): name is used twice",
+        ),
+        ({"tools": []}, "tools: must be a non-empty list"),
+        (
+            {"tool_choice": {"type": "tool", "name": "nope"}},
+            "tool_choice: name 'nope' is not one of the tools",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice: must be one of auto, any, none, tool"),
+        ({"max_turns": 0}, "max_turns: must be an integer in [1, 100], got 0"),
+        ({"tool_timeout_s": -1}, "tool_timeout_s: must be a number in [0.001, 86400]"),
+        ({"tool_runner": "nocolon"}, "tool_runner: must be 'module:function'"),
+        ({"tool_runner": "missing_mod:run"}, "tool_runner: cannot import 'missing_mod'"),
+        ({"tools": None, "max_turns": 3}, "max_turns: needs tools"),
+        ({"batch": True}, "tools: a batch run sends each sample once"),
+    ],
+)
+def test_a_bad_tool_spec_is_one_error_line_and_nothing_written(tmp_path, invoke, settings, error):
+    settings = dict(settings)
+    if settings.get("tools", TOOLS) is None:
+        settings.pop("tools")
+        samples = [{"dialogue_id": "a", "system": "s", "user": "hi"}]
+        path = write_experiment(tmp_path / "e", samples, {"a": {"completion": "x"}}, **settings)
+    else:
+        path = tool_config(tmp_path, **settings)
+    result = invoke("run", "--config", str(path), "--quiet")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.output
+    assert error in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        ([{"name": "lookup"}], "tool_results[0] (lookup): result must be a string"),
+        ([{"name": "lookup", "result": "x", "when": 1}], "tool_results[0]: unknown key 'when'"),
+        ([{"name": "lookup", "input": 3, "result": "x"}], "input must be a mapping"),
+        ({"name": "lookup"}, "tool_results: must be a list"),
+    ],
+)
+def test_a_bad_script_names_the_sample_and_entry(tmp_path, invoke, script, error):
+    samples = [{"dialogue_id": "a", "system": "s", "user": "hi", "tool_results": script}]
+    path = write_experiment(tmp_path / "e", samples, {"a": {"completion": "x"}}, tools=TOOLS)
+    result = invoke("run", "--config", str(path), "--quiet")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "index 0 (a)" in lines[0]
+    assert error in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+# -- the mock's loop -----------------------------------------------------------------
+
+
+def mock_experiment(tmp_path: Path, **config) -> Path:
+    samples = [
+        {
+            "dialogue_id": "a",
+            "system": "s",
+            "user": "weather in Paris?",
+            "required_facts": ["sunny"],
+            "tool_results": [
+                {"name": "lookup", "input": {"q": "Paris"}, "result": "sunny, 21C"},
+            ],
+        },
+        {"dialogue_id": "b", "system": "s", "user": "keep going"},
+        {"dialogue_id": "c", "system": "s", "user": "no tools"},
+    ]
+    mocks = {
+        "a": {
+            "turns": [
+                {"tool_use": {"name": "lookup", "input": {"q": "Paris", "lang": "fr"}}},
+                "It is sunny.",
+            ]
+        },
+        "b": {
+            "turns": [
+                {"tool_use": [{"name": "lookup", "input": {"q": "x"}}, {"name": "add"}]},
+                {"tool_use": {"name": "lookup", "input": {"q": "y"}}},
+                "done",
+            ]
+        },
+        "c": {"turns": ["plain answer"]},
+    }
+    config.setdefault("tools", TOOLS)
+    return write_experiment(tmp_path / "e", samples, mocks, **config)
+
+
+def test_the_mock_plays_the_loop_turn_by_turn(tmp_path, invoke):
+    result, summary = run_json(invoke, mock_experiment(tmp_path, max_turns=2))
+    assert result.exit_code == 0, result.output
+    responses = {r["dialogue_id"]: r for r in read_jsonl(tmp_path / "runs/exp/responses.jsonl")}
+    a, b, c = responses["a"], responses["b"], responses["c"]
+    assert (a["completion"], a["turns"], a["stop_reason"]) == ("It is sunny.", 2, "end_turn")
+    assert a["tool_calls"] == [{"name": "lookup", "input": {"q": "Paris", "lang": "fr"}}]
+    assert a["tool_errors"] == 0
+    # b asked three calls in two turns: max_turns 2 cut it off, unanswered calls and all;
+    # no script matched its calls, so each got an error result.
+    assert (b["turns"], b["stop_reason"], b["tool_errors"]) == (2, "max_turns", 2)
+    assert [t["name"] for t in b["tool_calls"]] == ["lookup", "add", "lookup"]
+    assert (c["turns"], c["tool_calls"], c["tool_errors"]) == (1, [], 0)
+    # the usage is the sum over the turns
+    store = Store.open(store_url(None, tmp_path / "runs"), readonly=True)
+    turns = [e.event for e in store.events("exp", types=("turn_recorded",))]
+    assert all(isinstance(t, TurnRecorded) for t in turns)
+    of_a = [t for t in turns if t.dialogue_id == "a"]
+    assert [t.turn for t in of_a] == [1, 2]
+    assert a["input_tokens"] == sum(t.usage["input_tokens"] for t in of_a)
+    assert a["output_tokens"] == sum(t.usage["output_tokens"] for t in of_a)
+    assert of_a[0].tool_results == [
+        {"type": "tool_result", "tool_use_id": "toolu_mock_1_1", "content": "sunny, 21C"}
+    ]
+    of_b = [t for t in turns if t.dialogue_id == "b"]
+    assert of_b[0].tool_results[0]["is_error"] is True
+    assert "no scripted result for tool lookup" in of_b[0].tool_results[0]["content"]
+    assert summary["cut_off_rate"] == pytest.approx(1 / 3, abs=1e-4)
