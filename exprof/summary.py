@@ -16,7 +16,7 @@ from exprof.scoring import recorded
 from exprof.store.batches import batch_state
 from exprof.store.engine import Store
 from exprof.store.queries import StatusStats
-from exprof.store.record import load_started, rescore_source
+from exprof.store.record import load_started, rescore_source, tool_stats
 
 
 def run_summary(
@@ -82,6 +82,8 @@ def run_summary(
         )
         summary["cost_avoided_usd"] = avoided if mode == "live" else None
     summary.update(recorded.summary_fields(store, run_id, start.config, ci=metric_cis))
+    if start.config.get("tools"):
+        summary.update(tool_stats(store, run_id))
     if failures:
         summary["failures_by_class"] = failures
     if mode == "live":

@@ -206,3 +206,126 @@ def test_the_mock_plays_the_loop_turn_by_turn(tmp_path, invoke):
     assert of_b[0].tool_results[0]["is_error"] is True
     assert "no scripted result for tool lookup" in of_b[0].tool_results[0]["content"]
     assert summary["cut_off_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert (summary["mean_turns"], summary["tool_calls"]) == (pytest.approx(5 / 3, abs=1e-4), 4)
+    assert summary["tool_error_rate"] == 0.5  # b's lookup and add: no script matched
+    assert summary["max_turns_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    lines = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
+    assert [line["dialogue_id"] for line in lines] == ["a", "b", "c"]
+    assert lines[0]["turns"] == [
+        {
+            "sent": [{"role": "user", "content": "weather in Paris?"}],
+            "received": of_a[0].received,
+            "tool_results": of_a[0].tool_results,
+            "usage": of_a[0].usage,
+            "stop_reason": "tool_use",
+        },
+        {
+            "sent": [{"role": "user", "content": of_a[0].tool_results}],
+            "received": [{"type": "text", "text": "It is sunny."}],
+            "tool_results": [],
+            "usage": of_a[1].usage,
+            "stop_reason": "end_turn",
+        },
+    ]
+    assert [len(line["turns"]) for line in lines] == [2, 2, 1]
+
+
+# -- the live loop -------------------------------------------------------------------
+
+
+def live_experiment(tmp_path: Path, plans: list[str], **config) -> Path:
+    """Samples whose prompts plan their calls for the fake (`CALL lookup:x add:y`)."""
+    samples = [
+        {
+            "dialogue_id": f"t{i:03d}",
+            "system": "s",
+            "user": f"question {i} CALL {plan}" if plan else f"question {i}",
+            "tool_results": [
+                {
+                    "name": "lookup",
+                    "input": {"q": "boom"},
+                    "result": "no such word",
+                    "is_error": True,
+                },
+                {"name": "lookup", "result": f"word{i}"},
+                {"name": "add", "result": "42"},
+            ],
+        }
+        for i, plan in enumerate(plans)
+    ]
+    config.setdefault("tools", TOOLS)
+    config.setdefault("model", "claude-sonnet-5")
+    config.setdefault("thinking", "disabled")
+    config.setdefault("max_tokens", 200)
+    return write_experiment(tmp_path / "e", samples, {}, **config)
+
+
+def turns_planned(plan: str) -> int:
+    return len(plan.split()) + 1
+
+
+def test_live_runs_every_tool_use_and_sends_again_until_an_answer(tmp_path, invoke, fake):
+    server = fake()
+    plans = ["lookup:a", "lookup:b add:1", "", "lookup:boom+add:2"]
+    result, summary = run_json(invoke, live_experiment(tmp_path, plans), "--live")
+    assert result.exit_code == 0, result.output
+    assert server.state.requests == sum(turns_planned(p) for p in plans)
+    bodies = [seen["body"] for seen in server.state.seen]
+    assert all(b["tools"] == TOOLS for b in bodies)
+    responses = {r["dialogue_id"]: r for r in read_jsonl(tmp_path / "runs/exp/responses.jsonl")}
+    assert (
+        responses["t001"]["completion"] == "Answer: question 1 CALL lookup:b add:1 with word1 | 42"
+    )
+    assert responses["t001"]["tool_calls"] == [
+        {"name": "lookup", "input": {"q": "b"}},
+        {"name": "add", "input": {"q": "1"}},
+    ]
+    assert [responses[f"t00{i}"]["turns"] for i in range(4)] == [2, 3, 1, 2]
+    # two calls in one turn: both answered in one user turn, the error one flagged
+    three = responses["t003"]
+    assert three["tool_errors"] == 1 and "ERROR no such word | 42" in three["completion"]
+    last = [b for b in bodies if "lookup:boom" in json.dumps(b) and len(b["messages"]) == 3][0]
+    results = last["messages"][2]["content"]
+    assert [r["is_error"] for r in results if "is_error" in r] == [True]
+    assert [r["tool_use_id"] for r in results] == [
+        u["id"] for u in last["messages"][1]["content"] if u["type"] == "tool_use"
+    ]
+    # tokens and cost are summed over the turns
+    server_out = sum(5 + 10 * len(p.split("+")) for p in ["lookup:a"])
+    assert responses["t000"]["output_tokens"] > server_out
+
+
+def test_the_fake_refuses_a_tool_result_that_answers_no_tool_use(fake):
+    import anthropic
+
+    server = fake()
+    client = anthropic.Anthropic(base_url=server.url, max_retries=0)
+    messages = [
+        {"role": "user", "content": "hi CALL lookup:x"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "y"},
+            ],
+        },
+    ]
+    with pytest.raises(anthropic.BadRequestError, match="unexpected `tool_use_id`"):
+        client.messages.create(
+            model="claude-sonnet-5", max_tokens=50, messages=messages, tools=TOOLS
+        )
+    messages[2]["content"] = messages[2]["content"][1:]
+    with pytest.raises(anthropic.BadRequestError, match="without `tool_result` blocks"):
+        client.messages.create(
+            model="claude-sonnet-5", max_tokens=50, messages=messages, tools=TOOLS
+        )
+    answer = client.messages.create(
+        model="claude-sonnet-5", max_tokens=50, messages=messages[:1], tools=TOOLS
+    )
+    assert answer.stop_reason == "tool_use"
+    [use] = [b for b in answer.content if b.type == "tool_use"]
+    assert (use.name, use.input) == ("lookup", {"q": "x"})

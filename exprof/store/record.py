@@ -169,6 +169,24 @@ def recorded_turns(store: Store, run_id: str) -> dict[tuple[str, int], list[Turn
     return out
 
 
+def tool_stats(store: Store, run_id: str) -> dict[str, Any]:
+    """A tool run's summary fields, from its answers: the mean turns per answer, the tool
+    error rate (error results over tool calls) and the share cut off by max_turns."""
+    answers = turns = calls = errors = cut_off = 0
+    for _, metadata in recorded_responses(store, run_id).values():
+        answers += 1
+        turns += metadata.get("turns", 1)
+        calls += len(metadata.get("tool_calls", ()))
+        errors += metadata.get("tool_errors", 0)
+        cut_off += metadata.get("stop_reason") == "max_turns"
+    return {
+        "mean_turns": round(turns / answers, 4) if answers else None,
+        "tool_calls": calls,
+        "tool_error_rate": round(errors / calls, 4) if calls else 0.0,
+        "max_turns_rate": round(cut_off / answers, 4) if answers else None,
+    }
+
+
 def rescore_source(store: Store, run_id: str) -> RescoreStarted:
     """A rescore run's source and config difference (its second event)."""
     for stored in store.events(run_id, types=("rescore_started",)):
