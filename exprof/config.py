@@ -393,6 +393,15 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
     if "budget_usd" in raw:
         out["budget_usd"] = float(_number(raw["budget_usd"], where("budget_usd"), 0.0, None))
     out.update(_tools(raw, path))
+    offered = {tool["name"] for tool in out.get("tools") or ()}
+    for i, spec in enumerate(out.get("metrics", ())):
+        if not isinstance(spec, dict) or spec["type"] not in ("tool_called", "tool_sequence"):
+            continue
+        for tool in spec.get("tools", [spec.get("tool")]):
+            if tool not in offered:
+                raise ExprofError(
+                    f"{path}: metrics[{i}] ({spec['name']}): tool {tool!r} is not one of the tools"
+                )
     return _check_batch(Config(**out))
 
 

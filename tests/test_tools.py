@@ -329,3 +329,75 @@ def test_the_fake_refuses_a_tool_result_that_answers_no_tool_use(fake):
     assert answer.stop_reason == "tool_use"
     [use] = [b for b in answer.content if b.type == "tool_use"]
     assert (use.name, use.input) == ("lookup", {"q": "x"})
+
+
+# -- scored on the path --------------------------------------------------------------
+
+PATH_METRICS = [
+    {"type": "tool_called", "tool": "add"},
+    {"name": "looked_up_a", "type": "tool_called", "tool": "lookup", "input": {"q": "a"}},
+    {"name": "exact", "type": "tool_sequence", "tools": ["lookup", "add"], "order": "exact"},
+    {"name": "sub", "type": "tool_sequence", "tools": ["lookup", "add"], "order": "subsequence"},
+    {"name": "as_set", "type": "tool_sequence", "tools": ["add", "lookup"], "order": "set"},
+    {"type": "turns"},
+    {"type": "tool_errors"},
+]
+PATH_PLANS = [
+    "lookup:a add:1",
+    "add:1 lookup:a",
+    "lookup:a lookup:b add:2",
+    "",
+    "lookup:boom",
+    "add:3+lookup:a",
+    "lookup:c",
+]
+
+
+def independent_scores(trajectory: dict) -> dict:
+    """The path metrics computed from a trajectories.jsonl line alone."""
+    calls = [
+        (b["name"], b["input"])
+        for turn in trajectory["turns"]
+        for b in turn["received"]
+        if b["type"] == "tool_use"
+    ]
+    names = [n for n, _ in calls]
+    pos = [i for i, n in enumerate(names) if n == "lookup"]
+    return {
+        "called_add": "add" in names,
+        "looked_up_a": ("lookup", {"q": "a"}) in calls,
+        "exact": names == ["lookup", "add"],
+        "sub": bool(pos) and "add" in names[pos[0] + 1 :],
+        "as_set": set(names) == {"add", "lookup"},
+        "turns": len(trajectory["turns"]),
+        "tool_errors": sum(
+            1 for t in trajectory["turns"] for r in t["tool_results"] if r.get("is_error")
+        ),
+    }
+
+
+def test_path_metrics_agree_with_an_independent_reading_of_the_trajectories(tmp_path, invoke, fake):
+    fake()
+    config = live_experiment(tmp_path, PATH_PLANS, metrics=PATH_METRICS)
+    result, summary = run_json(invoke, config, "--live")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "exp"
+    scores = read_jsonl(out / "scores.jsonl")
+    trajectories = read_jsonl(out / "trajectories.jsonl")
+    assert [s["dialogue_id"] for s in scores] == [t["dialogue_id"] for t in trajectories]
+    names = list(independent_scores(trajectories[0]))
+    got = [{k: s[k] for k in names} for s in scores]
+    assert got == [independent_scores(t) for t in trajectories]
+    assert [g["exact"] for g in got] == [True, False, False, False, False, False, False]
+    assert summary["metrics"]["turns"] == pytest.approx(
+        sum(len(t["turns"]) for t in trajectories) / len(trajectories), abs=1e-4
+    )
+
+
+def test_a_path_metric_naming_an_unknown_tool_is_refused(tmp_path, invoke):
+    path = tool_config(tmp_path, metrics=[{"type": "tool_called", "tool": "search"}])
+    result = invoke("run", "--config", str(path), "--quiet")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: {path}: metrics[0] (called_search): tool 'search' is not one of the tools"
+    )

@@ -15,12 +15,14 @@ from typing import Any
 from exprof.errors import ExprofError
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
+    TOOL_KINDS,
     MetricFn,
     compile_regex,
     custom_specs,
     import_function,
     schema_validator,
 )
+from exprof.scoring import tool_metrics
 from exprof.scoring.guard import Guard, MetricStopped
 
 Value = float | int | bool | dict[str, float | int | bool]
@@ -73,6 +75,8 @@ def build_one(spec: dict[str, Any], where: str) -> MetricFn:
         return import_function(spec["function"], spec["search_path"], where)
     if kind == "judge":
         return _not_local
+    if kind in TOOL_KINDS:
+        return tool_metrics.build(spec)
     raise ExprofError(f"{where}: unknown type {kind!r}")
 
 
