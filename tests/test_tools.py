@@ -233,7 +233,7 @@ def test_the_mock_plays_the_loop_turn_by_turn(tmp_path, invoke):
 # -- the live loop -------------------------------------------------------------------
 
 
-def live_experiment(tmp_path: Path, plans: list[str], **config) -> Path:
+def live_experiment(tmp_path: Path, plans: list[str], scripted: bool = True, **config) -> Path:
     """Samples whose prompts plan their calls for the fake (`CALL lookup:x add:y`)."""
     samples = [
         {
@@ -253,6 +253,9 @@ def live_experiment(tmp_path: Path, plans: list[str], **config) -> Path:
         }
         for i, plan in enumerate(plans)
     ]
+    if not scripted:
+        for sample in samples:
+            del sample["tool_results"]
     config.setdefault("tools", TOOLS)
     config.setdefault("model", "claude-sonnet-5")
     config.setdefault("thinking", "disabled")
@@ -401,3 +404,56 @@ def test_a_path_metric_naming_an_unknown_tool_is_refused(tmp_path, invoke):
     assert result.output.strip() == (
         f"Error: {path}: metrics[0] (called_search): tool 'search' is not one of the tools"
     )
+
+
+# -- python tools --------------------------------------------------------------------
+
+TOOL_MODULE = """
+import time
+
+def run(name, tool_input, sample):
+    q = tool_input.get("q")
+    if q == "raise":
+        raise ValueError("bad word")
+    if q == "hang":
+        time.sleep(30)
+    if q == "int":
+        return 42
+    if q == "blocks":
+        return [{"type": "text", "text": "block result"}]
+    return f"{name} of {q} for {sample['dialogue_id']}"
+"""
+
+
+def test_a_python_tool_that_fails_gives_an_error_result_for_that_call_only(tmp_path, invoke, fake):
+    fake()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "mytools.py").write_text(TOOL_MODULE)
+    plans = ["lookup:raise+lookup:ok", "lookup:hang lookup:x", "lookup:int", "lookup:blocks"]
+    config = live_experiment(
+        tmp_path, plans, scripted=False, tool_runner="mytools:run", tool_timeout_s=0.3
+    )
+    result, summary = run_json(invoke, config, "--live")
+    assert result.exit_code == 0, result.output
+    lines = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
+    results = {line["dialogue_id"]: [t["tool_results"] for t in line["turns"]] for line in lines}
+    first = results["t000"][0]
+    assert [r.get("is_error", False) for r in first] == [True, False]
+    assert first[0]["content"] == "tool lookup raised ValueError: bad word"
+    assert first[1]["content"] == "lookup of ok for t000"
+    hung, after = results["t001"][0], results["t001"][1]
+    assert hung == [
+        {
+            "type": "tool_result",
+            "tool_use_id": hung[0]["tool_use_id"],
+            "content": "tool lookup timed out after 0.3 s",
+            "is_error": True,
+        }
+    ]
+    assert after[0]["content"] == "lookup of x for t001" and "is_error" not in after[0]
+    assert results["t002"][0][0]["content"] == (
+        "tool lookup returned int, not a string or text blocks"
+    )
+    assert results["t003"][0][0]["content"] == [{"type": "text", "text": "block result"}]
+    assert summary["samples_completed"] == 4
+    assert summary["tool_error_rate"] == pytest.approx(3 / 6, abs=1e-4)
