@@ -10,14 +10,21 @@ matches no tool_use of the turn before, as the API does."""
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
+from test_resume import crash_loop, exports, exprof, finish
 
 from conftest import write_experiment
 from exprof.config import load_config
 from exprof.store.engine import Store, store_url
 from exprof.store.events import TurnRecorded
+from fake_anthropic import FakeAnthropic
 
 TOOLS = [
     {
@@ -457,3 +464,136 @@ def test_a_python_tool_that_fails_gives_an_error_result_for_that_call_only(tmp_p
     assert results["t003"][0][0]["content"] == [{"type": "text", "text": "block result"}]
     assert summary["samples_completed"] == 4
     assert summary["tool_error_rate"] == pytest.approx(3 / 6, abs=1e-4)
+
+
+# -- acceptance: request count, exact resume, the kill loop --------------------------
+
+
+def acceptance_plans(n: int, seed: int = 7) -> list[str]:
+    """n prompts needing 1-3 tool calls each (some two in one turn)."""
+    rng = random.Random(seed)
+    plans = []
+    for i in range(n):
+        words = [f"lookup:w{i}-{k}" for k in range(rng.randint(1, 3))]
+        if len(words) > 1 and rng.random() < 0.3:
+            words[-2:] = ["+".join(words[-2:])]
+        plans.append(" ".join(words))
+    return plans
+
+
+def test_200_samples_make_the_server_see_exactly_the_sum_of_their_turns(tmp_path, invoke, fake):
+    server = fake()
+    plans = acceptance_plans(200)
+    result, summary = run_json(invoke, live_experiment(tmp_path, plans, concurrency=16), "--live")
+    assert result.exit_code == 0, result.output
+    expected = sum(turns_planned(p) for p in plans)
+    assert server.state.requests == expected
+    assert summary["mean_turns"] == pytest.approx(expected / 200, abs=1e-4)
+    lines = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
+    assert sum(len(line["turns"]) for line in lines) == expected
+
+
+SLOW_TOOL = """
+import time
+
+def run(name, tool_input, sample):
+    time.sleep(0.25)
+    return f"{name} {tool_input['q']}"
+"""
+
+
+def peek_turns(db: Path) -> list[tuple[str, int]]:
+    """The (dialogue_id, turn) pairs recorded in a store another process may hold."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT payload FROM events WHERE type = 'turn_recorded'").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+    return [(json.loads(p)["dialogue_id"], json.loads(p)["turn"]) for (p,) in rows]
+
+
+def test_a_kill_mid_trajectory_resumes_from_the_last_recorded_turn(tmp_path):
+    """SIGKILL while tools run: on resume no recorded turn's request is sent again."""
+    n, concurrency = 12, 4
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "slowtools.py").write_text(SLOW_TOOL)
+    plans = ["lookup:a lookup:b lookup:c"] * n
+    config = live_experiment(
+        tmp_path, plans, scripted=False, tool_runner="slowtools:run", concurrency=concurrency
+    )
+    db = tmp_path / "runs" / "exprof.db"
+    with FakeAnthropic(latency=0.01) as server:
+        env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-crash", "ANTHROPIC_BASE_URL": server.url}
+        proc = exprof("run", "--config", str(config), "--run-id", "crash", cwd=tmp_path, env=env)
+        deadline = time.monotonic() + 60
+        while len(peek_turns(db)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = set(peek_turns(db))
+        assert 6 <= len(before) < 3 * n, before
+        sent_before = dict(server.state.attempts)
+        code, err = finish(exprof("resume", "crash", cwd=tmp_path, env=env))
+        assert code == 0, err
+        prompts = {f"t{i:03d}": f"question {i} CALL {plan}" for i, plan in enumerate(plans)}
+        for dialogue_id, turn in before:
+            # turn k's reply is recorded: requests 1..k were not sent again, whatever
+            # the resume sent after them
+            for k in range(1, turn + 1):
+                key = prompts[dialogue_id] + (f" #turn{k}" if k > 1 else "")
+                assert server.state.attempts[key] == sent_before[key] == 1, (dialogue_id, k)
+        assert server.state.requests <= 4 * n + concurrency
+    lines = read_jsonl(tmp_path / "runs" / "crash" / "trajectories.jsonl")
+    assert [len(line["turns"]) for line in lines] == [4] * n
+    assert all(
+        [t["stop_reason"] for t in line["turns"]] == ["tool_use"] * 3 + ["end_turn"]
+        for line in lines
+    )
+
+
+def without_timing(folder: Path) -> dict:
+    out = exports(folder, strip=True)
+    out["trajectories.jsonl"] = read_jsonl(folder / "trajectories.jsonl")
+    return out
+
+
+@pytest.mark.slow
+def test_the_kill_loop_gives_the_uninterrupted_exports_and_wastes_little(tmp_path):
+    """SIGKILLs at random moments (benchmarks/bench_tools.py makes the full ten)."""
+    n, concurrency, kills = 80, 8, 4
+    plans = acceptance_plans(n)
+    turns = sum(turns_planned(p) for p in plans)
+    config = live_experiment(tmp_path, plans, concurrency=concurrency)
+    with FakeAnthropic(latency=0.05, jitter=0.01) as server:
+        env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-crash", "ANTHROPIC_BASE_URL": server.url}
+        ref = exprof(
+            "run",
+            "--config",
+            str(config),
+            "--run-id",
+            "crash",
+            "--output-dir",
+            "ref",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert finish(ref)[0] == 0
+        assert server.state.requests == turns
+        made = crash_loop(
+            tmp_path,
+            config,
+            n,
+            kills=kills,
+            seed=3,
+            env=env,
+            max_wait=20,
+            db_url=store_url(None, tmp_path / "runs"),
+        )
+        wasted = server.state.requests - 2 * turns
+    assert made >= kills
+    assert 0 <= wasted <= made * concurrency, (wasted, made)
+    assert without_timing(tmp_path / "runs" / "crash") == without_timing(tmp_path / "ref" / "crash")
