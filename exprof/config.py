@@ -44,6 +44,9 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_YAML_NODES = 10_000
 
 TOOL_KEYS = ("tools", "tool_choice", "max_turns", "tool_timeout_s", "tool_runner")
+# An answer reused from the store comes without its trajectory, and the identity of a
+# request (system and turns) does not cover the tools it offered.
+CACHE_WITH_TOOLS = "answers reused from the store carry no trajectory; set one of cache, tools"
 REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "dataset_path")
 OPTIONAL_KEYS = (
     *knobs.KNOBS,
@@ -431,6 +434,8 @@ def _tools(raw: dict[Any, Any], path: Path) -> dict[str, Any]:
             raise ExprofError(f"{where}: {file}: not JSON or YAML: {exc}") from None
         where = f"{where} ({file})"
     out["tools"] = tools = parse_tools(value, where)
+    if raw.get("cache") is True:
+        raise ExprofError(f"{path}: cache: {CACHE_WITH_TOOLS}")
     if "tool_choice" in raw:
         out["tool_choice"] = parse_tool_choice(raw["tool_choice"], tools, f"{path}: tool_choice")
     if "max_turns" in raw:
@@ -468,6 +473,8 @@ def _check_batch(config: Config) -> Config:
     no reuse or budget check between requests (yet)."""
     if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
         raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
+    if config.cache and config.tools:
+        raise ExprofError(f"cache: {CACHE_WITH_TOOLS}")
     if config.batch and config.stream:
         raise ExprofError("stream: a batch's answers are not streamed; set one of batch, stream")
     return config

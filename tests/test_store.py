@@ -36,6 +36,7 @@ from exprof.store.events import (
     RunStarted,
     SampleFailed,
     SampleScored,
+    TurnRecorded,
 )
 
 
@@ -74,6 +75,16 @@ EXAMPLES = [
     SampleFailed("a", "RateLimitError", "slow down", 429, 3, 1),
     SampleScored("a", 0.5, True, [], repeat=4),
     ResponseReused("a", "x", {"output_tokens": 2}, 1, source_event_id=7),
+    TurnRecorded(
+        "a",
+        1,
+        [{"role": "user", "content": "hi"}],
+        [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
+        [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x", "is_error": True}],
+        {"input_tokens": 3, "output_tokens": 10},
+        "tool_use",
+        2,
+    ),
 ]
 
 

@@ -110,6 +110,7 @@ def test_a_config_without_tools_records_what_it_always_did(tmp_path):
         ({"tool_runner": "missing_mod:run"}, "tool_runner: cannot import 'missing_mod'"),
         ({"tools": None, "max_turns": 3}, "max_turns: needs tools"),
         ({"batch": True}, "tools: a batch run sends each sample once"),
+        ({"cache": True}, "cache: answers reused from the store carry no trajectory"),
     ],
 )
 def test_a_bad_tool_spec_is_one_error_line_and_nothing_written(tmp_path, invoke, settings, error):
