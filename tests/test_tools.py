@@ -598,3 +598,20 @@ def test_the_kill_loop_gives_the_uninterrupted_exports_and_wastes_little(tmp_pat
     assert made >= kills
     assert 0 <= wasted <= made * concurrency, (wasted, made)
     assert without_timing(tmp_path / "runs" / "crash") == without_timing(tmp_path / "ref" / "crash")
+
+
+def test_the_budget_holds_per_turn_and_a_resume_sends_only_the_turns_left(tmp_path, invoke, fake):
+    server = fake(latency=0.1)
+    plans = ["", "lookup:a lookup:b lookup:c lookup:d lookup:e"]
+    dear = {"claude-sonnet-5": {"input": 1e6, "output": 1e6}}  # a dollar a token
+    config = live_experiment(tmp_path, plans, concurrency=2, budget_usd=1, pricing=dear)
+    result, _ = run_json(invoke, config, "--live")
+    assert result.exit_code == 1, result.output
+    assert "budget reached" in result.output
+    sent = server.state.requests
+    assert sent < 7  # the long sample stopped before its last turns
+    result = invoke("resume", "exp", "--budget-usd", "100000", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert server.state.requests == 7  # 1 + 6 turns: none sent twice
+    lines = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
+    assert [len(line["turns"]) for line in lines] == [1, 6]

@@ -137,7 +137,8 @@ class _LiveLoop:
     async def _trajectory(self, client: LiveClient, sample: Sample) -> Outcome:
         """The sample's tool loop, from its last recorded turn: each turn is committed
         before the next request goes out, so a kill costs at most the turn in flight. The
-        tools run off the event loop; its last turn is queued for session.record's commit."""
+        tools run off the event loop; its last turn is queued for session.record's commit.
+        Once the budget is reached no further turn is sent (the sample stays pending)."""
         session = self.session
         assert session.tools is not None
         trajectory = session.trajectory(sample)
@@ -153,6 +154,8 @@ class _LiveLoop:
             results = await asyncio.to_thread(run_calls, session.tools, sample, calls)
             session.record_turn(trajectory.add(outcome, results))
             await self._committed()
+            if session.budget is not None and session.budget.check():
+                raise Halted  # the budget holds per turn: the rest waits for a resume
 
     def _restore(self, loop: asyncio.AbstractEventLoop, previous: dict[Any, Any]) -> None:
         """Put the runner's signal handlers back in place of the loop's."""
