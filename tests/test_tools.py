@@ -615,3 +615,33 @@ def test_the_budget_holds_per_turn_and_a_resume_sends_only_the_turns_left(tmp_pa
     assert server.state.requests == 7  # 1 + 6 turns: none sent twice
     lines = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
     assert [len(line["turns"]) for line in lines] == [1, 6]
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+def test_a_report_row_expands_to_its_trajectory(tmp_path, invoke):
+    from test_report import rows_by_id, table_data
+
+    result, _ = run_json(invoke, mock_experiment(tmp_path, max_turns=2))
+    assert result.exit_code == 0, result.output
+    page = invoke("report", "exp")
+    assert page.exit_code == 0, page.output
+    html = Path(page.stdout.strip()).read_text(encoding="utf-8")
+    rows = rows_by_id(table_data(html))
+    assert rows["a"]["trajectory"] == [
+        {
+            "text": "",
+            "calls": [["lookup", '{"q":"Paris","lang":"fr"}', "sunny, 21C", False]],
+            "stop": "tool_use",
+        },
+        {"text": "It is sunny.", "calls": [], "stop": "end_turn"},
+    ]
+    assert [len(c) for c in [rows["b"]["trajectory"][0]["calls"]]] == [2]
+    assert rows["b"]["trajectory"][0]["calls"][0][3] is True
+    # from the export directory, the same
+    Path("runs/exp/report.html").unlink()
+    again = invoke("report", "runs/exp")
+    from_dir = rows_by_id(table_data(Path(again.stdout.strip()).read_text(encoding="utf-8")))
+    assert from_dir["a"]["trajectory"] == rows["a"]["trajectory"]
+    assert "r[C.trajectory]" in html
