@@ -645,3 +645,19 @@ def test_a_report_row_expands_to_its_trajectory(tmp_path, invoke):
     from_dir = rows_by_id(table_data(Path(again.stdout.strip()).read_text(encoding="utf-8")))
     assert from_dir["a"]["trajectory"] == rows["a"]["trajectory"]
     assert "r[C.trajectory]" in html
+
+
+def test_server_tool_use_in_the_usage_is_recorded_and_summed_over_turns(tmp_path, invoke, fake):
+    def searched(payload, headers):
+        payload["usage"]["server_tool_use"] = {"web_search_requests": 2}
+        return payload, headers
+
+    fake(mangle=searched)
+    result, _ = run_json(invoke, live_experiment(tmp_path, ["lookup:a add:1"]), "--live")
+    assert result.exit_code == 0, result.output
+    [line] = read_jsonl(tmp_path / "runs/exp/responses.jsonl")
+    assert line["server_tool_use"] == {"web_search_requests": 6}  # 2 in each of 3 turns
+    [path] = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
+    assert [t["usage"]["server_tool_use"] for t in path["turns"]] == [
+        {"web_search_requests": 2}
+    ] * 3

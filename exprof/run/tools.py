@@ -136,6 +136,11 @@ class Trajectory:
             values = [t.usage[key] for t in turns if isinstance(t.usage.get(key), int)]
             if values:
                 metadata[key] = sum(values)
+        server = [t.usage["server_tool_use"] for t in turns if "server_tool_use" in t.usage]
+        if server:  # web searches and the like, by kind, over the turns
+            metadata["server_tool_use"] = {
+                k: sum(uses.get(k, 0) for uses in server) for k in sorted(set().union(*server))
+            }
         if "token_count" in metadata and "output_tokens" in metadata:
             metadata["token_count"] = metadata["output_tokens"]
         cut_off = metadata.get("stop_reason") == "tool_use"
@@ -155,6 +160,8 @@ class Trajectory:
         else:
             sent = list(self.sample.turns())
         usage = {k: outcome.metadata[k] for k in SUMMED if k in outcome.metadata}
+        if isinstance(outcome.metadata.get("server_tool_use"), dict):
+            usage["server_tool_use"] = outcome.metadata["server_tool_use"]
         return TurnRecorded(
             self.sample.dialogue_id,
             len(self.turns) + 1,
