@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -661,3 +662,25 @@ def test_server_tool_use_in_the_usage_is_recorded_and_summed_over_turns(tmp_path
     assert [t["usage"]["server_tool_use"] for t in path["turns"]] == [
         {"web_search_requests": 2}
     ] * 3
+
+
+def test_a_rescore_scores_the_recorded_path_and_runs_no_tool(tmp_path, invoke):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "gone.py").write_text("def run(name, tool_input, sample):\n    return 'x'\n")
+    config = mock_experiment(tmp_path, max_turns=2, tool_runner="gone:run")
+    assert run_json(invoke, config)[0].exit_code == 0
+    (tmp_path / "e" / "gone.py").unlink()
+    sys.modules.pop("gone", None)  # as a new process finds it: gone
+    settings = json.loads(config.read_text())
+    settings.pop("tool_runner")
+    settings["metrics"] = [{"type": "turns"}, {"type": "tool_called", "tool": "add"}]
+    rescore = config.with_name("rescore.yaml")
+    rescore.write_text(json.dumps(settings))
+    result = invoke("rescore", "exp", "--config", str(rescore), "--quiet", "--run-id", "again")
+    assert result.exit_code == 0, result.output
+    scores = {s["dialogue_id"]: s for s in read_jsonl(tmp_path / "runs/again/scores.jsonl")}
+    assert {d: (s["turns"], s["called_add"]) for d, s in scores.items()} == {
+        "a": (2, False),
+        "b": (2, True),
+        "c": (1, False),
+    }

@@ -63,7 +63,7 @@ class Session:
         # continues each sample from its last), and what answers the calls.
         self.tools: ToolBox | None = None
         self.turns: dict[tuple[str, int], list[TurnRecorded]] = {}
-        if record.config.tools:
+        if record.config.tools and record.started.mode != "rescore":  # a rescore runs none
             self.tools = ToolBox(record.config)
             self.turns = recorded_turns(store, record.run_id)
 
