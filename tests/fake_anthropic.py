@@ -154,6 +154,30 @@ def _tool_turns(body: dict) -> tuple[int, str | None]:
     return loops, None
 
 
+def _unsigned_thinking(body: dict) -> str | None:
+    """With thinking on, the API wants the last assistant turn of a tool loop to start
+    with its thinking block, signed as it was sent."""
+    messages = body.get("messages") or []
+    turns = [(i, m) for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not turns or not isinstance(turns[-1][1].get("content"), list):
+        return None
+    i, last = turns[-1]
+    blocks = last["content"]
+    if not any(b.get("type") == "tool_use" for b in blocks):
+        return None
+    first = blocks[0]
+    if first.get("type") == "thinking" and first.get("signature"):
+        return None
+    if first.get("type") == "redacted_thinking":
+        return None
+    return (
+        f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must "
+        "start with a thinking block (preceeding the lastmost set of `tool_use` and "
+        "`tool_result` blocks)."
+    )
+
+
 def _planned_calls(body: dict, prompt: str, loops: int) -> list[dict] | None:
     """The tool_use blocks of this turn, when the request offers tools (and tool_choice
     allows them) and the first user turn plans calls: `CALL lookup:paris add:2+lookup:x`
@@ -359,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         rejected = fake_models.rejects(body, info)
         if rejected is not None:
             return self._error(400, "invalid_request_error", rejected)
+        if self.tool_error is None and fake_models.thinks(body, model):
+            self.tool_error = _unsigned_thinking(body)
         if self.tool_error is not None:
             return self._error(400, "invalid_request_error", self.tool_error)
         fault = state.fault_for(user, attempt)
@@ -450,7 +476,8 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         }
         if self.calls is not None and not refused:
-            payload["content"] = [{"type": "text", "text": "Let me check."}, *self.calls]
+            thought = [b for b in payload["content"] if b["type"] == "thinking"]
+            payload["content"] = [*thought, {"type": "text", "text": "Let me check."}, *self.calls]
             payload["stop_reason"] = "tool_use"
             payload["usage"]["output_tokens"] = output_tokens = 5 + 10 * len(self.calls)
         if refused:

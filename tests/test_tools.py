@@ -684,3 +684,18 @@ def test_a_rescore_scores_the_recorded_path_and_runs_no_tool(tmp_path, invoke):
         "b": (2, True),
         "c": (1, False),
     }
+
+
+def test_with_thinking_on_a_tool_loop_sends_its_signed_thinking_back(tmp_path, invoke, fake):
+    server = fake()
+    config = live_experiment(
+        tmp_path, ["lookup:a add:1"], thinking="adaptive", effort="low", max_tokens=2000
+    )
+    result, _ = run_json(invoke, config, "--live")
+    assert result.exit_code == 0, result.output
+    assert server.state.requests == 3  # the fake 400s a tool loop whose thinking is unsigned
+    last = server.state.seen[-1]["body"]["messages"]
+    assert [m["content"][0]["type"] for m in last[1::2]] == ["thinking", "thinking"]
+    assert all(m["content"][0]["signature"] == "c2ln" for m in last[1::2])
+    [line] = read_jsonl(tmp_path / "runs/exp/responses.jsonl")
+    assert line["completion"].startswith("Answer: question 0")

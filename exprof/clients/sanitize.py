@@ -132,6 +132,7 @@ def message(data: Any) -> Message:
         raise Garbage("the answer's content is not a list of blocks")
     parts: list[str] = []
     blocks: list[dict[str, Any]] = []
+    signatures: list[tuple[dict[str, Any], Any]] = []
     for block in content:
         if not isinstance(block, dict):
             raise Garbage("a content block is not an object")
@@ -144,6 +145,7 @@ def message(data: Any) -> Message:
             blocks.append({"type": "text", "text": part})
         elif kind == "thinking":
             blocks.append({"type": "thinking", "thinking": text(block.get("thinking")) or ""})
+            signatures.append((blocks[-1], block.get("signature")))
         elif kind == "redacted_thinking":
             blocks.append({"type": "redacted_thinking", "data": text(block.get("data")) or ""})
         elif kind == "tool_use":  # kept whole: the loop answers it by its id
@@ -158,6 +160,11 @@ def message(data: Any) -> Message:
             )
         else:
             blocks.append({"type": text(kind) or "unknown"})
+    if any(b["type"] == "tool_use" for b in blocks):
+        # A tool loop sends its thinking back with the tool results, signed as received.
+        for block, signature in signatures:
+            if text(signature) is not None:
+                block["signature"] = signature
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     extra: dict[str, Any] = {}

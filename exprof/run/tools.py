@@ -203,7 +203,14 @@ def _blocks(outcome: Response) -> list[dict[str, Any]]:
 
 
 def _replayable(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A reply's blocks as a request may carry them back: text and tool use (thinking
-    blocks are recorded without their signature, which the API would refuse)."""
-    kept = [b for b in blocks if b.get("type") in ("text", "tool_use")]
-    return [b for b in kept if b.get("type") != "text" or b.get("text")]
+    """A reply's blocks as a request carries them back: text and tool use, and the
+    thinking before them where it was recorded with its signature (as the API wants it
+    back in a tool loop), redacted thinking as it came; empty text blocks never."""
+    kept = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "tool_use" or (kind == "text" and block.get("text")):
+            kept.append(block)
+        elif (kind == "thinking" and "signature" in block) or kind == "redacted_thinking":
+            kept.append(block)
+    return kept
