@@ -551,6 +551,13 @@ class _Handler(BaseHTTPRequestHandler):
                         "delta": {"type": "signature_delta", "signature": block["signature"]},
                     },
                 )
+            elif block["type"] == "tool_use":  # its input as partial JSON, as the API streams it
+                start = {**block, "input": {}}
+                event("content_block_start", {"index": index, "content_block": start})
+                partial = json.dumps(block["input"])
+                for at in range(0, len(partial), 8):
+                    piece = {"type": "input_json_delta", "partial_json": partial[at : at + 8]}
+                    event("content_block_delta", {"index": index, "delta": piece})
             else:
                 event(
                     "content_block_start",

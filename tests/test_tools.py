@@ -699,3 +699,17 @@ def test_with_thinking_on_a_tool_loop_sends_its_signed_thinking_back(tmp_path, i
     assert all(m["content"][0]["signature"] == "c2ln" for m in last[1::2])
     [line] = read_jsonl(tmp_path / "runs/exp/responses.jsonl")
     assert line["completion"].startswith("Answer: question 0")
+
+
+def test_a_streamed_tool_loop_reads_each_tool_use_from_its_deltas(tmp_path, invoke, fake):
+    server = fake()
+    plans = ["lookup:a add:1", "lookup:b+add:2"]
+    result, _ = run_json(invoke, live_experiment(tmp_path, plans, stream=True), "--live")
+    assert result.exit_code == 0, result.output
+    assert server.state.requests == 5
+    responses = read_jsonl(tmp_path / "runs/exp/responses.jsonl")
+    assert [r["tool_calls"] for r in responses] == [
+        [{"name": "lookup", "input": {"q": "a"}}, {"name": "add", "input": {"q": "1"}}],
+        [{"name": "lookup", "input": {"q": "b"}}, {"name": "add", "input": {"q": "2"}}],
+    ]
+    assert all("ttft_ms" in r for r in responses)
