@@ -713,3 +713,15 @@ def test_a_streamed_tool_loop_reads_each_tool_use_from_its_deltas(tmp_path, invo
         [{"name": "lookup", "input": {"q": "b"}}, {"name": "add", "input": {"q": "2"}}],
     ]
     assert all("ttft_ms" in r for r in responses)
+
+
+def test_join_is_refused_for_a_tool_run(tmp_path, invoke, fake):
+    fake()
+    result, _ = run_json(invoke, live_experiment(tmp_path, ["lookup:a"]), "--live")
+    assert result.exit_code == 0, result.output
+    result = invoke("resume", "exp", "--join", "--quiet")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: run exp calls tools: --join is for runs without them (a worker would not "
+        "see the turns another records for a sample it takes over)"
+    )
