@@ -725,3 +725,32 @@ def test_join_is_refused_for_a_tool_run(tmp_path, invoke, fake):
         "Error: run exp calls tools: --join is for runs without them (a worker would not "
         "see the turns another records for a sample it takes over)"
     )
+
+
+def test_a_prefilled_sample_sends_its_prefill_within_the_first_reply(tmp_path, invoke, fake):
+    server = fake()
+    samples = [
+        {
+            "dialogue_id": "p",
+            "system": "s",
+            "messages": [
+                {"role": "user", "content": "question CALL lookup:a"},
+                {"role": "assistant", "content": "Let me look."},
+            ],
+            "tool_results": [{"name": "lookup", "result": "found"}],
+        }
+    ]
+    config = write_experiment(
+        tmp_path / "e",
+        samples,
+        {},
+        tools=TOOLS,
+        model="claude-opus-4-1",  # takes a prefill
+        max_tokens=200,
+    )
+    result, _ = run_json(invoke, config, "--live")
+    assert result.exit_code == 0, result.output
+    last = server.state.seen[-1]["body"]["messages"]
+    assert [m["role"] for m in last] == ["user", "assistant", "user"]
+    assert last[1]["content"][0] == {"type": "text", "text": "Let me look."}
+    assert [b["type"] for b in last[1]["content"]][-1] == "tool_use"

@@ -102,9 +102,15 @@ class Trajectory:
         """The sample as the next request sends it: its turns, then each recorded reply
         and the tool results that answered it."""
         messages = list(self.sample.turns())
+        prefill: list[dict[str, Any]] = []
+        if self.turns and messages[-1]["role"] == "assistant":  # the reply continued it
+            content = messages.pop()["content"]
+            prefill = [{"type": "text", "text": content}] if isinstance(content, str) else content
         for turn in self.turns:
-            messages.append({"role": "assistant", "content": _replayable(turn.received)})
+            reply = [*prefill, *_replayable(turn.received)]
+            messages.append({"role": "assistant", "content": reply})
             messages.append({"role": "user", "content": turn.tool_results})
+            prefill = []
         return dataclasses.replace(self.sample, messages=tuple(messages))
 
     def calls(self, outcome: Outcome) -> list[dict[str, Any]] | None:
