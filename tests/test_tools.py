@@ -754,3 +754,20 @@ def test_a_prefilled_sample_sends_its_prefill_within_the_first_reply(tmp_path, i
     assert [m["role"] for m in last] == ["user", "assistant", "user"]
     assert last[1]["content"][0] == {"type": "text", "text": "Let me look."}
     assert [b["type"] for b in last[1]["content"]][-1] == "tool_use"
+
+
+def test_compare_pairs_the_path_metrics_like_any_metric(tmp_path, invoke):
+    metrics = [{"type": "turns"}, {"type": "tool_called", "tool": "add"}]
+    config = mock_experiment(tmp_path, max_turns=2, metrics=metrics)
+    assert run_json(invoke, config, "--run-id", "two")[0].exit_code == 0
+    settings = json.loads(config.read_text())
+    settings["max_turns"] = 3
+    longer = config.with_name("longer.yaml")
+    longer.write_text(json.dumps(settings))
+    assert run_json(invoke, longer, "--run-id", "three")[0].exit_code == 0
+    result = invoke("compare", "two", "three", "--format", "json")
+    assert result.exit_code == 0, result.output
+    compared = json.loads(result.stdout)["metrics"]
+    assert compared["metrics.turns"]["a"] == pytest.approx(5 / 3, abs=1e-4)
+    assert compared["metrics.turns"]["b"] == pytest.approx(2.0, abs=1e-4)  # b: 3 turns
+    assert "metrics.called_add" in compared
