@@ -4,7 +4,8 @@ heartbeat, the stop signals and the budget, bundled once for every loop.
 `record(sample, outcome)` is the one place an answer is scored and queued; `flush()`
 appends what is queued in one transaction. A loop decides only when to flush: the mock
 after each chunk, the live loop once per event-loop turn, the batch loop every
-INGEST_FLUSH events.
+INGEST_FLUSH events. In a tool run, `trajectory(sample)` gives a sample's loop from its
+last recorded turn and `record_turn` queues each turn before the next request.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from exprof.clients.outcome import Outcome, Response
@@ -186,7 +187,7 @@ def run_calls(box: ToolBox, sample: Sample, calls: list[dict[str, Any]]) -> list
 
 
 def drive(
-    trajectory: Trajectory, box: ToolBox, complete: Any
+    trajectory: Trajectory, box: ToolBox, complete: Callable[[Sample], Outcome]
 ) -> tuple[Outcome, list[TurnRecorded]]:
     """The whole loop with a synchronous client (the mock): the final outcome and every
     turn it recorded from here on."""
