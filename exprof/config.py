@@ -21,6 +21,13 @@ from exprof.metric_specs import (
     with_schema_metric,
 )
 from exprof.pricing import CLASSES, PRICES_PER_MTOK, require_prices
+from exprof.tool_specs import (
+    DEFAULT_MAX_TURNS,
+    DEFAULT_TOOL_TIMEOUT_S,
+    parse_tool_choice,
+    parse_tool_runner,
+    parse_tools,
+)
 
 MAX_ID_LENGTH = 128
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -37,6 +44,10 @@ DEFAULT_TIMEOUT_S = 60.0
 # expanded, stay far below this.
 MAX_YAML_NODES = 10_000
 
+TOOL_KEYS = ("tools", "tool_choice", "max_turns", "tool_timeout_s", "tool_runner")
+# An answer reused from the store comes without its trajectory, and the identity of a
+# request (system and turns) does not cover the tools it offered.
+CACHE_WITH_TOOLS = "answers reused from the store carry no trajectory; set one of cache, tools"
 REQUIRED_KEYS = ("experiment_id", "model", "max_tokens", "dataset_path")
 OPTIONAL_KEYS = (
     *knobs.KNOBS,
@@ -58,6 +69,7 @@ OPTIONAL_KEYS = (
     "cache",
     "budget_usd",
     "metric_timeout_s",
+    *TOOL_KEYS,
 )
 # The parameters a matrix may vary, and the most cells run without --yes.
 MATRIX_KEYS = ("model", "max_tokens", "system", "mock_responses_path", *knobs.KNOBS)
@@ -77,6 +89,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "metric_timeout_s": DEFAULT_METRIC_TIMEOUT_S,
     "stream": False,
     **{k: None for k in knobs.KNOBS if k != "temperature"},
+    "tools": None,
+    "tool_choice": None,
+    "max_turns": DEFAULT_MAX_TURNS,
+    "tool_timeout_s": DEFAULT_TOOL_TIMEOUT_S,
+    "tool_runner": None,
 }
 RATE_LIMIT_KEYS = ("rpm", "itpm", "otpm")
 # What `rescore --config FILE` reads: the metrics, and the prices of a judge's requests.
@@ -123,6 +140,13 @@ class Config:
     # {ttl, upto, schedule} (exprof.clients.caching); None: no breakpoints
     prompt_cache: dict[str, Any] | None = None
     stream: bool = False  # stream each answer, for time to first token and tokens/s
+    # Tools (exprof.tool_specs): what Claude may call, how, for how many requests per
+    # sample, and where results come from besides a sample's scripted tool_results.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    max_turns: int = DEFAULT_MAX_TURNS
+    tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    tool_runner: dict[str, str] | None = None  # {function, search_path}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -422,6 +446,16 @@ def _validate(raw: dict[Any, Any], path: Path) -> Config:
         out["cache"] = raw["cache"]
     if "budget_usd" in raw:
         out["budget_usd"] = check_budget(raw["budget_usd"], where("budget_usd"))
+    out.update(_tools(raw, path))
+    offered = {tool["name"] for tool in out.get("tools") or ()}
+    for i, spec in enumerate(out.get("metrics", ())):
+        if not isinstance(spec, dict) or spec["type"] not in ("tool_called", "tool_sequence"):
+            continue
+        for tool in spec.get("tools", [spec.get("tool")]):
+            if tool not in offered:
+                raise ExprofError(
+                    f"{path}: metrics[{i}] ({spec['name']}): tool {tool!r} is not one of the tools"
+                )
     config = _check_batch(Config(**out))
     if config.budget_usd is not None:
         require_prices(config_models(config), config.pricing, where("budget_usd"))
@@ -436,6 +470,48 @@ def check_budget(value: object, where: str) -> float:
 def config_models(config: Config) -> list[str]:
     """Every model a config sends to: its own, and each its matrix varies."""
     return list(dict.fromkeys([config.model, *(config.matrix or {}).get("model", [])]))
+
+
+def _tools(raw: dict[Any, Any], path: Path) -> dict[str, Any]:
+    """`tools` (a list, or a JSON/YAML file of one) and the keys that only mean something
+    with it: tool_choice, max_turns, tool_timeout_s, tool_runner."""
+    out: dict[str, Any] = {}
+    if "tools" not in raw:
+        for key in TOOL_KEYS:
+            if key in raw:
+                raise ExprofError(f"{path}: {key}: needs tools (the list of tool definitions)")
+        return out
+    value, where = raw["tools"], f"{path}: tools"
+    if raw.get("batch") is True:
+        # A batch answers each request once, within hours: a tool loop would need a batch
+        # per turn, each round waiting on the slowest sample of the last.
+        raise ExprofError(
+            f"{where}: a batch run sends each sample once and cannot answer its tool "
+            "calls; run tools live (batch: false)"
+        )
+    if isinstance(value, str):
+        file = resolve_path(value, path.parent, where)
+        text = read_text(file, "tools file", limit=MAX_CONFIG_BYTES)
+        try:
+            value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ExprofError(f"{where}: {file}: not JSON or YAML: {exc}") from None
+        where = f"{where} ({file})"
+    out["tools"] = tools = parse_tools(value, where)
+    if raw.get("cache") is True:
+        raise ExprofError(f"{path}: cache: {CACHE_WITH_TOOLS}")
+    if "tool_choice" in raw:
+        out["tool_choice"] = parse_tool_choice(raw["tool_choice"], tools, f"{path}: tool_choice")
+    if "max_turns" in raw:
+        out["max_turns"] = _integer(raw["max_turns"], f"{path}: max_turns", 1, 100)
+    if "tool_timeout_s" in raw:
+        limit = _number(raw["tool_timeout_s"], f"{path}: tool_timeout_s", 0.001, 86400.0)
+        out["tool_timeout_s"] = float(limit)
+    if "tool_runner" in raw:
+        out["tool_runner"] = parse_tool_runner(
+            raw["tool_runner"], path.parent, f"{path}: tool_runner"
+        )
+    return out
 
 
 def with_overrides(
@@ -462,6 +538,8 @@ def _check_batch(config: Config) -> Config:
     no reuse or budget check between requests (yet)."""
     if config.batch and (config.repeats > 1 or config.cache or config.budget_usd is not None):
         raise ExprofError("batch: cannot be combined with repeats, cache or budget_usd yet")
+    if config.cache and config.tools:
+        raise ExprofError(f"cache: {CACHE_WITH_TOOLS}")
     if config.batch and config.stream:
         raise ExprofError("stream: a batch's answers are not streamed; set one of batch, stream")
     return config

@@ -23,6 +23,7 @@ from exprof.files import (
     strict_decoder,
 )
 from exprof.jsonio import dumps
+from exprof.tool_specs import parse_tool_results
 
 # A responses.jsonl line's own fields, which the flattened metadata may never replace.
 RESERVED_KEYS = ("dialogue_id", "completion")
@@ -44,6 +45,8 @@ class Sample:
     # Which repeat of the sample a request is; never part of the snapshot.
     repeat: int = 0
     messages: tuple[dict[str, Any], ...] | None = None
+    # Scripted answers to its tool calls (exprof.tool_specs); None: the sample has none.
+    tool_results: tuple[dict[str, Any], ...] | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"dialogue_id": self.dialogue_id, "system": self.system}
@@ -52,14 +55,20 @@ class Sample:
         else:
             payload["messages"] = list(self.messages)
         payload["required_facts"] = list(self.required_facts)
+        if self.tool_results is not None:
+            payload["tool_results"] = list(self.tool_results)
         return payload
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> Sample:
         facts = tuple(data["required_facts"])
         if "messages" in data:
-            return conversation(data["dialogue_id"], data["system"], data["messages"], facts)
-        return cls(data["dialogue_id"], data["system"], data["user"], facts)
+            sample = conversation(data["dialogue_id"], data["system"], data["messages"], facts)
+        else:
+            sample = cls(data["dialogue_id"], data["system"], data["user"], facts)
+        if "tool_results" in data:
+            sample = dataclasses.replace(sample, tool_results=tuple(data["tool_results"]))
+        return sample
 
     def turns(self) -> list[dict[str, Any]]:
         """The request's `messages`."""
@@ -90,10 +99,13 @@ class Sample:
 
 
 def text_of(content: Any) -> str:
-    """A system prompt's or a turn's text: a string, or its text blocks joined."""
+    """A system prompt's or a turn's text: a string, or its text blocks joined (any other
+    block, a tool call or result, as its JSON)."""
     if isinstance(content, str):
         return content
-    return "".join(block["text"] for block in content)
+    return "".join(
+        block["text"] if block.get("type") == "text" else dumps(block) for block in content
+    )
 
 
 def conversation(
@@ -307,6 +319,11 @@ def _parse_jsonl(text: str, path: Path) -> list[tuple[str, Any]]:
 def _sample(item: Any, where: str) -> Sample:
     if not isinstance(item, dict):
         raise ExprofError(f"{where}: each dialogue must be an object, got {type(item).__name__}")
+    if "tool_results" in item:
+        item = dict(item)
+        at = f"{where} ({item.get('dialogue_id')}): tool_results"
+        scripted = parse_tool_results(item.pop("tool_results"), at)
+        return dataclasses.replace(_sample(item, where), tool_results=scripted)
     if "messages" in item:
         return _conversation(item, where)
     for key in ("dialogue_id", "system", "user"):
@@ -391,6 +408,9 @@ def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ExprofError(f"{path}: mock responses must be an object keyed by dialogue_id")
     for key, entry in data.items():
+        if isinstance(entry, dict) and "turns" in entry:
+            _mock_turns(entry, f"{path}: {key!r}")
+            entry.setdefault("completion", "")
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("completion"), str)
@@ -404,6 +424,31 @@ def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
                     "the record's own; rename it"
                 )
     return data
+
+
+def _mock_turns(entry: dict[str, Any], where: str) -> None:
+    """A dialogue's answers turn by turn: each a text (the answer, which ends the dialogue)
+    or {tool_use: {name, input} or a list of them, text (optional)}."""
+    turns = entry["turns"]
+    if not isinstance(turns, list) or not turns:
+        raise ExprofError(f"{where}: turns must be a non-empty list of texts or {{tool_use}}")
+    for i, turn in enumerate(turns):
+        at = f"{where}: turns[{i}]"
+        if isinstance(turn, str):
+            continue
+        if not isinstance(turn, dict) or "tool_use" not in turn or set(turn) - {"tool_use", "text"}:
+            raise ExprofError(f"{at}: must be a text or {{tool_use: {{name, input}}, text}}")
+        calls = turn["tool_use"] if isinstance(turn["tool_use"], list) else [turn["tool_use"]]
+        for call in calls:
+            if (
+                not isinstance(call, dict)
+                or not isinstance(call.get("name"), str)
+                or not isinstance(call.get("input", {}), dict)
+                or set(call) - {"name", "input"}
+            ):
+                raise ExprofError(f"{at}.tool_use: must be {{name: string, input: mapping}}")
+        if not isinstance(turn.get("text", ""), str):
+            raise ExprofError(f"{at}.text: must be a string")
 
 
 def with_repeats(samples: list[Sample], repeats: int) -> list[Sample]:

@@ -32,13 +32,14 @@ from exprof.files import (
 from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.scoring import recorded
 from exprof.store.engine import Store
-from exprof.store.events import Event, ResponseReceived, RunStarted, SampleScored
-from exprof.store.record import iter_samples, load_started
+from exprof.store.events import Event, ResponseReceived, RunStarted, SampleScored, TurnRecorded
+from exprof.store.record import iter_samples, load_started, recorded_turns
 from exprof.summary import run_summary
 
 FILES = EXPORT_FILES
 LINE_FILES = tuple(name for name in FILES if name.endswith(".jsonl"))  # then summary.json
 MARKER = ".exprof-export.json"
+TRAJECTORIES = "trajectories.jsonl"  # a tool run's: one line per answer, its turns
 # The store's sidecar files: a run id (a folder name) may never be one of these.
 STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
 
@@ -136,15 +137,22 @@ def export_run(
         for line in request_lines():
             requests.write(line)
         custom = recorded.per_sample(store, run_id, started.config)  # {} without metrics
+        answered: list[tuple[str, int]] = []
         for scored in store.scored_responses(run_id):
             response = scored.response
             responses.write(lines.response(response))
             values = custom.get((response.dialogue_id, response.repeat), {})
             scores.write(lines.score(response, scored, values))
+            answered.append((response.dialogue_id, response.repeat))
     except BaseException:
         for file in files:
             file.discard()
         raise
+    if lines.config.tools:
+        turns = recorded_turns(store, run_id)
+        write_atomic(
+            out / TRAJECTORIES, (lines.trajectory(key, turns.get(key, [])) for key in answered)
+        )
     return _complete(store, run_id, out, files)
 
 
@@ -246,6 +254,24 @@ class ExportLines:
                 line.update(meta)
             else:
                 line.update((k, v) for k, v in meta.items() if k not in self.shadowing)
+        return _line(line)
+
+    def trajectory(self, key: tuple[str, int], turns: Sequence[TurnRecorded]) -> str:
+        """An answer's trajectories.jsonl line: each turn's messages sent, the reply's
+        blocks, the results of its tool calls, its usage and stop reason."""
+        line: dict[str, Any] = {"dialogue_id": key[0]}
+        if self.with_repeat:
+            line["repeat"] = key[1]
+        line["turns"] = [
+            {
+                "sent": t.sent,
+                "received": t.received,
+                "tool_results": t.tool_results,
+                "usage": t.usage,
+                "stop_reason": t.stop_reason,
+            }
+            for t in turns
+        ]
         return _line(line)
 
     def score(self, response: ResponseReceived, scored: Scores, values: dict[str, Any]) -> str:

@@ -48,7 +48,14 @@ OPTIONS: dict[str, dict[str, bool]] = {
     "length": {"unit": False, "min": False, "max": False},
     "python": {"function": True},
     "judge": {"rubric": True, "judge_model": False, "judge_responses": False, "max_tokens": False},
+    # The path a tool run took (exprof.scoring.tool_metrics); `name` is optional.
+    "tool_called": {"tool": True, "input": False},
+    "tool_sequence": {"tools": True, "order": False},
+    "turns": {},
+    "tool_errors": {},
 }
+TOOL_KINDS = ("tool_called", "tool_sequence", "turns", "tool_errors")
+SEQUENCE_ORDERS = ("exact", "subsequence", "set")
 
 MetricFn = Callable[[dict[str, Any], str, dict[str, Any]], Any]
 
@@ -107,6 +114,8 @@ def custom_specs(metrics: Iterable[object], kind: str | None = None) -> list[dic
 
 
 def _parse_spec(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str, Any]:
+    if "name" not in item and item.get("type") in TOOL_KINDS:
+        item = {"name": _tool_metric_name(item), **item}
     name = item.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ExprofError(
@@ -226,6 +235,38 @@ def _parse_judge(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str
     return spec
 
 
+def _tool_metric_name(item: dict[Any, Any]) -> str:
+    """A tool metric's default name: its type, or for tool_called `called_<tool>`."""
+    tool = item.get("tool")
+    if item["type"] == "tool_called" and isinstance(tool, str) and NAME_RE.fullmatch(tool):
+        return f"called_{tool}"
+    return str(item["type"])
+
+
+def _parse_tool_called(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str, Any]:
+    tool, subset = item["tool"], item.get("input")
+    if not isinstance(tool, str) or not tool:
+        raise ExprofError(f"{where}: tool must be a tool's name")
+    if subset is not None and not isinstance(subset, dict):
+        raise ExprofError(f"{where}: input must be a mapping (a subset of the call's input)")
+    return {"tool": tool, **({"input": subset} if subset is not None else {})}
+
+
+def _parse_tool_sequence(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str, Any]:
+    tools, order = item["tools"], item.get("order", "exact")
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools):
+        raise ExprofError(f"{where}: tools must be a list of tool names")
+    if order not in SEQUENCE_ORDERS:
+        raise ExprofError(
+            f"{where}: order must be one of {', '.join(SEQUENCE_ORDERS)}, got {order!r}"
+        )
+    return {"tools": list(tools), "order": order}
+
+
+def _no_options(item: dict[Any, Any], where: str, ctx: SpecContext) -> dict[str, Any]:
+    return {}
+
+
 _PARSERS: dict[str, Callable[[dict[Any, Any], str, SpecContext], dict[str, Any]]] = {
     "contains_all": _parse_contains,
     "contains_any": _parse_contains,
@@ -234,6 +275,10 @@ _PARSERS: dict[str, Callable[[dict[Any, Any], str, SpecContext], dict[str, Any]]
     "length": _parse_length,
     "python": _parse_python,
     "judge": _parse_judge,
+    "tool_called": _parse_tool_called,
+    "tool_sequence": _parse_tool_sequence,
+    "turns": _no_options,
+    "tool_errors": _no_options,
 }
 
 

@@ -1,11 +1,11 @@
 """Why an answer stopped, from its recorded metadata: the one reading of stop reasons
 that scoring, the projections and compare share.
 
-An answer that ran out of room (`max_tokens`, `model_context_window_exceeded`) or was
-paused mid-turn (`pause_turn`) is *cut off*: it is not a wrong answer, and the summary
-keeps it apart. A `refusal` stop reason is a refusal whatever the text says; its
-`stop_details.category` names the policy, `uncategorized` when it names none (or when
-only the text rule found the refusal).
+An answer that ran out of room (`max_tokens`, `model_context_window_exceeded`, a tool
+loop's `max_turns`) or was paused mid-turn (`pause_turn`) is *cut off*: it is not a
+wrong answer, and the summary keeps it apart. A `refusal` stop reason is a refusal
+whatever the text says; its `stop_details.category` names the policy, `uncategorized`
+when it names none (or when only the text rule found the refusal).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-CUT_OFF = ("max_tokens", "model_context_window_exceeded", "pause_turn")
+CUT_OFF = ("max_tokens", "model_context_window_exceeded", "pause_turn", "max_turns")
 UNCATEGORIZED = "uncategorized"
 
 

@@ -17,7 +17,7 @@ from exprof.store.batches import batch_state
 from exprof.store.engine import Store
 from exprof.store.events import RunStarted
 from exprof.store.queries import RunRow, StatusStats
-from exprof.store.record import load_started, rescore_source
+from exprof.store.record import load_started, rescore_source, tool_stats
 
 
 def run_summary(
@@ -82,6 +82,8 @@ def run_summary(
         avoided = costs.avoided if costs is not None else None
         summary["cost_avoided_usd"] = round(avoided.total, 6) if avoided is not None else None
     summary.update(recorded.summary_fields(store, run_id, start.config, ci=metric_cis))
+    if start.config.get("tools"):
+        summary.update(tool_stats(store, run_id))
     if failures:
         summary["failures_by_class"] = failures
     if mode == "live":

@@ -307,17 +307,17 @@ class Walk:
     def __init__(self, plan: SequentialStarted) -> None:
         self.plan = plan
         self.cs = BettingCS(plan.alpha, plan.low, plan.high, plan.min_effect)
-        self.cursor = 0
+        self.read_upto = 0
         self.verdict: Verdict | None = None
 
     def advance(self, states: list[ArmState]) -> None:
         a, b = states
         order = self.plan.order
-        while self.verdict is None and self.cursor < len(order):
-            p = order[self.cursor]
+        while self.verdict is None and self.read_upto < len(order):
+            p = order[self.read_upto]
             if p in a.pending or p in b.pending:
                 return
-            self.cursor += 1
+            self.read_upto += 1
             if p in a.failed or p in b.failed or p not in a.values or p not in b.values:
                 continue
             self.cs.update(b.values[p] - a.values[p])
@@ -326,7 +326,7 @@ class Walk:
     def next_round(self, states: list[ArmState], size: int) -> list[int]:
         """The next `size` positions, in order, that either arm still owes."""
         out = []
-        for p in self.plan.order[self.cursor :]:
+        for p in self.plan.order[self.read_upto :]:
             if any(p in s.pending for s in states):
                 out.append(p)
                 if len(out) == size:

@@ -119,6 +119,111 @@ def _last_user_text(body: dict) -> str:
     return content
 
 
+def _tool_turns(body: dict) -> tuple[int, str | None]:
+    """How many tool loops the request carries (each an assistant turn of tool_use blocks
+    answered by a user turn of tool_results), and the 400 the API would answer, if any: a
+    tool_result whose id matches no tool_use of the turn before it, or a tool_use left
+    without its tool_result in the next turn."""
+    messages = body.get("messages") or []
+    loops = 0
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        uses = [b["id"] for b in blocks if b.get("type") == "tool_use"]
+        results = [b for b in blocks if b.get("type") == "tool_result"]
+        if message.get("role") == "assistant" and uses:
+            loops += 1
+            after = messages[i + 1]["content"] if i + 1 < len(messages) else []
+            answered = {b.get("tool_use_id") for b in after if isinstance(after, list)} & set(uses)
+            if i + 1 < len(messages) and answered != set(uses):
+                missing = ", ".join(u for u in uses if u not in answered)
+                return loops, (
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {missing}. Each `tool_use` block must have a "
+                    "corresponding `tool_result` block in the next message."
+                )
+        if results:
+            before = messages[i - 1].get("content") if i else None
+            ids = (
+                {b.get("id") for b in before if b.get("type") == "tool_use"}
+                if isinstance(before, list)
+                else set()
+            )
+            for j, result in enumerate(blocks):
+                if result.get("type") == "tool_result" and result.get("tool_use_id") not in ids:
+                    return loops, (
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {result.get('tool_use_id')}. Each "
+                        "`tool_result` block must have a corresponding `tool_use` block in "
+                        "the previous message."
+                    )
+    return loops, None
+
+
+def _unsigned_thinking(body: dict) -> str | None:
+    """With thinking on, the API wants the last assistant turn of a tool loop to start
+    with its thinking block, signed as it was sent."""
+    messages = body.get("messages") or []
+    turns = [(i, m) for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not turns or not isinstance(turns[-1][1].get("content"), list):
+        return None
+    i, last = turns[-1]
+    blocks = last["content"]
+    if not any(b.get("type") == "tool_use" for b in blocks):
+        return None
+    first = blocks[0]
+    if first.get("type") == "thinking" and first.get("signature"):
+        return None
+    if first.get("type") == "redacted_thinking":
+        return None
+    return (
+        f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must "
+        "start with a thinking block (preceeding the lastmost set of `tool_use` and "
+        "`tool_result` blocks)."
+    )
+
+
+def _planned_calls(body: dict, prompt: str, loops: int) -> list[dict] | None:
+    """The tool_use blocks of this turn, when the request offers tools (and tool_choice
+    allows them) and the first user turn plans calls: `CALL lookup:paris add:2+lookup:x`
+    is one call per word, a turn per word, calls joined by '+' in one turn."""
+    offered = {t.get("name") for t in body.get("tools") or []}
+    if not offered or (body.get("tool_choice") or {}).get("type") == "none":
+        return None
+    plan = prompt.split("CALL ", 1)[1].split() if "CALL " in prompt else []
+    if loops >= len(plan):
+        return None
+    calls = []
+    for i, call in enumerate(plan[loops].split("+")):
+        name, _, arg = call.partition(":")
+        if name in offered:
+            digest = zlib.crc32(f"{prompt}:{loops}:{i}".encode())
+            calls.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{digest:08x}{loops:02d}{i:02d}",
+                    "name": name,
+                    "input": {"q": arg},
+                }
+            )
+    return calls or None
+
+
+def _results_text(body: dict) -> str:
+    """The tool results the request carries, as the fake's answer quotes them."""
+    texts = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "tool_result":
+                inner = block.get("content", "")
+                if isinstance(inner, list):
+                    inner = "".join(b.get("text", "") for b in inner)
+                texts.append(("ERROR " if block.get("is_error") else "") + str(inner))
+    return " | ".join(texts)
+
+
 def judge_score(user: str) -> int:
     """The fake grader's score for a prompt: 1 to 5, fixed by the text."""
     return 1 + zlib.crc32(user.encode()) % 5
@@ -175,6 +280,13 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         user = _last_user_text(body)
+        loops, self.tool_error = _tool_turns(body)
+        self.prompt = user
+        if loops:  # a turn of a tool loop: faults and attempts are counted per turn
+            first = [m for m in body.get("messages") or [] if m.get("role") == "user"][0]
+            self.prompt = _last_user_text({"messages": [first]})
+            user = f"{self.prompt} #turn{loops + 1}"
+        self.calls = _planned_calls(body, self.prompt, loops)
         if self.path.split("?")[0] == "/v1/messages/count_tokens":
             return self._count_tokens(state, body, user)
         with state.lock:
@@ -286,6 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
         rejected = fake_models.rejects(body, info)
         if rejected is not None:
             return self._error(400, "invalid_request_error", rejected)
+        if self.tool_error is None and fake_models.thinks(body, model):
+            self.tool_error = _unsigned_thinking(body)
+        if self.tool_error is not None:
+            return self._error(400, "invalid_request_error", self.tool_error)
         fault = state.fault_for(user, attempt)
         if fault == "429":
             return self._error(
@@ -326,7 +442,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         refused = "REFUSE" in user
-        text = "I'm sorry, I can't help with that." if refused else f"Answer: {user}"
+        text = "I'm sorry, I can't help with that." if refused else f"Answer: {self.prompt}"
+        if self.calls is None and body.get("tools") and _results_text(body):
+            text = f"{text} with {_results_text(body)}"
         if (body.get("output_config") or {}).get("format") and not refused:
             text = json.dumps({"answer": user})
         if str(body.get("system", "")).startswith("You grade"):  # exprof's judge prompt
@@ -382,6 +500,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "ephemeral_1h_input_tokens": cached.written["1h"],
                 },
             )
+        if self.calls is not None and not refused:
+            thought = [b for b in payload["content"] if b["type"] == "thinking"]
+            payload["content"] = [*thought, {"type": "text", "text": "Let me check."}, *self.calls]
+            payload["stop_reason"] = "tool_use"
+            payload["usage"]["output_tokens"] = output_tokens = 5 + 10 * len(self.calls)
         if refused:
             category = "cyber" if "CYBER" in user else None
             payload["stop_details"] = {"type": "refusal", "category": category, "explanation": None}
@@ -453,6 +576,13 @@ class _Handler(BaseHTTPRequestHandler):
                         "delta": {"type": "signature_delta", "signature": block["signature"]},
                     },
                 )
+            elif block["type"] == "tool_use":  # its input as partial JSON, as the API streams it
+                start = {**block, "input": {}}
+                event("content_block_start", {"index": index, "content_block": start})
+                partial = json.dumps(block["input"])
+                for at in range(0, len(partial), 8):
+                    piece = {"type": "input_json_delta", "partial_json": partial[at : at + 8]}
+                    event("content_block_delta", {"index": index, "delta": piece})
             else:
                 event(
                     "content_block_start",

@@ -285,9 +285,7 @@ GARBAGE = {
     "not-json": lambda line: b"{not json\n" if b'"succeeded"' in line else line,
     "no-content": lambda line: _spoil_message(line, lambda m: m.pop("content")),
     "null-content": lambda line: _spoil_message(line, lambda m: m.update(content=None)),
-    "text-not-string": lambda line: _spoil_message(
-        line, lambda m: m["content"][0].update(text=5)
-    ),
+    "text-not-string": lambda line: _spoil_message(line, lambda m: m["content"][0].update(text=5)),
     "usage-huge": lambda line: _spoil_message(
         line, lambda m: m["usage"].update(output_tokens=2**80)
     ),

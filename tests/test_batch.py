@@ -486,9 +486,7 @@ SPOILS += ["text-not-string", "usage-huge"]
 
 
 @pytest.mark.parametrize("spoil", SPOILS)
-def test_a_spoiled_results_stream_never_hangs_crashes_or_pays_twice(
-    tmp_path, fake, invoke, spoil
-):
+def test_a_spoiled_results_stream_never_hangs_crashes_or_pays_twice(tmp_path, fake, invoke, spoil):
     """Issue 26, class 2: a results stream cut mid-line, lines that are not objects or
     not JSON, messages without content or with non-string text, usage beyond 64 bits, a
     results URL that answers 404 or refuses connections. Each ends the run (or that

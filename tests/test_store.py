@@ -38,6 +38,7 @@ from exprof.store.events import (
     SampleScored,
     SequentialStarted,
     SequentialStopped,
+    TurnRecorded,
 )
 
 
@@ -78,6 +79,16 @@ EXAMPLES = [
     ResponseReused("a", "x", {"output_tokens": 2}, 1, source_event_id=7),
     SequentialStarted("fact_coverage", -1.0, 1.0, 0.05, 0.1, 3, [1, 0], {"A": {}, "B": {}}),
     SequentialStopped("decided", "B", 12, [0.05, 0.9], 3, [1, 0], "decided after 12 pairs"),
+    TurnRecorded(
+        "a",
+        1,
+        [{"role": "user", "content": "hi"}],
+        [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
+        [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x", "is_error": True}],
+        {"input_tokens": 3, "output_tokens": 10},
+        "tool_use",
+        2,
+    ),
 ]
 
 

@@ -41,6 +41,10 @@ def build_request(
     }
     if sample.system:
         request["system"] = sample.system
+    if config.tools:
+        request["tools"] = config.tools
+        if config.tool_choice:
+            request["tool_choice"] = config.tool_choice
     fields = config.wire_knobs()
     sampling = {k: fields.pop(k) for k in SAMPLING if k in fields}
     request.update(fields)

@@ -46,6 +46,8 @@ class MockClient:
                 "MockResponseMissing",
                 f"no mock response for dialogue_id {sample.dialogue_id!r} in mock_responses.json",
             )
+        if "turns" in entry:
+            return _turn(entry, sample)
         completion, metadata = entry["completion"], entry.get("metadata", {})
         thinking = self.thinking_tokens(sample.dialogue_id)
         answer = _tokens(metadata, completion)
@@ -79,6 +81,56 @@ class MockClient:
             base = min(base, thinking["budget_tokens"])  # type: ignore[index]
         spread = zlib.crc32(dialogue_id.encode("utf-8", "surrogatepass")) % 51
         return base + base * spread // 100
+
+
+def _turn(entry: dict[str, Any], sample: Sample) -> Outcome:
+    """The answer to the dialogue's k-th request, k counted from the tool results it
+    carries: a tool_use turn (stop_reason tool_use), or the text that ends it, with the
+    entry's metadata. Usage is fixed by the request's and the answer's lengths."""
+    messages = sample.turns()
+    k = sum(
+        1
+        for m in messages
+        if m["role"] == "user"
+        and isinstance(m["content"], list)
+        and any(b.get("type") == "tool_result" for b in m["content"])
+    )
+    turns = entry["turns"]
+    if k >= len(turns):
+        return Failure(
+            "MockResponseMissing",
+            f"no mock turn {k + 1} for dialogue_id {sample.dialogue_id!r} "
+            f"(mock_responses.json gives {len(turns)})",
+        )
+    turn = turns[k]
+    input_tokens = len(sample.transcript().split()) + 3
+    if isinstance(turn, str):
+        metadata = {
+            "stop_reason": "end_turn",
+            "input_tokens": input_tokens,
+            "output_tokens": len(turn.split()),
+            **entry.get("metadata", {}),
+        }
+        return Response(turn, metadata)
+    calls = turn["tool_use"] if isinstance(turn["tool_use"], list) else [turn["tool_use"]]
+    text = turn.get("text", "")
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for i, call in enumerate(calls):
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": f"toolu_mock_{k + 1}_{i + 1}",
+                "name": call["name"],
+                "input": call.get("input", {}),
+            }
+        )
+    metadata = {
+        "stop_reason": "tool_use",
+        "input_tokens": input_tokens,
+        "output_tokens": len(text.split()) + 10 * len(calls),
+        "content": blocks,
+    }
+    return Response(text, metadata)
 
 
 def _tokens(metadata: dict[str, Any], completion: str) -> int:

@@ -131,7 +131,9 @@ def message(data: Any) -> Message:
     content = data.get("content")
     if not isinstance(content, list):
         raise Garbage("the answer's content is not a list of blocks")
-    parts, blocks = [], []
+    parts: list[str] = []
+    blocks: list[dict[str, Any]] = []
+    signatures: list[tuple[dict[str, Any], Any]] = []
     for block in content:
         if not isinstance(block, dict):
             raise Garbage("a content block is not an object")
@@ -144,10 +146,26 @@ def message(data: Any) -> Message:
             blocks.append({"type": "text", "text": part})
         elif kind == "thinking":
             blocks.append({"type": "thinking", "thinking": text(block.get("thinking")) or ""})
+            signatures.append((blocks[-1], block.get("signature")))
         elif kind == "redacted_thinking":
             blocks.append({"type": "redacted_thinking", "data": text(block.get("data")) or ""})
+        elif kind == "tool_use":  # kept whole: the loop answers it by its id
+            tool_input = block.get("input")
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": text(block.get("id")) or "",
+                    "name": text(block.get("name")) or "",
+                    "input": tool_input if isinstance(tool_input, dict) else {},
+                }
+            )
         else:
             blocks.append({"type": text(kind) or "unknown"})
+    if any(b["type"] == "tool_use" for b in blocks):
+        # A tool loop sends its thinking back with the tool results, signed as received.
+        for block, signature in signatures:
+            if text(signature) is not None:
+                block["signature"] = signature
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     extra: dict[str, Any] = {}
@@ -162,6 +180,11 @@ def message(data: Any) -> Message:
         found = _dig(usage, path)
         if count(found) is not None:
             extra[name] = count(found)
+    server_tools = usage.get("server_tool_use")
+    if isinstance(server_tools, dict):  # web searches and the like, priced per use
+        uses = {str(k): count(v) for k, v in server_tools.items() if count(v) is not None}
+        if uses:
+            extra["server_tool_use"] = uses
     for name in USAGE_WORDS:
         if text(usage.get(name)) is not None:
             extra[name] = text(usage.get(name))

@@ -15,9 +15,9 @@ from typing import Any
 from exprof.compare import Side
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
-from exprof.jsonio import loads
+from exprof.jsonio import dumps, loads
 from exprof.store.events import SampleFailed
-from exprof.store.record import iter_samples, load_started
+from exprof.store.record import iter_samples, load_started, recorded_turns
 
 # Long answers are cut in the page (the full text is in the store and the exports), so
 # a run of long completions still gives a page a browser opens.
@@ -39,7 +39,9 @@ COLUMNS = (
     "metrics",
     "ttft_ms",
     "output_tokens_per_s",
+    "trajectory",
 )
+MAX_TOOL_TEXT = 300  # a tool call's input or result, as a trajectory row shows it
 
 
 @dataclass
@@ -98,6 +100,7 @@ def _row(
     scored: tuple[float, bool, list[int]] | None,
     failure: tuple[str, str] | None,
     custom: dict[str, Any] | None = None,
+    trajectory: list[dict[str, Any]] | None = None,
 ) -> list[Any]:
     completion, meta = answer if answer else (None, {})
     coverage, refused, missing = scored if scored else (None, None, [])
@@ -117,7 +120,41 @@ def _row(
         custom or None,
         _number(meta.get("ttft_ms")),  # a streamed answer's
         _number(meta.get("output_tokens_per_s")),
+        trajectory,
     ]
+
+
+def trajectory_steps(turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A tool run's turns as a row expands them: per turn its text, each call (name,
+    input) with its result, and the stop reason; None for a sample without turns."""
+    if not turns:
+        return None
+    steps = []
+    for turn in turns:
+        results = {r.get("tool_use_id"): r for r in turn.get("tool_results", ())}
+        calls = []
+        for block in turn.get("received", ()):
+            if block.get("type") != "tool_use":
+                continue
+            result = results.get(block.get("id"), {})
+            content = result.get("content", "")
+            if not isinstance(content, str):
+                content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
+            calls.append(
+                [
+                    str(block.get("name")),
+                    _clip(dumps(block.get("input", {})), MAX_TOOL_TEXT),
+                    _clip(content, MAX_TOOL_TEXT),
+                    bool(result.get("is_error")),
+                ]
+            )
+        text = "".join(
+            b.get("text", "") for b in turn.get("received", ()) if b.get("type") == "text"
+        )
+        steps.append(
+            {"text": _clip(text, MAX_TOOL_TEXT), "calls": calls, "stop": turn.get("stop_reason")}
+        )
+    return steps
 
 
 def run_data(side: Side) -> RunData:
@@ -134,6 +171,7 @@ def run_data(side: Side) -> RunData:
         if isinstance(ev.event, SampleFailed)
     }
     custom = _custom_by_id(side)
+    turns = recorded_turns(store, run_id)  # {} but for a tool run
     vocab = Vocab()
     rows = []
     for sample in iter_samples(store, run_id):
@@ -154,6 +192,9 @@ def run_data(side: Side) -> RunData:
                 marks,
                 None if answer else failures.get(did),
                 custom.get(did),
+                trajectory_steps(
+                    [t.to_payload() for t in turns.get((did, 0), [])] if answer else []
+                ),
             )
         )
     config = dict(load_started(store, run_id).config)
@@ -201,6 +242,7 @@ def _dir_data(path: Path, side: Side) -> RunData:
         for d, c, r in zip(side.ids, side.coverage, side.refused, strict=True)
     }
     custom = _custom_by_id(side)
+    paths = {r["dialogue_id"]: r for r in _jsonl(path / "trajectories.jsonl", "trajectories")}
     vocab = Vocab()
     rows = []
     for did in list(prompts) + [d for d in side.ids if d not in prompts]:
@@ -210,8 +252,11 @@ def _dir_data(path: Path, side: Side) -> RunData:
         status = "ok" if marks else "failed"
         failure = None if marks else ("unknown", "the export holds no failure detail")
         text = (answer.get("completion"), answer) if answer else None
+        steps = trajectory_steps(paths.get(did, {}).get("turns", []))
         rows.append(
-            _row(did, status, prompts.get(did), missing, text, marks, failure, custom.get(did))
+            _row(
+                did, status, prompts.get(did), missing, text, marks, failure, custom.get(did), steps
+            )
         )  # type: ignore[arg-type]
     summary = side.summary
     config: dict[str, Any] = {

@@ -61,5 +61,10 @@ def check_joinable(mode: str, config: dict[str, Any], run_id: str) -> None:
         raise ExprofError(f"run {run_id} is a batch run: --join adds workers to live runs")
     if judge.specs(config["metrics"]):  # graders run after the answers, once per worker
         raise ExprofError(f"run {run_id} has judge metrics: --join is for runs without them")
+    if config.get("tools"):  # each worker reads a sample's recorded turns when it starts
+        raise ExprofError(
+            f"run {run_id} calls tools: --join is for runs without them (a worker would not "
+            "see the turns another records for a sample it takes over)"
+        )
     if config.get("cache"):  # answers are reused before claiming: a joiner could race it
         raise ExprofError(f"run {run_id} reuses answers (cache): --join is for runs without it")

@@ -17,13 +17,14 @@ from typing import Any
 from exprof.clients import caching
 from exprof.clients.limits import AdaptiveLimit
 from exprof.clients.live import Halted, LiveClient
-from exprof.clients.outcome import Failure
+from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.config import Config
 from exprof.dataset import Sample
 from exprof.errors import STOP_SIGNALS, ExprofError, interruption
 from exprof.heap import settled_heap
 from exprof.knobs import SAMPLING
 from exprof.run.session import HEARTBEAT_S, Session
+from exprof.run.tools import run_calls
 from exprof.run.warmup import Scheduler
 from exprof.store.events import RunInterrupted
 
@@ -109,7 +110,10 @@ class _LiveLoop:
         async def one(sample: Sample) -> None:
             try:
                 try:
-                    outcome = await client.complete(sample)
+                    if session.tools is None:
+                        outcome = await client.complete(sample)
+                    else:
+                        outcome = await self._trajectory(client, sample)
                 except Halted:
                     return  # never sent: the sample stays pending for a resume
                 if isinstance(outcome, Failure) and outcome.fatal and self.fatal is None:
@@ -178,6 +182,29 @@ class _LiveLoop:
     def _over_budget(self) -> bool:
         budget = self.session.budget
         return budget is not None and budget.check()
+
+    async def _trajectory(self, client: LiveClient, sample: Sample) -> Outcome:
+        """The sample's tool loop, from its last recorded turn: each turn is committed
+        before the next request goes out, so a kill costs at most the turn in flight. The
+        tools run off the event loop; its last turn is queued for session.record's commit.
+        Once the budget is reached no further turn is sent (the sample stays pending)."""
+        session = self.session
+        assert session.tools is not None
+        trajectory = session.trajectory(sample)
+        while True:
+            outcome = await client.complete(trajectory.request())
+            calls = trajectory.calls(outcome)
+            if calls is None:
+                final, last = trajectory.final(outcome)
+                for turn in last:
+                    session.record_turn(turn)
+                return final
+            assert isinstance(outcome, Response)
+            results = await asyncio.to_thread(run_calls, session.tools, sample, calls)
+            session.record_turn(trajectory.add(outcome, results))
+            await self._committed()
+            if session.budget is not None and session.budget.check():
+                raise Halted  # the budget holds per turn: the rest waits for a resume
 
     def _restore(self, loop: asyncio.AbstractEventLoop, previous: dict[Any, Any]) -> None:
         """Put the runner's signal handlers back in place of the loop's."""

@@ -13,6 +13,7 @@ from exprof.dataset import Sample
 from exprof.export import StreamedExport
 from exprof.heap import collector_paused
 from exprof.run.session import Session
+from exprof.run.tools import drive
 from exprof.store.record import recorded_responses, rescore_source
 
 MOCK_BATCH = 2000  # mock samples per transaction
@@ -33,11 +34,19 @@ def run_mock(
         session.budget = None  # a rescore pays for nothing: its answers are recorded ones
     if session.budget is not None:  # mock answers carry usage: held to budget_usd like live
         pending = session.budget.affordable(record.run_id, pending, lambda s: _usage(client, s))
+    # A rescore replays each sample's final answer: its tool loop is recorded already.
+    tools = session.tools if isinstance(client, MockClient) else None
     for start in range(0, len(pending), MOCK_BATCH):
         with collector_paused():
             for sample in pending[start : start + MOCK_BATCH]:
                 session.check_signals()  # a slow custom metric: a stop lands within one answer
-                events = session.record(sample, client.complete(sample))
+                if tools is None:
+                    events = session.record(sample, client.complete(sample))
+                else:  # the tool loop: its turns are queued before the answer
+                    outcome, turns = drive(session.trajectory(sample), tools, client.complete)
+                    for turn in turns:
+                        session.record_turn(turn)
+                    events = session.record(sample, outcome)
                 if streamed is not None:
                     streamed.add(sample, events)
             session.flush()  # the chunk's events are freed here, while the collector looks away

@@ -422,7 +422,12 @@ class Runner:
         block unless the run finished and put it in place."""
         config = record.config
         whole = len(pending) == record.started.samples_total * config.repeats
-        if record.started.mode != "mock" or not whole or judge.specs(config.metrics):
+        if (
+            record.started.mode != "mock"
+            or not whole
+            or judge.specs(config.metrics)
+            or config.tools  # trajectories.jsonl is written from the store
+        ):
             return contextlib.nullcontext()
         out = self.output_dir / record.run_id
         try:

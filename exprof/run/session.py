@@ -4,7 +4,8 @@ heartbeat, the stop signals and the budget, bundled once for every loop.
 `record(sample, outcome)` is the one place an answer is scored and queued; `flush()`
 appends what is queued in one transaction. A loop decides only when to flush: the mock
 after each chunk, the live loop once per event-loop turn, the batch loop every
-INGEST_FLUSH events.
+INGEST_FLUSH events. In a tool run, `trajectory(sample)` gives a sample's loop from its
+last recorded turn and `record_turn` queues each turn before the next request.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from exprof.dataset import Sample
 from exprof.errors import ConcurrencyError
 from exprof.render import Progress
 from exprof.run.budget import Budget
+from exprof.run.tools import ToolBox, Trajectory
 from exprof.scoring import custom, guard, judge, sample_events
 from exprof.store.engine import Store
-from exprof.store.events import Event
+from exprof.store.events import Event, TurnRecorded
 from exprof.store.leases import Lease
-from exprof.store.record import RunRecord
+from exprof.store.record import RunRecord, recorded_turns
 
 HEARTBEAT_S = 10.0  # a worker's heartbeat is refreshed at least this often while it works
 
@@ -58,6 +60,22 @@ class Session:
         self.done = self.errors = 0
         self.check_signals: Callable[[], None] = lambda: None  # set by the runner
         self.last_beat = time.monotonic()
+        # A tool run's loop state: the turns recorded before this session (a resume
+        # continues each sample from its last), and what answers the calls.
+        self.tools: ToolBox | None = None
+        self.turns: dict[tuple[str, int], list[TurnRecorded]] = {}
+        if record.config.tools and record.started.mode != "rescore":  # a rescore runs none
+            self.tools = ToolBox(record.config)
+            self.turns = recorded_turns(store, record.run_id)
+
+    def trajectory(self, sample: Sample) -> Trajectory:
+        """The sample's tool loop, from its last recorded turn."""
+        turns = self.turns.pop((sample.dialogue_id, sample.repeat), [])
+        return Trajectory(sample, self.config, list(turns))
+
+    def record_turn(self, turn: TurnRecorded) -> None:
+        """Queue a tool-loop turn, to be committed before the next request is sent."""
+        self.arrived.append(turn)
 
     def record(
         self, sample: Sample, outcome: Outcome, reused_from: int | None = None

@@ -16,12 +16,14 @@ from exprof.errors import ExprofError
 from exprof.files import MAX_INT
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
+    TOOL_KINDS,
     MetricFn,
     compile_regex,
     custom_specs,
     import_function,
     schema_validator,
 )
+from exprof.scoring import tool_metrics
 from exprof.scoring.guard import Guard, MetricStopped
 
 Value = float | int | bool | dict[str, float | int | bool]
@@ -74,6 +76,8 @@ def build_one(spec: dict[str, Any], where: str) -> MetricFn:
         return import_function(spec["function"], spec["search_path"], where)
     if kind == "judge":
         return _not_local
+    if kind in TOOL_KINDS:
+        return tool_metrics.build(spec)
     raise ExprofError(f"{where}: unknown type {kind!r}")
 
 

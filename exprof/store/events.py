@@ -174,6 +174,25 @@ class JudgeScored(Event):
 
 
 @dataclass(frozen=True)
+class TurnRecorded(Event):
+    """One request of a sample's tool loop and what came of it: the messages it added to
+    the conversation (`sent`: the sample's own turns first, then the tool results), the
+    answer's content blocks, the results of its tool calls (none on the last turn), its
+    usage and stop reason. A resume rebuilds the conversation from these and sends only
+    the next turn."""
+
+    type: ClassVar[str] = "turn_recorded"
+    dialogue_id: str
+    turn: int  # 1, 2, ...: the sample's requests to the model
+    sent: list[dict[str, Any]]
+    received: list[dict[str, Any]]
+    tool_results: list[dict[str, Any]]
+    usage: dict[str, Any]
+    stop_reason: str | None
+    repeat: int = 0
+
+
+@dataclass(frozen=True)
 class RescoreStarted(Event):
     """A rescore run: which run's recorded responses it reuses, and how its
     config differs from that run's."""
@@ -335,6 +354,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SampleScored,
         JudgeRequestSent,
         JudgeScored,
+        TurnRecorded,
         RescoreStarted,
         RunInterrupted,
         RunFinished,

@@ -23,6 +23,7 @@ from exprof.store.events import (
     RunStarted,
     SequentialStarted,
     SequentialStopped,
+    TurnRecorded,
 )
 
 SNAPSHOT_CHUNK = 2000
@@ -153,6 +154,39 @@ def recorded_responses(
         assert isinstance(event, ResponseReceived)
         out[event.dialogue_id, event.repeat] = (event.completion, event.metadata)
     return out
+
+
+def recorded_turns(store: Store, run_id: str) -> dict[tuple[str, int], list[TurnRecorded]]:
+    """Every tool-loop turn the run holds, by (dialogue_id, repeat), in turn order; a
+    turn number recorded twice (two workers on one sample) counts once, the first."""
+    out: dict[tuple[str, int], list[TurnRecorded]] = {}
+    for stored in store.events(run_id, types=(TurnRecorded.type,), batch=5000):
+        event = stored.event
+        assert isinstance(event, TurnRecorded)
+        turns = out.setdefault((event.dialogue_id, event.repeat), [])
+        if all(t.turn != event.turn for t in turns):
+            turns.append(event)
+    for turns in out.values():
+        turns.sort(key=lambda t: t.turn)
+    return out
+
+
+def tool_stats(store: Store, run_id: str) -> dict[str, Any]:
+    """A tool run's summary fields, from its answers: the mean turns per answer, the tool
+    error rate (error results over tool calls) and the share cut off by max_turns."""
+    answers = turns = calls = errors = cut_off = 0
+    for _, metadata in recorded_responses(store, run_id).values():
+        answers += 1
+        turns += metadata.get("turns", 1)
+        calls += len(metadata.get("tool_calls", ()))
+        errors += metadata.get("tool_errors", 0)
+        cut_off += metadata.get("stop_reason") == "max_turns"
+    return {
+        "mean_turns": round(turns / answers, 4) if answers else None,
+        "tool_calls": calls,
+        "tool_error_rate": round(errors / calls, 4) if calls else 0.0,
+        "max_turns_rate": round(cut_off / answers, 4) if answers else None,
+    }
 
 
 def rescore_source(store: Store, run_id: str) -> RescoreStarted:

@@ -104,6 +104,24 @@
             body.addEventListener("click", function () { body.classList.toggle("open"); });
             td.appendChild(body);
           }
+          if (r[C.trajectory]) {
+            var path = el("details", "trajectory");
+            var calls = r[C.trajectory].reduce(function (n, t) { return n + t.calls.length; }, 0);
+            path.appendChild(el("summary", null, r[C.trajectory].length + " turns · " + calls + " tool calls"));
+            var list = el("ol");
+            r[C.trajectory].forEach(function (t) {
+              var item = el("li", null, t.text || "");
+              t.calls.forEach(function (c) {
+                var call = el("div", "tool-call", c[0] + " " + c[1] + " → ");
+                call.appendChild(c[3] ? chip(c[2], "failed") : document.createTextNode(c[2]));
+                item.appendChild(call);
+              });
+              item.appendChild(el("div", "hint", "stop: " + t.stop));
+              list.appendChild(item);
+            });
+            path.appendChild(list);
+            td.appendChild(path);
+          }
           if (r[C.metrics]) {
             var values = el("div", "missing");
             Object.keys(r[C.metrics]).forEach(function (name) {
