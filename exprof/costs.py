@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from exprof.pricing import CLASSES, ZERO, Cost, Usage, cache_hit_rate, price_usage, rates_for
+from exprof.pricing import (
+    CLASSES,
+    ZERO,
+    Cost,
+    Usage,
+    cache_hit_rate,
+    price_server_tools,
+    price_usage,
+    rates_for,
+)
 from exprof.store.engine import Store
 from exprof.store.projections import cache_tokens, usage_tokens
 from exprof.store.queries import Queries, SampleTotals
@@ -24,14 +33,20 @@ class RunCost:
     undiscounted: Cost | None  # the same answers at the list rates: what batch saved
     avoided: Cost | None  # the reused answers, as if they had been sent
     tokens: dict[str, int]  # the answers sent, by class
+    server_tools_usd: float = 0.0  # the server tools' per-use fees (web searches)
+
+    @property
+    def total_usd(self) -> float | None:
+        """Everything the answers sent cost: their tokens and their server tools."""
+        return self.paid.total + self.server_tools_usd if self.paid is not None else None
 
     def fields(self, batch: bool) -> dict[str, Any]:
         """What a live run's summary says about its cost."""
-        paid = self.paid
+        paid, total = self.paid, self.total_usd
         written = self.tokens["cache_write_5m"] + self.tokens["cache_write_1h"]
         read = self.tokens["cache_read"]
         out: dict[str, Any] = {
-            "estimated_cost_usd": round(paid.total, 6) if paid is not None else "cost unknown",
+            "estimated_cost_usd": round(total, 6) if total is not None else "cost unknown",
             "cost_by_class": (
                 {c: round(paid.by_class[c], 6) for c in CLASSES} if paid is not None else None
             ),
@@ -44,6 +59,8 @@ class RunCost:
             out["batch"] = True
             if paid is not None and self.undiscounted is not None:
                 out["batch_saving_usd"] = round(self.undiscounted.total - paid.total, 6)
+        if self.server_tools_usd and out["cost_by_class"] is not None:
+            out["cost_by_class"]["server_tools"] = round(self.server_tools_usd, 6)
         return out
 
 
@@ -77,7 +94,8 @@ def run_cost(store: Queries, run_id: str, config: dict[str, Any]) -> RunCost:
             undiscounted = undiscounted + price_usage(rates, listed)
     if rates is None:
         return RunCost(None, None, None, tokens)
-    return RunCost(paid, undiscounted, avoided, tokens)
+    uses = store.server_tool_uses(run_id) if config.get("tools") else {}
+    return RunCost(paid, undiscounted, avoided, tokens, price_server_tools(uses))
 
 
 def answer_usage(meta: dict[str, Any], batch: bool = False) -> Usage:
@@ -104,8 +122,8 @@ def cost_per_answer(store: Store, run_id: str) -> float | None:
     ok = store.sample_stats(run_id).get("ok")
     if ok is None or ok.count - ok.reused <= 0:
         return None
-    paid = run_cost(store, run_id, load_started(store, run_id).config).paid
-    return paid.total / (ok.count - ok.reused) if paid is not None else None
+    total = run_cost(store, run_id, load_started(store, run_id).config).total_usd
+    return total / (ok.count - ok.reused) if total is not None else None
 
 
 def sample_costs(config: dict[str, Any], totals: list[SampleTotals]) -> dict[str, float] | None:

@@ -27,6 +27,10 @@ from exprof.errors import ExprofError
 PRICE_FILE = Path(__file__).with_name("prices.json")
 PRICE_TABLE = json.loads(PRICE_FILE.read_text(encoding="utf-8"))
 PRICES_PER_MTOK: dict[str, dict[str, Any]] = PRICE_TABLE["models"]
+# Server tools (web search, web fetch) are billed per use, beside their tokens.
+SERVER_TOOL_USD: dict[str, float] = {
+    k: float(v) for k, v in PRICE_TABLE["server_tools"].items() if isinstance(v, int | float)
+}
 BATCH_DISCOUNT = 0.5  # the Message Batches API bills every token at half the list price
 # The token classes of a usage record, in the order the ledger lists them.
 CLASSES = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
@@ -176,6 +180,11 @@ def estimate_cost(
     """Plain input and output tokens priced by the ledger, rounded to the micro-dollar."""
     cost = cost_of(model, overrides, [Usage(input=input_tokens, output=output_tokens)])
     return round(cost.total, 6) if cost is not None else None
+
+
+def price_server_tools(uses: dict[str, int]) -> float:
+    """What the server tools' uses cost, by the per-use fee (a use not priced: 0)."""
+    return sum(count * SERVER_TOOL_USD.get(name, 0.0) for name, count in uses.items())
 
 
 def cache_hit_rate(read: int, written: int) -> float | None:

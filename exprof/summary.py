@@ -97,7 +97,7 @@ def run_summary(
         if costs is not None:
             summary.update(costs.fields(bool(config.get("batch"))))
             summary["cost_per_correct_usd"] = cost_per_correct(
-                costs.paid.total if costs.paid is not None else None,
+                costs.total_usd,
                 store.correct_answers(run_id),
             )
     if latencies:
@@ -238,8 +238,8 @@ def list_runs(store: Store, export_root: Path | None = None) -> list[dict[str, A
         if config.get("batch"):
             row["batches"] = batch_state(store, run_id).describe()
         if run.mode == "live":
-            paid = run_cost(store, run_id, config).paid
-            row["cost_usd"] = round(paid.total, 6) if paid is not None else "cost unknown"
+            total = run_cost(store, run_id, config).total_usd
+            row["cost_usd"] = round(total, 6) if total is not None else "cost unknown"
         row["next step"] = next_step
         out.append(row)
     return out
@@ -254,8 +254,7 @@ def _budget_flag(store: Store, run: RunRow, started: RunStarted) -> list[str]:
         return []
     ok = store.sample_stats(run.run_id).get("ok")
     done = ok.count if ok else 0
-    paid = run_cost(store, run.run_id, config).paid
-    spent = paid.total if paid is not None else 0.0
+    spent = run_cost(store, run.run_id, config).total_usd or 0.0
     if spent < limit:
         return []
     owed = run.samples_total * run.repeats

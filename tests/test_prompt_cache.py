@@ -370,3 +370,33 @@ def test_batch_requests_carry_the_same_breakpoints(tmp_path):
     config = load_config(setup(tmp_path, dataset(1, [LONG]), prompt_cache={"ttl": "1h"}))
     params = batch_params(config, Sample.from_payload(dataset(1, [LONG])[0]))
     assert params["system"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+
+
+TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look a term up in the reference. " * 200,  # ~1,650 tokens
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+    }
+]
+
+
+def test_the_tool_definitions_are_the_front_of_the_cached_prefix(tmp_path, invoke, fake):
+    """Issue 24 with issue 22: with tools, the prefix starts with their definitions (the
+    API reads them first). `upto: tools` puts the one breakpoint on the last tool, so
+    samples with different system prompts share it; `upto: system` closes both."""
+    samples = dataset(8, [SHORT + " one", SHORT + " two"])
+    server = fake()
+    config = setup(tmp_path, samples, tools=TOOLS, prompt_cache={"upto": "tools"})
+    _, summary = run(invoke, config)
+    for body in bodies(server):
+        assert body["tools"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
+        assert isinstance(body["system"], str)  # no breakpoint of its own
+    assert server.state.cache.writes == 1 and server.state.cache.reads == 7
+    assert summary["cache_hit_rate"] == 0.875
+    loaded = load_config(config)
+    both = load_config(setup(tmp_path / "b", samples, tools=TOOLS, prompt_cache={}))
+    one, two = (Sample.from_payload(s) for s in samples[:2])
+    assert plan(loaded, one).prefix_sha256 == plan(loaded, two).prefix_sha256
+    assert plan(both, one).breakpoints == ("tools", "system")
+    assert plan(both, one).prefix_sha256 == plan(loaded, one).prefix_sha256  # tools first

@@ -654,10 +654,15 @@ def test_server_tool_use_in_the_usage_is_recorded_and_summed_over_turns(tmp_path
         return payload, headers
 
     fake(mangle=searched)
-    result, _ = run_json(invoke, live_experiment(tmp_path, ["lookup:a add:1"]), "--live")
+    result, summary = run_json(invoke, live_experiment(tmp_path, ["lookup:a add:1"]), "--live")
     assert result.exit_code == 0, result.output
     [line] = read_jsonl(tmp_path / "runs/exp/responses.jsonl")
     assert line["server_tool_use"] == {"web_search_requests": 6}  # 2 in each of 3 turns
+    # ...and priced: six searches at the published $10 per 1,000, beside the tokens
+    by_class = summary["cost_by_class"]
+    assert by_class["server_tools"] == pytest.approx(0.06)
+    tokens = sum(v for k, v in by_class.items() if k != "server_tools")
+    assert summary["estimated_cost_usd"] == pytest.approx(tokens + 0.06, abs=2e-6)
     [path] = read_jsonl(tmp_path / "runs/exp/trajectories.jsonl")
     assert [t["usage"]["server_tool_use"] for t in path["turns"]] == [
         {"web_search_requests": 2}

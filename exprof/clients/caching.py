@@ -1,12 +1,12 @@
 """Prompt caching (`prompt_cache:`): where a request's `cache_control` breakpoints go,
 and the prefix they close, by which the live loop groups its samples.
 
-The prefix is what requests share in front of each sample: the system blocks (with the
-tools, when a request has any, which the API puts first), and with
-`upto: conversation` the turns before the last user turn. A breakpoint closes each part
-whose cumulative prefix reaches the model's minimum cacheable length; a shorter one
-would never be cached (the API ignores it), so it is left out and the run says so once.
-Lengths are estimated before anything is sent, at CHARS_PER_TOKEN characters a token
+The prefix is what requests share in front of each sample: the tool definitions, when
+a request has any (the API reads them first; `upto: tools` stops there), the system
+blocks, and with `upto: conversation` the turns before the last user turn. A breakpoint
+closes each part whose cumulative prefix reaches the model's minimum cacheable length;
+a shorter one would never be cached (the API ignores it), so it is left out and the run
+says so once. Lengths are estimated before anything is sent, at CHARS_PER_TOKEN characters a token
 (exprof.estimate's rule).
 
 A prefix's hash is the sha256 of the model and the prefix up to its first breakpoint:
@@ -93,7 +93,9 @@ def plan(config: Config, sample: Sample) -> Plan:
     if settings is None:
         return NO_PLAN
     parts: list[tuple[str, Any, str]] = []  # (breakpoint, what it closes, its text)
-    if sample.system:
+    if config.tools:  # the API reads the tools first: the front of every prefix
+        parts.append(("tools", config.tools, dumps(config.tools)))
+    if sample.system and settings["upto"] != "tools":
         parts.append(("system", sample.system, text_of(sample.system)))
     if settings["upto"] == "conversation":
         turns = sample.turns()
@@ -132,7 +134,10 @@ def with_breakpoints(request: dict[str, Any], settings: dict[str, Any], where: P
     """Put `cache_control` on the request's blocks that `where` names (in place)."""
     control = {"type": "ephemeral", "ttl": settings["ttl"]}
     for name in where.breakpoints:
-        if name == "system":
+        if name == "tools":
+            tools = request["tools"] = copy.deepcopy(list(request["tools"]))
+            tools[-1] = {**tools[-1], "cache_control": control}
+        elif name == "system":
             request["system"] = _marked(request["system"], control)
         else:
             index = int(name.removeprefix("messages[").removesuffix("]"))

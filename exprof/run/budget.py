@@ -48,8 +48,8 @@ class Budget:
         for run_id in self.run_ids:
             if not self.store.run_exists(run_id):
                 continue
-            paid = run_cost(self.store, run_id, self._config(run_id)).paid
-            total += paid.total if paid is not None else 0.0  # refused at load: require_prices
+            spent = run_cost(self.store, run_id, self._config(run_id)).total_usd
+            total += spent or 0.0  # an unpriced model is refused at load (require_prices)
         return total
 
     def affordable(

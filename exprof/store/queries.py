@@ -317,6 +317,21 @@ class Queries:
         )
         return {str(r[0]) for r in rows}
 
+    def server_tool_uses(self, run_id: str) -> dict[str, int]:
+        """The server tools' uses (web searches, ...) the run's answers report, summed:
+        a tool run's final answer carries those of all its turns."""
+        totals: dict[str, int] = {}
+        rows = self._all(
+            "SELECT payload FROM events WHERE run_id = ? AND type = 'response_received'",
+            (run_id,),
+        )
+        for (payload,) in rows:
+            uses = (loads(payload).get("metadata") or {}).get("server_tool_use")
+            for name, count in (uses or {}).items() if isinstance(uses, dict) else ():
+                if isinstance(count, int):
+                    totals[name] = totals.get(name, 0) + count
+        return totals
+
     def sample_totals(self, run_id: str) -> list[SampleTotals]:
         """Per answered sample, its repeats summed: its answers, fact coverage, refusals
         and the tokens those paid for by class (a reused answer paid nothing, as in
