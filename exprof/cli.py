@@ -217,7 +217,10 @@ def cli() -> None:
 @poll_option
 @click.option("--quiet", is_flag=True, help="Hide the progress bar.")
 @click.option(  # the number is config.MAX_CELLS (a test keeps them equal; no import here)
-    "--yes", is_flag=True, help="Run a matrix of more than 24 cells (refused without it)."
+    "--yes",
+    is_flag=True,
+    help="Run a matrix of more than 24 cells, or with a budget below the P95 cost estimate "
+    "(each refused without it, where no terminal can ask).",
 )
 @click.option(
     "--repeats",
@@ -343,6 +346,9 @@ def run(
     if dry_run:
         _echo_dry_run(config, samples, live, format_, _dry_run_store(db, output_dir))
         return
+    if config.budget_usd is not None and not yes:
+        where = "--budget-usd" if budget_usd is not None else f"{config_path}: budget_usd"
+        _check_budget(config, samples, where, _dry_run_store(db, output_dir))
     mocks = None if live else load_mock_responses(config.mock_responses_path)
     store = open_store(db, output_dir, create=True)
     runner = Runner(store, output_dir, quiet=quiet, poll_interval=poll_interval)
@@ -829,6 +835,25 @@ def _cell(value: Any) -> Any:
 def _check_concurrency(value: int | None) -> None:
     if value is not None and value < 1:
         raise ExprofError(f"--concurrency: must be an integer >= 1, got {value}")
+
+
+def _check_budget(config: Any, samples: Any, where: str, store: Any) -> None:
+    """A budget below the run's P95 cost estimate would likely stop it early: asked at a
+    terminal, refused without one unless --yes says so."""
+    from exprof.estimate import p95_cost
+
+    found = p95_cost(config, samples, store)
+    if found is None or config.budget_usd >= found[0]:
+        return
+    p95, basis = found
+    text = (
+        f"${config.budget_usd:g} is below this run's P95 cost estimate ${p95:.4f} (output "
+        f"tokens from {basis}), so the run will likely stop at the budget"
+    )
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        click.confirm(f"budget: {text}. Run anyway?", abort=True, err=True)
+        return
+    raise ExprofError(f"{where}: {text}; pass --yes to run anyway")
 
 
 def _dry_run_store(db: str | None, output_dir: str) -> Any:

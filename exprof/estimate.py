@@ -128,6 +128,18 @@ def dry_run(
     return out
 
 
+def p95_cost(
+    config: Config, samples: list[Sample], store: Store | None
+) -> tuple[float, str] | None:
+    """The run's P95 cost, over its cells, and what the output lengths were taken from;
+    None when a model has no price. Counted offline: it costs nothing to ask."""
+    cells = dry_run(config, samples, None, store)["cells"]
+    costs = [cell["p95_cost_usd"] for cell in cells]
+    if any(cost is None for cost in costs):
+        return None
+    return sum(costs), cells[0]["output_from"]
+
+
 def predicted_costs(
     config: Config, store: Store | None, usages: list[Usage], requests: int, bound: float | None
 ) -> dict[str, Any]:

@@ -633,8 +633,32 @@ def test_a_priced_model_of_its_own_keeps_its_budget(tmp_path, invoke):
         budget_usd=0.002,
         pricing={"my-model": PRICE},
     )
-    result = invoke("run", "--config", str(path), "--quiet", "--format", "json")
+    result = invoke("run", "--config", str(path), "--yes", "--quiet", "--format", "json")
     assert result.exit_code == 1, result.output
     # each answer is cut off at max_tokens (100 of its 1,000 tokens): $0.0002 apiece,
     # which the budget counts as recorded, not as the mock file's 1,000 tokens
     assert json.loads(result.stdout)["samples_completed"] == 10
+
+
+def test_a_budget_below_the_p95_estimate_needs_yes_without_a_terminal(tmp_path, invoke):
+    """Issue 22: with no earlier run to learn output lengths from, the P95 estimate bounds
+    every answer at max_tokens; a budget below it is refused (no terminal can ask), one
+    line naming the key, nothing written; --yes runs it, and a budget above needs none."""
+    samples = [{**SAMPLES[0], "dialogue_id": f"d{i}"} for i in range(20)]
+    mocks = {f"d{i}": {"completion": "x", "metadata": {"token_count": 10}} for i in range(20)}
+    # 20 answers at max_tokens 100 and $2 per million output tokens: $0.004 at most
+    low = write_experiment(
+        tmp_path / "low", samples, mocks, budget_usd=0.003, pricing={"claude-3-opus": PRICE}
+    )
+    refused = invoke("run", "--config", str(low), "--quiet")
+    _assert_clean_failure(
+        refused, "budget_usd: $0.003 is below this run's P95", None, tmp_path / "runs" / "exprof.db"
+    )
+    assert "pass --yes to run anyway" in refused.stderr
+    flag = invoke("run", "--config", str(low), "--budget-usd", "0.001", "--quiet")
+    assert flag.exit_code == 2 and flag.stderr.startswith("Error: --budget-usd: $0.001 is below")
+    assert invoke("run", "--config", str(low), "--quiet", "--yes").exit_code == 0
+    high = write_experiment(
+        tmp_path / "high", samples, mocks, budget_usd=0.005, pricing={"claude-3-opus": PRICE}
+    )
+    assert invoke("run", "--config", str(high), "--quiet", "--run-id", "h").exit_code == 0

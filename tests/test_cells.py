@@ -91,7 +91,7 @@ def test_a_mock_file_cell_that_never_started_answers_from_its_own_file_on_resume
     data = json.loads(config.read_text())
     data["matrix"] = {"mock_responses_path": ["mock_responses.json", "full.json"]}
     config.write_text(json.dumps(data))
-    stopped = invoke("run", "--config", str(config), "--quiet")
+    stopped = invoke("run", "--config", str(config), "--yes", "--quiet")
     assert stopped.exit_code == 1 and "budget reached" in stopped.stderr
     store = Store.open(store_url(None, tmp_path / "runs"))
     assert not store.run_exists("exp.mock-full")

@@ -181,7 +181,9 @@ def test_the_budget_counts_cache_writes_as_they_land(tmp_path, invoke, fake):
     config = write_experiment(
         tmp_path / "e", samples, mocks, model="claude-sonnet-4-5", budget_usd=0.02, concurrency=1
     )
-    result = invoke("run", "--config", str(config), "--live", "--quiet", "--format", "json")
+    result = invoke(
+        "run", "--config", str(config), "--yes", "--live", "--quiet", "--format", "json"
+    )
     summary = json.loads(result.stdout)
     # The store is read at most every 50 ms far from the limit (exprof.run.budget), so a
     # fast server lands a few answers past it; never the whole run.

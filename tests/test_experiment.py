@@ -868,7 +868,7 @@ def test_budget_stops_then_resume_with_a_larger_one_finishes(tmp_path, invoke, f
     server = fake(latency=0.0)
     n = 30
     config = write_experiment(tmp_path, *make_samples(n), concurrency=1, budget_usd=0.003)
-    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    first = invoke("run", "--config", str(config), "--yes", "--quiet", "--format", "json")
     assert first.exit_code == 1
     assert "budget reached" in first.stderr and "exprof resume exp --budget-usd" in first.stderr
     summary = json_out(first)
@@ -889,7 +889,7 @@ def test_budget_spans_the_cells_of_an_experiment(tmp_path, invoke, fake):
     fake(latency=0.0)
     # Ten claude-3-opus answers from the fake cost $0.003: the budget ends in cell 2.
     config = matrix_config(tmp_path, n=10, concurrency=1, budget_usd=0.0045)
-    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    first = invoke("run", "--config", str(config), "--yes", "--quiet", "--format", "json")
     assert first.exit_code == 1 and "exprof resume exp --budget-usd" in first.stderr
     statuses = [c["status"] for c in json_out(first)["cells"]]
     assert statuses == ["complete", "incomplete"] + ["not started"] * 4
@@ -916,7 +916,7 @@ def answered_before_limit(costs: list[float], limit: float) -> int:
 def test_budget_holds_a_mock_run_then_resume_finishes_it(tmp_path, invoke):
     n, limit = 30, 0.01
     config = write_experiment(tmp_path, *make_samples(n), budget_usd=limit)
-    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    first = invoke("run", "--config", str(config), "--yes", "--quiet", "--format", "json")
     assert first.exit_code == 1, first.output
     assert "budget reached: $0.01" in first.stderr
     assert "exprof resume exp --budget-usd" in first.stderr
@@ -940,7 +940,7 @@ def test_budget_holds_a_mock_run_then_resume_finishes_it(tmp_path, invoke):
 def test_budget_spans_the_cells_of_a_mock_experiment(tmp_path, invoke):
     n, limit = 10, 0.012
     config = matrix_config(tmp_path, n=n, budget_usd=limit)
-    first = invoke("run", "--config", str(config), "--quiet", "--format", "json")
+    first = invoke("run", "--config", str(config), "--yes", "--quiet", "--format", "json")
     assert first.exit_code == 1 and "exprof resume exp --budget-usd" in first.stderr
     cells = json_out(first)["cells"]
     assert [c["status"] for c in cells] == ["complete", "incomplete"] + ["not started"] * 4

@@ -45,7 +45,7 @@ def paste(hint: str, env: dict[str, str] | None = None):
 def test_a_budget_stop_prints_a_resume_that_finishes_the_run(tmp_path, where):
     flags = STORES[where]
     config = write_experiment(tmp_path / "exp", *make_samples(30), budget_usd=0.01)
-    first = invoke("run", "--config", str(config), *flags, "--quiet")
+    first = invoke("run", "--config", str(config), "--yes", *flags, "--quiet")
     assert first.exit_code == 1 and "budget reached" in first.stderr
     hint = hint_in(first.stderr)
     assert shlex.join(flags) in hint and "--budget-usd" in hint
@@ -60,7 +60,7 @@ def test_a_budget_stop_prints_a_resume_that_finishes_the_run(tmp_path, where):
 
 def test_an_experiment_budget_stop_prints_a_resume_that_finishes_it(tmp_path):
     config = matrix_config(tmp_path, n=10, budget_usd=0.012)
-    first = invoke("run", "--config", str(config), "--output-dir", "out", "--quiet")
+    first = invoke("run", "--config", str(config), "--yes", "--output-dir", "out", "--quiet")
     assert first.exit_code == 1
     hint = hint_in(first.stderr)
     assert hint.startswith("exprof resume exp --budget-usd ") and hint.endswith(" --output-dir out")

@@ -199,7 +199,7 @@ def test_a_stopped_experiment_shows_its_cells_not_started(tmp_path, invoke, fake
     config = write_experiment(
         tmp_path / "e", samples, mocks, matrix=matrix, concurrency=1, budget_usd=0.0045
     )
-    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    assert invoke("run", "--config", str(config), "--yes", "--quiet").exit_code == 1
     _, html = report(invoke, "exp")
     _, rows = heatmap(html)
     statuses = [r["cell"][1].removeprefix(name).strip() for name, r in rows.items()]

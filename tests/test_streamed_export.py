@@ -97,7 +97,7 @@ def test_a_whole_mock_run_streams_the_export_the_store_gives(tmp_path, invoke, c
 
 def test_a_run_stopped_by_its_budget_exports_from_the_store(tmp_path, invoke):
     config = write_experiment(tmp_path, *make_samples(30), budget_usd=0.01)
-    first = invoke("run", "--config", str(config), "--quiet")
+    first = invoke("run", "--config", str(config), "--yes", "--quiet")
     assert first.exit_code == 1 and "budget reached" in first.stderr
     out = tmp_path / "runs" / "exp"
     assert leftovers(out) == []

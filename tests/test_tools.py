@@ -606,7 +606,7 @@ def test_the_budget_holds_per_turn_and_a_resume_sends_only_the_turns_left(tmp_pa
     plans = ["", "lookup:a lookup:b lookup:c lookup:d lookup:e"]
     dear = {"claude-sonnet-5": {"input": 1e6, "output": 1e6}}  # a dollar a token
     config = live_experiment(tmp_path, plans, concurrency=2, budget_usd=1, pricing=dear)
-    result, _ = run_json(invoke, config, "--live")
+    result, _ = run_json(invoke, config, "--live", "--yes")
     assert result.exit_code == 1, result.output
     assert "budget reached" in result.output
     sent = server.state.requests
