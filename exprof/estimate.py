@@ -21,6 +21,7 @@ from typing import Any
 
 from exprof import __version__
 from exprof.clients import caching
+from exprof.clients.count import body_key, max_counts
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
 from exprof.experiment import cell_configs, cell_samples
@@ -29,9 +30,11 @@ from exprof.run.cache import find_sources, request_identity
 from exprof.scoring.builtin import percentile
 from exprof.store.engine import Store
 from exprof.store.events import RunStarted
-from exprof.store.record import load_started
+from exprof.store.record import iter_samples, load_started
 
 CHARS_PER_TOKEN = 4
+# An answer's input, as its usage gives it: the uncached part, then the cached ones.
+INPUT_PARTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 EARLIER_RUNS = 20  # the most recorded runs an output prediction reads
 MESSAGE_OVERHEAD_TOKENS = 8
 
@@ -53,8 +56,8 @@ def dry_run(
     """One row per cell (one for a plain run): requests, input tokens, costs; totals.
     With `cache: true` and a store, the requests the store would answer are counted as
     `reused` and priced at nothing: only the rest are requests, tokens and cost."""
-    count = counter or heuristic_tokens
     mode = "live" if counter else "mock"
+    tally = {"calls": 0, "from_store": 0, "estimated": 0}  # how live input was counted
     cells = [(name or "-", cfg) for name, cfg in cell_configs(config)]
     rows = []
     counted: dict[tuple[str, str | None], list[int]] = {}  # cells differing only in sampling
@@ -63,7 +66,11 @@ def dry_run(
         key = (cfg.model, cfg.system)
         prompts = cell_samples(samples, cfg)
         if key not in counted:
-            counted[key] = count(cfg, prompts)
+            counted[key] = (
+                _api_counts(cfg, prompts, counter, store, tally)
+                if counter is not None
+                else heuristic_tokens(cfg, prompts)
+            )
         per_sample = counted[key]
         reused: set[tuple[str, int]] = set()
         if cfg.cache:
@@ -123,9 +130,62 @@ def dry_run(
         "max_cost_usd": round(sum(r["max_cost_usd"] for r in rows), 6) if known else None,
         "cells": rows,
     }
+    if counter is not None:
+        out["token_counts"] = tally
     if config.cache:
         out["reused"] = sum(r["reused"] for r in rows)
     return out
+
+
+def _api_counts(
+    config: Config,
+    samples: list[Sample],
+    counter: Counter,
+    store: Store | None,
+    tally: dict[str, int],
+) -> list[int]:
+    """Each sample's input tokens: the store's count for an input it has recorded, else
+    one count_tokens call per distinct body up to max_counts(), else the heuristic."""
+    keys = [body_key(config.model, config.tools, s) for s in samples]
+    known = recorded_counts(store, config, set(keys)) if store is not None else {}
+    todo = {k: s for k, s in zip(keys, samples, strict=True) if k not in known}
+    asked = dict(list(todo.items())[: max_counts()])
+    found = {**known, **dict(zip(asked, counter(config, list(asked.values())), strict=True))}
+    rest = [s for k, s in todo.items() if k not in asked]
+    found.update(
+        zip(
+            (body_key(config.model, config.tools, s) for s in rest),
+            heuristic_tokens(config, rest),
+            strict=True,
+        )
+    )
+    tally["calls"] += len(asked)
+    tally["from_store"] += len(known)
+    tally["estimated"] += len(rest)
+    return [found[k] for k in keys]
+
+
+def recorded_counts(store: Store, config: Config, wanted: set[str]) -> dict[str, int]:
+    """The input tokens earlier live runs of this model recorded for these inputs (by
+    body_key): what the API counted then, cache reads and writes included. Tool runs are
+    passed over (their answers record the last turn's input, not the first)."""
+    found: dict[str, int] = {}
+    for run_id in store.runs_of_model(config.model, "live"):
+        if len(found) == len(wanted):
+            break
+        recorded = load_started(store, run_id).config
+        if recorded.get("tools"):
+            continue
+        slots = {pos: event for pos, repeat, event in store.answered_slots(run_id) if not repeat}
+        for position, sample in enumerate(iter_samples(store, run_id)):
+            key = body_key(config.model, None, sample) if position in slots else None
+            if key is None or key not in wanted or key in found:
+                continue
+            meta = getattr(store.event_at(slots[position]), "metadata", {})
+            parts = [meta.get(k) for k in INPUT_PARTS]
+            if isinstance(parts[0], int):
+                found[key] = sum(p for p in parts if isinstance(p, int))
+    return found
 
 
 def p95_cost(

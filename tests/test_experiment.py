@@ -861,6 +861,40 @@ def test_live_dry_run_counts_tokens_with_the_api_and_sends_no_message(tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_live_dry_run_counts_each_distinct_body_once_within_its_bound(
+    tmp_path, invoke, fake, monkeypatch
+):
+    """Issue 22: one count per distinct request body (12 samples, 3 bodies), and no more
+    than EXPROF_MAX_TOKEN_COUNTS of them; the rest are estimated, and the output says
+    how each input was counted."""
+    server = fake()
+    samples, mocks = make_samples(12)
+    for i, sample in enumerate(samples):
+        sample["user"] = f"question {i % 3}"
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    found = json_out(invoke("run", "--config", str(config), "--dry-run", "--format", "json"))
+    assert server.state.token_counts == 3
+    assert found["token_counts"] == {"calls": 3, "from_store": 0, "estimated": 0}
+    assert found["input_tokens"] == 12 * (1 + 2 + 3)
+    monkeypatch.setenv("EXPROF_MAX_TOKEN_COUNTS", "2")
+    bounded = json_out(invoke("run", "--config", str(config), "--dry-run", "--format", "json"))
+    assert server.state.token_counts == 3 + 2
+    assert bounded["token_counts"] == {"calls": 2, "from_store": 0, "estimated": 1}
+
+
+def test_live_dry_run_reuses_the_counts_the_store_recorded(tmp_path, invoke, fake):
+    """A dry run after a live run of the same inputs asks count_tokens nothing: each
+    input's count is what the API reported for it then."""
+    server = fake()
+    config = write_experiment(tmp_path / "e", *make_samples(5))
+    ran = json_out(invoke("run", "--config", str(config), "--quiet", "--format", "json"))
+    counts_before = server.state.token_counts
+    found = json_out(invoke("run", "--config", str(config), "--dry-run", "--format", "json"))
+    assert server.state.token_counts == counts_before
+    assert found["token_counts"] == {"calls": 0, "from_store": 5, "estimated": 0}
+    assert found["input_tokens"] == ran["input_tokens"]
+
+
 # -- budget ----------------------------------------------------------------------
 
 
