@@ -107,7 +107,7 @@ def test_an_unknown_run_points_at_runs_of_the_same_store(tmp_path):
 def test_a_store_from_exprof_db_is_left_to_the_shell(tmp_path):
     env = {"EXPROF_DB": str(tmp_path / "env.db")}
     config = write_experiment(tmp_path / "exp", *make_samples(30), budget_usd=0.01)
-    first = invoke("run", "--config", str(config), "--quiet", env=env)
+    first = invoke("run", "--config", str(config), "--yes", "--quiet", env=env)
     hint = hint_in(first.stderr)
     assert "--db" not in hint and "--output-dir" not in hint
     assert paste(hint, env=env).exit_code == 0

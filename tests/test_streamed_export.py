@@ -112,7 +112,7 @@ def test_a_resumed_run_exports_from_the_store(tmp_path, invoke, from_store_refus
     config = write_experiment(tmp_path, *make_samples(30), budget_usd=0.01)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(exprof.run.runner, "export_run", REAL_EXPORT)
-        assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+        assert invoke("run", "--config", str(config), "--yes", "--quiet").exit_code == 1
     with pytest.raises(AssertionError, match="exported from the store"):
         invoke("resume", "exp", "--quiet", "--budget-usd", "10")
 
