@@ -314,7 +314,7 @@ def run(
         args = (db, output_dir, run_id, mock, concurrency, quiet)
         _run_versus((config, other), (config_path, versus_path), sequential, args, format_)
     if config.matrix and not dry_run:
-        from exprof.experiment import check_size
+        from exprof.cells import check_size
 
         check_size(config, yes)
     live = mock is False or (mock is None and bool(os.environ.get("ANTHROPIC_API_KEY")))
@@ -339,7 +339,7 @@ def run(
 
     cells: list[tuple[str | None, Any]] = [(None, config)]
     if config.matrix:  # experiment loads numpy: a plain run never needs it
-        from exprof.experiment import cell_configs
+        from exprof.cells import cell_configs
 
         cells = cell_configs(config)
     models = preflight(cells, config_path, live)
@@ -659,8 +659,9 @@ def compare_cmd(
 ) -> None:
     """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips;
     or, with --baseline, every cell of an experiment against one of them."""
-    from exprof.compare import compare, gate, load_side
+    from exprof.compare import compare, gate
     from exprof.render import render_compare
+    from exprof.sides import load_side
 
     def store() -> Any:
         return open_store(db, output_dir, readonly=True)
@@ -668,7 +669,7 @@ def compare_cmd(
     if (run_b is None) == (baseline is None):
         raise ExprofError("compare: give RUN_A RUN_B, or EXPERIMENT_ID --baseline CELL")
     if baseline is not None:
-        from exprof.experiment import baseline_gate, compare_to_baseline
+        from exprof.baseline import baseline_gate, compare_to_baseline
 
         found = compare_to_baseline(store(), run_a, baseline, resamples, seed)
         _echo_baseline(found, format_)

@@ -20,11 +20,11 @@ from dataclasses import replace
 from typing import Any
 
 from exprof import __version__
+from exprof.cells import cell_configs, cell_samples
 from exprof.clients import caching
 from exprof.clients.count import body_key, max_counts
 from exprof.config import Config
 from exprof.dataset import Sample, with_repeats
-from exprof.experiment import cell_configs, cell_samples
 from exprof.pricing import Usage, cost_of
 from exprof.run.cache import find_sources, request_identity
 from exprof.scoring.builtin import percentile

@@ -1,28 +1,24 @@
 """Matrix experiments: one config, many cells, each cell a run of its own.
 
 `matrix:` maps parameters (model, max_tokens, system, mock_responses_path, the knobs)
-to lists of values; every combination is a cell. The experiment is recorded first, as
-an ExperimentStarted event in a stream of its own keyed by the experiment id, listing
-each cell's name, parameters and run id; then the cells run one after another on the
-same Runner, so the concurrency limit is shared (never more than N requests in flight
-in all). A cell's run id is `<experiment id>.<cell name>`, and its RunStarted carries
-the cell, so `runs`, `summarize` and `compare` can group and label the cells.
+to lists of values; every combination is a cell (exprof.cells). The experiment is
+recorded first, as an ExperimentStarted event in a stream of its own keyed by the
+experiment id, listing each cell's name, parameters and run id; then the cells run one
+after another on the same Runner, so the concurrency limit is shared (never more than N
+requests in flight in all). A cell's run id is `<experiment id>.<cell name>`, and its
+RunStarted carries the cell, so `runs`, `summarize` and `compare` can group and label
+the cells.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import re
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from exprof import hints, knobs
-from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config, auto_run_id
-from exprof.dataset import Sample, load_mock_responses
+from exprof.cells import Cell, cell_config, cell_mocks, cell_samples, plan_cells
+from exprof.config import Config, auto_run_id
+from exprof.dataset import Sample
 from exprof.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -30,27 +26,13 @@ from exprof.errors import (
     ConcurrencyError,
     ExprofError,
 )
-from exprof.metric_specs import with_schema_metric
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner, RunResult
-from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics
+from exprof.stats import repeat_statistics
 from exprof.store.engine import Store
 from exprof.store.events import ExperimentStarted
 from exprof.store.record import load_run, sequential_events
 from exprof.summary import run_summary
-
-RUN_ID_MAX = 128
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    params: dict[str, Any]  # the matrix's values; system by its short name
-    run_id: str
-
-    def to_payload(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params, "run_id": self.run_id}
 
 
 @dataclass(frozen=True)
@@ -60,73 +42,6 @@ class ExperimentResult:
     exit_code: int
     message: str
     sequential: dict[str, Any] | None = None  # a sequential A/B's outcome (exprof.versus)
-
-
-def plan_cells(config: Config, experiment_id: str) -> list[Cell]:
-    """Every combination of the matrix's values, in the order the config lists them."""
-    matrix = config.matrix or {}
-    keys = list(matrix)
-    choices = [list(matrix[k]) for k in keys]  # system: its names
-    labels = [_labels(k, values) for k, values in zip(keys, choices, strict=True)]
-    cells = []
-    for combo in itertools.product(*(range(len(c)) for c in choices)):
-        params = {k: choices[i][j] for i, (k, j) in enumerate(zip(keys, combo, strict=True))}
-        name = ".".join(labels[i][j] for i, j in enumerate(combo))
-        cells.append(Cell(name, params, cell_run_id(experiment_id, name)))
-    return cells
-
-
-def cell_configs(config: Config) -> list[tuple[str | None, Config]]:
-    """Each cell's name and config; a config without a matrix is its one, unnamed."""
-    if not config.matrix:
-        return [(None, config)]
-    return [(c.name, cell_config(config, c.params)) for c in plan_cells(config, "x")]
-
-
-def cell_run_id(experiment_id: str, name: str) -> str:
-    """`<experiment>.<cell>`, a valid run id: a long one is cut and given a digest of
-    the whole so that two cells never share an id."""
-    run_id = f"{experiment_id}.{name}"
-    if len(run_id) <= RUN_ID_MAX:
-        return run_id
-    digest = hashlib.sha256(run_id.encode()).hexdigest()[:10]
-    return f"{run_id[: RUN_ID_MAX - 11]}.{digest}"
-
-
-def cell_config(config: Config, params: dict[str, Any]) -> Config:
-    """The config one cell runs with: the matrix's values in place, no matrix."""
-    changes: dict[str, Any] = {"matrix": None}
-    for key, value in params.items():
-        if key in NAMED_MATRIX_KEYS:
-            changes[key] = (config.matrix or {})[key][value]
-        else:
-            changes[key] = value
-    if "output_schema" in params:
-        changes["metrics"] = with_schema_metric(config.metrics, params["output_schema"])
-    return dataclasses.replace(config, **changes)
-
-
-def cell_samples(samples: list[Sample], config: Config) -> list[Sample]:
-    """A matrix `system` replaces each sample's system prompt; the cell's dataset
-    snapshot records the prompts as sent."""
-    if config.system is None:
-        return samples
-    return [dataclasses.replace(s, system=config.system) for s in samples]
-
-
-def cell_mocks(
-    config: Config, cell: Cell, mode: str, mocks: dict[str, dict[str, Any]] | None
-) -> dict[str, dict[str, Any]] | None:
-    """A matrix that varies `mock_responses_path` gives each mock cell its own answers."""
-    if mode != "mock" or "mock_responses_path" not in cell.params:
-        return mocks
-    return load_mock_responses(config.mock_responses_path)
-
-
-def check_size(config: Config, yes: bool) -> None:
-    n = len(plan_cells(config, config.experiment_id))
-    if n > MAX_CELLS and not yes:
-        raise ExprofError(f"matrix: {n} cells is more than {MAX_CELLS}; pass --yes to run them all")
 
 
 def run_experiment(
@@ -326,136 +241,3 @@ def _cell_metrics(store: Store, run_id: str) -> dict[str, Any]:
         out["cost_per_correct_usd"] = summary["cost_per_correct_usd"]
     out["latency_p50_ms"] = (summary.get("latency_ms") or {}).get("p50")
     return out
-
-
-def find_cell(store: Store, experiment_id: str, ref: str) -> dict[str, Any]:
-    """A cell of the experiment by its name or its run id."""
-    record = store.experiment_record(experiment_id)
-    if record is None:
-        raise ExprofError(f"{store.location}: no experiment {experiment_id!r}")
-    for payload in record.cells:
-        if ref in (payload["name"], payload["run_id"]):
-            return payload
-    names = ", ".join(p["name"] for p in record.cells)
-    raise ExprofError(f"--baseline: no cell {ref!r} in {experiment_id} (cells: {names})")
-
-
-def compare_to_baseline(
-    store: Store,
-    experiment_id: str,
-    baseline: str,
-    resamples: int = 10_000,
-    seed: int = 0,
-    detail: bool = False,
-) -> dict[str, Any]:
-    """Every cell against the baseline, paired by dialogue id, with Holm-corrected
-    p-values over the comparisons made (one family for coverage, one for refusals).
-    With `detail`, each row also keeps compare()'s `metrics` (every metric's delta, CI
-    and uncorrected verdict), which the report draws."""
-    from exprof.compare import compare, load_side, verdict
-
-    base = find_cell(store, experiment_id, baseline)
-    record = store.experiment_record(experiment_id)
-    assert record is not None
-    base_side = load_side(base["run_id"], lambda: store)
-    rows = []
-    for payload in record.cells:
-        if payload["run_id"] == base["run_id"] or not store.run_exists(payload["run_id"]):
-            continue
-        result = compare(base_side, load_side(payload["run_id"], lambda: store), resamples, seed, 0)
-        cov, ref = result["metrics"]["fact_coverage"], result["metrics"]["refusal_rate"]
-        p_value = None
-        if result["statistics"]["meaningful"]:  # as compare: no p from a handful of samples
-            pairs = np.array([[r["coverage_a"], r["coverage_b"]] for r in result["per_sample"]])
-            means = bootstrap_means(pairs, resamples, seed)
-            p_value = round(bootstrap_p_value(means[:, 1] - means[:, 0]), 6)
-        rows.append(
-            {
-                "cell": payload["name"],
-                "run_id": payload["run_id"],
-                "params": payload["params"],
-                "samples": result["samples"]["common"],
-                "fact_coverage_delta": cov["delta"],
-                "fact_coverage_ci95": cov["ci95"],
-                "fact_coverage_p": p_value,
-                "refusal_rate_delta": ref["delta"],
-                "refusal_mcnemar_p": ref.get("mcnemar_p"),
-                **({"metrics": result["metrics"]} if detail else {}),
-            }
-        )
-    for key in ("fact_coverage_p", "refusal_mcnemar_p"):
-        present = [r for r in rows if r[key] is not None]
-        adjusted = holm([r[key] for r in present])
-        for r, corrected in zip(present, adjusted, strict=True):
-            r[f"{key}_holm"] = round(corrected, 6)
-    for r in rows:  # compare's rule, on the Holm-corrected p
-        p = r.get("fact_coverage_p_holm")
-        significant = p is not None and p < 0.05
-        r["verdict"] = verdict(r["samples"], significant, r["fact_coverage_delta"] > 0)
-    return {
-        "experiment_id": experiment_id,
-        "baseline": base["name"],
-        "statistics": {"resamples": resamples, "seed": seed, "correction": "holm"},
-        "cells": rows,
-    }
-
-
-def baseline_gate(
-    found: dict[str, Any], fail_on_regression: bool, max_refusal_increase: float | None
-) -> list[str]:
-    """compare --baseline as a CI gate: the reasons any cell fails against the baseline,
-    by the same flags as a pair's gate (coverage significantly worse, here after Holm;
-    the refusal rate up by more than the threshold)."""
-    reasons = []
-    base = found["baseline"]
-    for row in found["cells"]:
-        if fail_on_regression and row["verdict"] == "regressed":
-            reasons.append(
-                f"{row['cell']}: fact_coverage regressed against {base} (delta "
-                f"{row['fact_coverage_delta']}, Holm-corrected p {row['fact_coverage_p_holm']})"
-            )
-        delta = row["refusal_rate_delta"]
-        if max_refusal_increase is not None and delta > max_refusal_increase:
-            reasons.append(
-                f"{row['cell']}: refusal_rate rose by {delta} against {base}, past "
-                f"--max-refusal-increase {max_refusal_increase}"
-            )
-    return reasons
-
-
-def _short(key: str) -> str:
-    short = {"max_tokens": "mt", "system": "sys", "mock_responses_path": "mock", **knobs.SHORT}
-    return short.get(key, key)
-
-
-def _word(key: str, value: Any) -> str:
-    """A value as its cell name spells it, before unsafe characters are replaced."""
-    return str(knobs.describe(key, value) if key in knobs.KNOBS else value)
-
-
-def _labels(key: str, values: list[Any]) -> list[str]:
-    """`<key>-<value>` for each of one parameter's values, distinct even where a file
-    system ignores case. A value an id can hold as it is keeps its plain label; one that
-    had to be changed (`m/a`, `m a`, `mа` with a Cyrillic a) gets a digest of the value
-    too, so that values differing only in such characters never share a cell."""
-    labels = [_label(key, v, _word(key, v) != _safe(_word(key, v))) for v in values]
-    folded = [label.casefold() for label in labels]
-    labels = [
-        _label(key, v, True) if folded.count(f) > 1 else label
-        for v, label, f in zip(values, labels, folded, strict=True)
-    ]
-    if len({label.casefold() for label in labels}) < len(labels):  # only a crafted value
-        raise ExprofError(f"matrix.{key}: two values would share a cell name; rename one")
-    return labels
-
-
-def _label(key: str, value: Any, digest: bool) -> str:
-    label = f"{_short(key)}-{_safe(_word(key, value))}"
-    if not digest:
-        return label
-    raw = _word(key, value).encode("utf-8", "surrogatepass")
-    return f"{label}-{hashlib.sha256(raw).hexdigest()[:8]}"
-
-
-def _safe(value: Any) -> str:
-    return _UNSAFE.sub("-", str(value)).strip("-") or "x"

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from exprof.cells import Cell, cell_run_id
 from exprof.config import Config, auto_run_id
 from exprof.dataset import Sample, dataset_sha256
 from exprof.errors import EXIT_OK, ConcurrencyError, ExprofError, stop_exit_code
-from exprof.experiment import Cell, ExperimentResult, cell_run_id, experiment_summary
+from exprof.experiment import ExperimentResult, experiment_summary
 from exprof.render import Progress
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner

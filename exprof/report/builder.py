@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from exprof import hints
-from exprof.compare import Side, compare, load_side
+from exprof.compare import compare
 from exprof.errors import ExprofError
 from exprof.files import write_atomic
 from exprof.jsonio import dumps
@@ -35,6 +35,7 @@ from exprof.render import fmt_value
 from exprof.report import charts
 from exprof.report.data import COLUMNS, RunData, completions, run_data
 from exprof.report.matrix import experiment_context
+from exprof.sides import Side, load_side
 
 COMPRESS_OVER = 2_000_000
 GENERATOR = b'<meta name="generator" content="exprof'  # in every page's head (base.html)

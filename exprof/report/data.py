@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exprof.compare import Side
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import dumps, loads
+from exprof.sides import Side
 from exprof.store.events import SampleFailed
 from exprof.store.record import iter_samples, load_started, recorded_turns
 

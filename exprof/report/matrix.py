@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from exprof.baseline import compare_to_baseline
 from exprof.config import MATRIX_KEYS
 from exprof.errors import ExprofError
-from exprof.experiment import compare_to_baseline, experiment_summary
+from exprof.experiment import experiment_summary
 from exprof.frontier import add_frontier
 from exprof.jsonio import dumps
 from exprof.knobs import KNOBS, describe, in_words
