@@ -927,7 +927,8 @@ def _run_versus(
     from exprof.dataset import load_dataset, load_mock_responses
     from exprof.models import preflight
     from exprof.run.runner import Runner
-    from exprof.versus import Options, check_metric, check_options, check_versus, start_versus
+    from exprof.versus import start_versus
+    from exprof.versus_checks import Options, check_metric, check_options, check_versus
 
     db, output_dir, run_id, mock, concurrency, quiet = args
     options = Options(**{k: v for k, v in sequential.items() if v is not None})

@@ -30,15 +30,14 @@ import numpy as np
 
 from exprof.cells import Cell, cell_run_id
 from exprof.config import Config, auto_run_id
-from exprof.dataset import Sample, dataset_sha256
+from exprof.dataset import Sample
 from exprof.errors import EXIT_OK, ConcurrencyError, ExprofError, stop_exit_code
 from exprof.experiment import ExperimentResult, experiment_summary
 from exprof.render import Progress
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner
 from exprof.run.session import Session
-from exprof.scoring import judge, recorded
-from exprof.sequential import BettingCS, Verdict
+from exprof.sequential import Verdict
 from exprof.signals import deferred_signals
 from exprof.store.engine import Store
 from exprof.store.events import (
@@ -50,29 +49,16 @@ from exprof.store.events import (
 )
 from exprof.store.leases import Lease
 from exprof.store.record import RunRecord, load_run, sequential_events
+from exprof.versus_checks import Options
+from exprof.versus_pairs import Walk, arm_state
 
 ARMS = ("A", "B")
-# The metrics a sequence can follow, each per sample in [0, 1]: differences in [-1, 1].
-METRICS: dict[str, Callable[[float, bool], float]] = {
-    "fact_coverage": lambda coverage, refused: coverage,
-    "refusal_rate": lambda coverage, refused: float(refused),
-}
-# Custom metric types that score every answer true or false: in [0, 1] too.
-BOOLEAN_TYPES = ("contains_all", "contains_any", "regex", "json", "length")
 _SCALARS = (str, int, float, bool, type(None))
 BUDGET = "budget_usd reached"
 REASONS = {
     "decided": "the sequence excludes 0",
     "equivalent": "the sequence lies within +-min_effect",
 }
-
-
-@dataclass(frozen=True)
-class Options:
-    metric: str = "fact_coverage"
-    alpha: float = 0.05
-    min_effect: float | None = None
-    seed: int = 0
 
 
 @dataclass
@@ -84,53 +70,7 @@ class Arm:
     warned: bool = False  # the live loop's warnings: said once, in the first round
 
 
-# -- checking and starting ------------------------------------------------------------
-
-
-def check_versus(a: Config, b: Config, samples_a: list[Sample], samples_b: list[Sample]) -> None:
-    """What a sequential A/B run refuses, before anything is written."""
-    for name, config in (("--config", a), ("--versus", b)):
-        if config.matrix:
-            raise ExprofError(f"{name}: a sequential A/B run compares two configs, not a matrix")
-        if config.batch:
-            raise ExprofError(f"{name}: batch runs answer at once; --stop-when-decided needs live")
-        if judge.specs(config.metrics):
-            raise ExprofError(f"{name}: judge metrics are graded after the answers; drop them")
-        if config.cache:
-            raise ExprofError(f"{name}: cache: true is not supported with --stop-when-decided")
-    if dataset_sha256(samples_a) != dataset_sha256(samples_b):
-        raise ExprofError("--versus: the two configs must share a dataset (the same samples)")
-
-
-def check_metric(metric: str, configs: tuple[Config, Config]) -> None:
-    """The metric must be bounded, per sample in [0, 1]: a built-in one, or a custom
-    metric both arms score with a boolean type."""
-    if metric in METRICS:
-        return
-    for config in configs:
-        spec = next(
-            (m for m in config.metrics if isinstance(m, dict) and m["name"] == metric), None
-        )
-        if spec is None:
-            names = ", ".join(METRICS)
-            raise ExprofError(
-                f"--metric: {metric!r} is not {names} or a custom metric of both arms"
-            )
-        if spec["type"] not in BOOLEAN_TYPES:
-            raise ExprofError(
-                f"--metric: {metric} is a {spec['type']} metric, with no known range; the "
-                f"sequence needs one in [0, 1]: {', '.join(METRICS)}, or a custom metric of "
-                f"type {', '.join(BOOLEAN_TYPES)}"
-            )
-
-
-def check_options(options: Options) -> None:
-    if not 0 < options.alpha < 1:
-        raise ExprofError("--alpha must lie strictly between 0 and 1")
-    if options.min_effect is not None and not 0 < options.min_effect < 1:
-        raise ExprofError("--min-effect must lie strictly between 0 and 1")
-    if options.seed < 0:
-        raise ExprofError("--seed must be 0 or more")
+# -- starting -------------------------------------------------------------------------
 
 
 def differing(a: Config, b: Config) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -268,71 +208,7 @@ def _budget(store: Store, cells: list[Cell], limit: float | None) -> Budget | No
     return Budget(store, [c.run_id for c in cells], limit) if limit is not None else None
 
 
-# -- the sequence ---------------------------------------------------------------------
-
-
-@dataclass
-class ArmState:
-    values: dict[int, float]  # position -> the metric, averaged over the repeats
-    pending: set[int]  # positions with a repeat still owed an answer
-    failed: set[int]  # positions with a repeat that failed
-
-
-def arm_state(store: Store, record: RunRecord, metric: str) -> ArmState:
-    """What the store holds of one arm, by dataset position."""
-    run_id, repeats = record.run_id, record.config.repeats
-    position = {s.dialogue_id: i for i, s in enumerate(record.samples)}
-    sums: dict[int, list[float]] = {}
-    if metric in METRICS:
-        value = METRICS[metric]
-        for dialogue_id, coverage, refused in store.sample_scores(run_id):
-            sums.setdefault(position[dialogue_id], []).append(value(coverage, refused))
-    else:  # a boolean custom metric; an answer it could not score is left out
-        scored = recorded.per_sample(store, run_id, record.started.config)
-        for (dialogue_id, _), row in scored.items():
-            if isinstance(row.get(metric), bool):
-                sums.setdefault(position[dialogue_id], []).append(float(row[metric]))
-    owed = store.pending_positions(run_id, retry_failed=True)
-    pending = store.pending_positions(run_id, retry_failed=False)
-    return ArmState(
-        {p: sum(v) / len(v) for p, v in sums.items()},
-        {slot // repeats for slot in pending},
-        {slot // repeats for slot in owed - pending},
-    )
-
-
-class Walk:
-    """The sequence over the recorded order: pairs are read from `cursor` on while both
-    arms have answered them; a pair that failed in either arm is skipped."""
-
-    def __init__(self, plan: SequentialStarted) -> None:
-        self.plan = plan
-        self.cs = BettingCS(plan.alpha, plan.low, plan.high, plan.min_effect)
-        self.read_upto = 0
-        self.verdict: Verdict | None = None
-
-    def advance(self, states: list[ArmState]) -> None:
-        a, b = states
-        order = self.plan.order
-        while self.verdict is None and self.read_upto < len(order):
-            p = order[self.read_upto]
-            if p in a.pending or p in b.pending:
-                return
-            self.read_upto += 1
-            if p in a.failed or p in b.failed or p not in a.values or p not in b.values:
-                continue
-            self.cs.update(b.values[p] - a.values[p])
-            self.verdict = self.cs.verdict()
-
-    def next_round(self, states: list[ArmState], size: int) -> list[int]:
-        """The next `size` positions, in order, that either arm still owes."""
-        out = []
-        for p in self.plan.order[self.read_upto :]:
-            if any(p in s.pending for s in states):
-                out.append(p)
-                if len(out) == size:
-                    break
-        return out
+# -- the rounds -----------------------------------------------------------------------
 
 
 def _round_size(arms: list[Arm], concurrency: int | None) -> int:
