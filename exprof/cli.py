@@ -192,7 +192,9 @@ def cli() -> None:
     """exprof: profile Claude experiments on an append-only event store."""
 
 
-@cli.command()
+@cli.command(
+    epilog="With --versus B.yaml --stop-when-decided, a sequential A/B test of the two configs."
+)
 @click.option(
     "--config",
     "config_path",
@@ -291,8 +293,7 @@ def run(
     seed: int | None,
     format_: str,
 ) -> None:
-    """Start a new run: send every sample, record it, export, print the summary; with
-    --versus B.yaml --stop-when-decided, a sequential A/B test of the two configs."""
+    """Start a new run: send every sample, record it, export, print the summary."""
     from exprof.config import check_run_id, load_config, with_overrides
     from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
     from exprof.run.runner import Runner
@@ -370,7 +371,10 @@ def run(
     _finish(result, format_, config.builtin_metrics)
 
 
-@cli.command()
+@cli.command(
+    epilog="Given an experiment id, continue every unfinished cell of the experiment. With "
+    "--join, work on a live run beside the workers already on it."
+)
 @click.argument("run_id")
 @store_options
 @click.option("--concurrency", type=int, help="Requests in flight for this session.")
@@ -405,9 +409,7 @@ def resume(
     quiet: bool,
     format_: str,
 ) -> None:
-    """Continue a run that stopped early, sending only the samples still owed; given an
-    experiment id, continue every unfinished cell of the experiment. With --join, work
-    on a live run beside the workers already on it."""
+    """Continue a run that stopped early, sending only the samples still owed."""
     from exprof.run.runner import Runner
 
     _check_concurrency(concurrency)
@@ -502,7 +504,7 @@ def rescore(
     _finish(result, format_, config.builtin_metrics)
 
 
-@cli.command()
+@cli.command(epilog="Given an experiment id, one row per cell, with its cost-quality frontier.")
 @click.argument("run_id", required=False)
 @click.option("--log-dir", type=click.Path(), help="Summarize an exported run directory instead.")
 @click.option(
@@ -521,8 +523,7 @@ def summarize(
     db: str | None,
     format_: str,
 ) -> None:
-    """Print a run's metrics, from the store or from an export directory; given an
-    experiment id, one row per cell, with its cost-quality frontier."""
+    """Print a run's metrics, from the store or from an export directory."""
     if (run_id is None) == (log_dir is None):
         raise ExprofError("summarize: give either RUN_ID or --log-dir DIR")
     from exprof.summary import read_exported_summary, run_summary
@@ -606,7 +607,10 @@ def export(run_id: str, to_dir: str | None, force: bool, output_dir: str, db: st
     click.echo(f"exported {run_id} to {target}", err=True)
 
 
-@cli.command("compare")
+@cli.command(
+    "compare",
+    epilog="With --baseline, compare every cell of an experiment against one of its cells.",
+)
 @click.argument("run_a")
 @click.argument("run_b", required=False)
 @click.option(
@@ -657,8 +661,7 @@ def compare_cmd(
     max_refusal_increase: float | None,
     format_: str,
 ) -> None:
-    """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips;
-    or, with --baseline, every cell of an experiment against one of them."""
+    """Compare two runs (ids, experiment ids or export dirs): metrics, deltas, flips."""
     from exprof.compare import compare, gate
     from exprof.render import render_compare
     from exprof.sides import load_side
@@ -684,7 +687,7 @@ def compare_cmd(
     sys.exit(1 if reasons else 0)
 
 
-@cli.command()
+@cli.command(epilog="From one run's variance, or from two runs' paired differences.")
 @click.argument("run_a")
 @click.argument("run_b", required=False)
 @click.option(
@@ -730,8 +733,7 @@ def plan(
     db: str | None,
     format_: str,
 ) -> None:
-    """How many samples (and repeats) to pay for to detect a paired difference, and
-    their cost; from one run's variance, or two runs' paired differences."""
+    """How many samples (and repeats) to pay for to detect a paired difference, and their cost."""
     from exprof.power import plan as plan_samples
     from exprof.refs import run_id_of
     from exprof.render import render_plan
@@ -743,7 +745,7 @@ def plan(
     click.echo(render_plan(found, format_))
 
 
-@cli.command()
+@cli.command(epilog="The two runs of a compare may be ids or export directories.")
 @click.argument("ref")
 @click.argument("ref_b", required=False)
 @click.option(  # a plain string: build_report checks the target itself
@@ -768,8 +770,7 @@ def report(
     output_dir: str,
     db: str | None,
 ) -> None:
-    """One self-contained HTML page for a run, a compare of two (ids or export dirs), or
-    a matrix experiment."""
+    """One self-contained HTML page for a run, a compare of two, or a matrix experiment."""
     from exprof.report.builder import build_report
 
     refs = [ref] if ref_b is None else [ref, ref_b]

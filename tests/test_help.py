@@ -85,3 +85,24 @@ def test_help_gives_the_defaults_the_table_gives(name):
     for default in re.findall(r"`(<output-dir>/[^`]+)`", " ".join(table()[name])):
         assert default in text, f"{name} --help does not say {default}"
     assert "--output-dir" in text and "EXPROF_DB" in text
+
+
+def groups(group: click.Group = cli, name: str = "exprof") -> dict[str, click.Group]:
+    found = {name: group}
+    for sub, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(groups(command, sub))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted({**commands(cli), **groups()}))
+def test_each_docstring_is_one_line_and_the_details_are_the_epilog(name):
+    """A command's docstring is its one-line --help text; anything more it says is its
+    epilog, which --help prints under the options."""
+    command = {**commands(cli), **groups()}[name]
+    assert command.callback is not None
+    doc = (command.callback.__doc__ or "").strip()
+    assert doc and "\n" not in doc, f"{name}: the docstring is not one line"
+    if command.epilog:
+        shown = " ".join(help_text("" if name == "exprof" else name).split())
+        assert shown.endswith(" ".join(command.epilog.split())), f"{name}: epilog not shown"
