@@ -13,7 +13,7 @@ import yaml
 
 from exprof import knobs
 from exprof.errors import ExprofError
-from exprof.files import MAX_CONFIG_BYTES, MAX_INT, LongInteger, check_tree, read_text
+from exprof.files import MAX_CONFIG_BYTES, read_text
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
     SpecContext,
@@ -21,6 +21,7 @@ from exprof.metric_specs import (
     with_schema_metric,
 )
 from exprof.pricing import CLASSES, PRICES_PER_MTOK, require_prices
+from exprof.strict_json import MAX_INT, LongInteger, check_tree
 from exprof.tool_specs import (
     DEFAULT_MAX_TURNS,
     DEFAULT_TOOL_TIMEOUT_S,

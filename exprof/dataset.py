@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import (
-    check_tree,
-    jsonl_lines,
-    max_input_bytes,
-    parse_json,
-    read_text,
-    strict_decoder,
-)
+from exprof.files import jsonl_lines, max_input_bytes, read_text
 from exprof.jsonio import dumps
+from exprof.strict_json import check_tree, parse_json, strict_decoder
 from exprof.tool_specs import parse_tool_results
 
 # A responses.jsonl line's own fields, which the flattened metadata may never replace.

@@ -17,18 +17,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from exprof.atomic import AtomicFile, remove_stale_temps, temp_target, write_atomic
 from exprof.clients.caching import record as cache_record
 from exprof.config import Config
 from exprof.dataset import RESERVED_KEYS, Sample
 from exprof.errors import ExprofError
-from exprof.files import (
-    EXPORT_FILES,
-    AtomicFile,
-    read_text,
-    remove_stale_temps,
-    temp_target,
-    write_atomic,
-)
+from exprof.files import EXPORT_FILES, read_text
 from exprof.jsonio import dumps, dumps_pretty, loads
 from exprof.scoring import recorded
 from exprof.store.engine import Store
