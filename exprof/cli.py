@@ -294,7 +294,9 @@ def run(
     """Start a new run: send every sample, record it, export, print the summary; with
     --versus B.yaml --stop-when-decided, a sequential A/B test of the two configs."""
     from exprof.config import check_run_id, load_config, with_overrides
-    from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
+    from exprof.dataset import Sample, load_dataset
+    from exprof.dataset_stream import DatasetFile, scan_dataset
+    from exprof.mock_responses import load_mock_responses
     from exprof.run.runner import Runner
 
     _check_concurrency(concurrency)
@@ -923,7 +925,8 @@ def _run_versus(
     format_: str,
 ) -> None:
     """run --versus B.yaml --stop-when-decided: see exprof.versus."""
-    from exprof.dataset import load_dataset, load_mock_responses
+    from exprof.dataset import load_dataset
+    from exprof.mock_responses import load_mock_responses
     from exprof.models import preflight
     from exprof.run.runner import Runner
     from exprof.versus import Options, check_metric, check_options, check_versus, start_versus

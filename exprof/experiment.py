@@ -22,7 +22,7 @@ import numpy as np
 
 from exprof import hints, knobs
 from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config, auto_run_id
-from exprof.dataset import Sample, load_mock_responses
+from exprof.dataset import Sample
 from exprof.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,6 +31,7 @@ from exprof.errors import (
     ExprofError,
 )
 from exprof.metric_specs import with_schema_metric
+from exprof.mock_responses import load_mock_responses
 from exprof.run.budget import Budget
 from exprof.run.runner import Runner, RunResult
 from exprof.stats import bootstrap_means, bootstrap_p_value, holm, repeat_statistics

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from exprof.config import Config, auto_run_id
-from exprof.dataset import Sample, dataset_sha256
+from exprof.dataset import Sample
+from exprof.dataset_stream import dataset_sha256
 from exprof.errors import EXIT_OK, ConcurrencyError, ExprofError, stop_exit_code
 from exprof.experiment import Cell, ExperimentResult, cell_run_id, experiment_summary
 from exprof.render import Progress
