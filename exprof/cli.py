@@ -446,7 +446,8 @@ def resume(
 def _resume_budget(store: Any, run_id: str, budget_usd: float) -> float:
     """`resume --budget-usd`, checked as the config's budget_usd is: a finite amount, and
     a price for every model of the run (or the experiment) it would be kept against."""
-    from exprof.config import Config, check_budget, config_models
+    from exprof.config import Config, config_models
+    from exprof.config_sections import check_budget
     from exprof.pricing import require_prices
     from exprof.store.record import load_started
 

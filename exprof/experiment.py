@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from exprof import hints, knobs
-from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config, auto_run_id
+from exprof.config import Config, auto_run_id
+from exprof.config_matrix import MAX_CELLS, NAMED_MATRIX_KEYS
 from exprof.dataset import Sample
 from exprof.errors import (
     EXIT_INTERRUPTED,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from exprof.config import MATRIX_KEYS
+from exprof.config_matrix import MATRIX_KEYS
 from exprof.errors import ExprofError
 from exprof.experiment import compare_to_baseline, experiment_summary
 from exprof.frontier import add_frontier
