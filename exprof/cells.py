@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from exprof import knobs
-from exprof.config import MAX_CELLS, NAMED_MATRIX_KEYS, Config
-from exprof.dataset import Sample, load_mock_responses
+from exprof.config import Config
+from exprof.config_matrix import MAX_CELLS, NAMED_MATRIX_KEYS
+from exprof.dataset import Sample
 from exprof.errors import ExprofError
 from exprof.metric_specs import with_schema_metric
+from exprof.mock_responses import load_mock_responses
 
 RUN_ID_MAX = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -295,7 +295,9 @@ def run(
 ) -> None:
     """Start a new run: send every sample, record it, export, print the summary."""
     from exprof.config import check_run_id, load_config, with_overrides
-    from exprof.dataset import DatasetFile, Sample, load_dataset, load_mock_responses, scan_dataset
+    from exprof.dataset import Sample, load_dataset
+    from exprof.dataset_stream import DatasetFile, scan_dataset
+    from exprof.mock_responses import load_mock_responses
     from exprof.run.runner import Runner
 
     _check_concurrency(concurrency)
@@ -446,7 +448,8 @@ def resume(
 def _resume_budget(store: Any, run_id: str, budget_usd: float) -> float:
     """`resume --budget-usd`, checked as the config's budget_usd is: a finite amount, and
     a price for every model of the run (or the experiment) it would be kept against."""
-    from exprof.config import Config, check_budget, config_models
+    from exprof.config import Config, config_models
+    from exprof.config_sections import check_budget
     from exprof.pricing import require_prices
     from exprof.store.record import load_started
 
@@ -925,7 +928,8 @@ def _run_versus(
     format_: str,
 ) -> None:
     """run --versus B.yaml --stop-when-decided: see exprof.versus."""
-    from exprof.dataset import load_dataset, load_mock_responses
+    from exprof.dataset import load_dataset
+    from exprof.mock_responses import load_mock_responses
     from exprof.models import preflight
     from exprof.run.runner import Runner
     from exprof.versus import start_versus

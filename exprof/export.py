@@ -17,19 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from exprof.atomic import AtomicFile, remove_stale_temps, temp_target, write_atomic
 from exprof.clients.caching import record as cache_record
 from exprof.config import Config
-from exprof.dataset import RESERVED_KEYS, Sample
+from exprof.dataset import Sample
 from exprof.errors import ExprofError
-from exprof.files import (
-    EXPORT_FILES,
-    AtomicFile,
-    read_text,
-    remove_stale_temps,
-    temp_target,
-    write_atomic,
-)
+from exprof.files import EXPORT_FILES, read_text
 from exprof.jsonio import dumps, dumps_pretty, loads
+from exprof.mock_responses import RESERVED_KEYS
 from exprof.scoring import recorded
 from exprof.store.engine import Store
 from exprof.store.events import Event, ResponseReceived, RunStarted, SampleScored, TurnRecorded

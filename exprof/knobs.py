@@ -147,8 +147,9 @@ def _stop_sequences(value: object, where: str, base: Path) -> list[str]:
 
 def _output_schema(value: object, where: str, base: Path) -> dict[str, Any]:
     """A JSON Schema file, read now: the config records the schema it sent."""
-    from exprof.files import parse_json, read_text
+    from exprof.files import read_text
     from exprof.metric_specs import schema_validator
+    from exprof.strict_json import parse_json
 
     if not isinstance(value, str) or not value.strip():
         raise ExprofError(f"{where}: must be the path of a JSON Schema file, got {value!r}")

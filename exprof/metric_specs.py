@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import parse_json, read_text
+from exprof.files import read_text
+from exprof.strict_json import parse_json
 
 BUILTIN = ("fact_coverage", "refusal_rate", "geometric_mean")
 # The built-in metric a config with `output_schema` gets: does the answer hold to it?

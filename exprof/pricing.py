@@ -4,7 +4,7 @@ The prices live in one data file, `exprof/prices.json`: each model's rate per to
 class (USD per million tokens), with the pricing page they were read from and its date.
 A model's entry may add rates for a fast-mode `speed` or a `service_tier`, where the
 page publishes them; a response that ran that way is priced at them. A `pricing:` block
-in the config overrides any subset of a model's classes (exprof.config checks it).
+in the config overrides any subset of a model's classes (exprof.config_sections checks it).
 
 One function, `price_usage`, prices a usage record. Every figure exprof shows (the
 summary, `runs`, `compare`, the report, `budget_usd`, `--dry-run`, the judge's

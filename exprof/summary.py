@@ -9,7 +9,7 @@ from typing import Any
 from exprof import hints
 from exprof.costs import run_cost
 from exprof.errors import ExprofError
-from exprof.files import export_complete, parse_json, read_text
+from exprof.files import export_complete, read_text
 from exprof.knobs import KNOBS, describe, in_words
 from exprof.scoring import builtin as metrics
 from exprof.scoring import recorded
@@ -18,6 +18,7 @@ from exprof.store.engine import Store
 from exprof.store.events import RunStarted
 from exprof.store.queries import RunRow, StatusStats
 from exprof.store.record import load_started, rescore_source, tool_stats
+from exprof.strict_json import parse_json
 
 
 def run_summary(

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exprof.config import Config
-from exprof.dataset import Sample, dataset_sha256
+from exprof.dataset import Sample
+from exprof.dataset_stream import dataset_sha256
 from exprof.errors import ExprofError
 from exprof.scoring import judge
 from exprof.versus_pairs import METRICS

@@ -11,9 +11,11 @@ import pytest
 from test_bad_input import DATASET_CASES, MOCKS, _write
 
 import exprof.dataset
+import exprof.dataset_stream
 from conftest import KEY, write_experiment
 from exprof.config import load_config
-from exprof.dataset import dataset_sha256, load_dataset, scan_dataset
+from exprof.dataset import load_dataset
+from exprof.dataset_stream import dataset_sha256, scan_dataset
 from exprof.errors import ExprofError
 from exprof.run.runner import Runner
 from exprof.store.engine import Store, store_url
@@ -35,7 +37,7 @@ def samples(n: int) -> list[dict]:
 def test_the_streamed_dataset_is_the_loaded_one(tmp_path, monkeypatch, suffix):
     """Parsed in reads far smaller than a sample (elements and lines cut anywhere, a
     multi-byte character included): the same samples, count and digest."""
-    monkeypatch.setattr(exprof.dataset, "STREAM_READ", 7)
+    monkeypatch.setattr(exprof.dataset_stream, "STREAM_READ", 7)
     path = tmp_path / f"d{suffix}"
     rows = samples(60)
     if suffix == ".json":

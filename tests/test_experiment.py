@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import KEY, make_samples, write_experiment
-from exprof.config import MAX_CELLS
+from exprof.config_matrix import MAX_CELLS
 from exprof.stats import (
     bootstrap_means,
     cluster_mean_ci,

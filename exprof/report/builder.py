@@ -26,9 +26,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from exprof import hints
+from exprof.atomic import write_atomic
 from exprof.compare import compare
 from exprof.errors import ExprofError
-from exprof.files import write_atomic
 from exprof.jsonio import dumps
 from exprof.refs import ExperimentRef, resolve
 from exprof.render import fmt_value

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exprof.baseline import compare_to_baseline
-from exprof.config import MATRIX_KEYS
+from exprof.config_matrix import MATRIX_KEYS
 from exprof.errors import ExprofError
 from exprof.experiment import experiment_summary
 from exprof.frontier import add_frontier

@@ -16,7 +16,8 @@ from typing import Any
 
 from exprof import __version__, hints
 from exprof.config import Config, auto_run_id
-from exprof.dataset import DatasetFile, Sample, dataset_sha256, pending_pairs, with_repeats
+from exprof.dataset import Sample, pending_pairs, with_repeats
+from exprof.dataset_stream import DatasetFile, dataset_sha256
 from exprof.errors import (
     EXIT_OK,
     EXIT_SAMPLES_FAILED,

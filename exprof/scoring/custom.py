@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from exprof.errors import ExprofError
-from exprof.files import MAX_INT
 from exprof.metric_specs import (
     DEFAULT_METRIC_TIMEOUT_S,
     TOOL_KINDS,
@@ -25,6 +24,7 @@ from exprof.metric_specs import (
 )
 from exprof.scoring import tool_metrics
 from exprof.scoring.guard import Guard, MetricStopped
+from exprof.strict_json import MAX_INT
 
 Value = float | int | bool | dict[str, float | int | bool]
 

@@ -14,11 +14,12 @@ from typing import Any
 from exprof.clients.outcome import Failure, Outcome, Response
 from exprof.dataset import Sample
 from exprof.errors import ExprofError
-from exprof.files import parse_json, read_text
+from exprof.files import read_text
 from exprof.metric_specs import custom_specs
 from exprof.pricing import estimate_cost
 from exprof.scoring.custom import check_value
 from exprof.store.events import Event, JudgeRequestSent, JudgeScored
+from exprof.strict_json import parse_json
 
 SYSTEM = (
     "You grade an assistant's answer against a rubric. Rubric: {rubric}\n"
