@@ -4,7 +4,7 @@ requests), then `exprof summarize EXPERIMENT_ID`, against a single run of the sa
 
     python benchmarks/bench_experiment.py --samples 2000 --repeats 5
 
-Target (issue 12): the same per-request overhead as a single run.
+Target: the same per-request overhead as a single run.
 """
 
 from __future__ import annotations

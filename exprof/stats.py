@@ -80,7 +80,7 @@ def cluster_mean_ci(clusters: np.ndarray) -> tuple[float, float | None, float | 
     treats each sample's repeats as one cluster: a t interval over the n cluster means.
     The repeats of one prompt are correlated, so counting them as n*K independent draws
     would make the interval too narrow; with K = 1 this is the ordinary t interval, whose
-    small-sample coverage beats the percentile bootstrap's (tests/test_experiment.py)."""
+    small-sample coverage beats the percentile bootstrap's (tests/test_matrix.py)."""
     n = len(clusters)
     if n == 0:
         return math.nan, None, None

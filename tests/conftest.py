@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from exprof.store.engine import Store, store_url
 from fake_anthropic import FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: spread over pytest-xdist's workers from the start, no worker
+    is left alone with one at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +144,30 @@ def fake(monkeypatch):
     yield start
     for server in started:
         server.__exit__()
+
+
+def run_sql(db: Path, *statements: str) -> None:
+    """Edit a SQLite store behind exprof's back, as a user with the sqlite3 shell would."""
+    raw = sqlite3.connect(db)
+    for statement in statements:
+        raw.execute(statement)
+    raw.commit()
+    raw.close()
+
+
+@pytest.fixture
+def finished_run(tmp_path, invoke) -> tuple[Path, Path]:
+    """A finished mock run of 20 samples, all answered: (its config, its store file)."""
+    samples, mocks = make_samples(20)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    return config, tmp_path / "runs" / "exprof.db"
+
+
+@pytest.fixture
+def run_with_failures(tmp_path, invoke) -> tuple[Path, Path]:
+    """A mock run of 20 samples of which 4 failed, so it can be resumed: (config, store file)."""
+    samples, mocks = make_samples(20, missing_every=5)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 1
+    return config, tmp_path / "runs" / "exprof.db"

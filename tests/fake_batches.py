@@ -1,4 +1,4 @@
-"""The fake's Message Batches endpoints (issue 13), mounted into tests/fake_anthropic.py.
+"""The fake's Message Batches endpoints, mounted into tests/fake_anthropic.py.
 
 create (a streamed, chunked body is fine), retrieve, list (newest first, paged by
 after_id), cancel and results (JSONL, shuffled, streamed in chunks). Batches take

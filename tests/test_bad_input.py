@@ -166,14 +166,14 @@ DATASET_CASES = [
 ]
 
 
-# Issue 9: the trust cases. Each list below covers a class, not one example.
+# The trust cases. Each list below covers a class, not one example.
 GOOD_YAML = "".join(f"{k}: {json.dumps(v)}\n" for k, v in GOOD.items())
 LAUGHS = "".join(
     f"{name}: &{name} [{', '.join(['*' + prev] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
     for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
 )
 CONFIG_CASES += [
-    # issue 26: a budget that could never be reached: a model without a price, NaN, inf
+    # a budget that could never be reached: a model without a price, NaN, inf
     *[
         (f"budget-unpriced-{i}", config, None, "budget_usd: my-model has no price")
         for i, config in enumerate(
@@ -443,7 +443,7 @@ FLAG_CASES = [
     ("format-unknown", ["runs", "--format", "xml"], "'xml' is not one of"),
     ("unknown-option", ["runs", "--bogus"], "No such option '--bogus'"),
     ("unknown-command", ["frobnicate"], "No such command 'frobnicate'"),
-    # issue 9: compare's numbers out of range, and nan, which passes a plain range check
+    # compare's numbers out of range, and nan, which passes a plain range check
     ("compare-seed-negative", ["compare", "exp", "exp", "--seed", "-1"], "'--seed': -1 is not"),
     (
         "compare-resamples-huge",
@@ -474,7 +474,7 @@ FLAG_CASES = [
         )
     ],
     ("export-unknown-to", ["export", "nope", "--to", "newdir"], "no run 'nope'"),
-    # issue 26: resume's budget is checked as run's is (NaN passed a plain range check)
+    # resume's budget is checked as run's is (NaN passed a plain range check)
     *[
         (f"resume-budget-{value}", ["resume", "exp", "--budget-usd", value], "--budget-usd: must")
         for value in ("nan", "-nan", "inf", "-1")
@@ -641,7 +641,7 @@ def test_a_priced_model_of_its_own_keeps_its_budget(tmp_path, invoke):
 
 
 def test_a_budget_below_the_p95_estimate_needs_yes_without_a_terminal(tmp_path, invoke):
-    """Issue 22: with no earlier run to learn output lengths from, the P95 estimate bounds
+    """With no earlier run to learn output lengths from, the P95 estimate bounds
     every answer at max_tokens; a budget below it is refused (no terminal can ask), one
     line naming the key, nothing written; --yes runs it, and a budget above needs none."""
     samples = [{**SAMPLES[0], "dialogue_id": f"d{i}"} for i in range(20)]

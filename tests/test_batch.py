@@ -1,4 +1,4 @@
-"""Batch mode (issue 13): the real SDK's messages.batches against the fake's batch
+"""Batch mode: the real SDK's messages.batches against the fake's batch
 endpoints; crashes are real subprocesses killed with SIGKILL, SIGINT and SIGTERM."""
 
 from __future__ import annotations
@@ -487,7 +487,7 @@ SPOILS += ["text-not-string", "usage-huge"]
 
 @pytest.mark.parametrize("spoil", SPOILS)
 def test_a_spoiled_results_stream_never_hangs_crashes_or_pays_twice(tmp_path, fake, invoke, spoil):
-    """Issue 26, class 2: a results stream cut mid-line, lines that are not objects or
+    """A results stream cut mid-line, lines that are not objects or
     not JSON, messages without content or with non-string text, usage beyond 64 bits, a
     results URL that answers 404 or refuses connections. Each ends the run (or that
     request) with a recorded failure or a clean answer, never a traceback or an endless

@@ -1,4 +1,4 @@
-"""Batch runs at scale (issue 13 part 7): the dataset is validated and recorded as a
+"""Batch runs at scale: the dataset is validated and recorded as a
 stream, the batch loop reads its samples back from the snapshot, and the export merges
 instead of holding sets. The 1M-sample figures are in benchmarks/bench_batch.py."""
 

@@ -1,4 +1,4 @@
-"""Issue 26, class 5: nothing from outside breaks the readers. A value is checked where it
+"""Nothing from outside breaks the readers. A value is checked where it
 enters: a file exprof reads refuses it with one Error line and writes nothing, and a
 value a user's code or a judge gives becomes that sample's metric error. Either way,
 `runs`, `summarize`, `compare`, `export` and `report` go on working, and every JSON they

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 from click.testing import CliRunner
-from test_experiment import matrix_config
+from test_matrix import matrix_config
 
 from conftest import make_samples, write_experiment
 from exprof import hints

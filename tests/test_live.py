@@ -243,6 +243,7 @@ def stop_after(server: FakeAnthropic, successes: int, proc: subprocess.Popen, si
     return stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "code", "what"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "interrupted")],

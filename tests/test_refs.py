@@ -13,7 +13,7 @@ from exprof.store.engine import Store, store_url
 
 
 @pytest.fixture
-def two_runs(sample_config, invoke) -> Store:
+def exported_pair(sample_config, invoke) -> Store:
     """Two runs of experiment demo_run, r1 then r2, exported to runs/r1 and runs/r2."""
     for run_id in ("r1", "r2"):
         args = ("run", "--config", str(sample_config), "--quiet", "--run-id", run_id)
@@ -25,18 +25,18 @@ def no_store() -> Store:
     raise AssertionError("an export folder needs no store")
 
 
-def test_each_kind_in_order(two_runs):
-    assert resolve("r1", lambda: two_runs) == RunRef(two_runs, "r1")
-    assert resolve("demo_run", lambda: two_runs) == RunRef(two_runs, "r2")  # the latest
+def test_each_kind_in_order(exported_pair):
+    assert resolve("r1", lambda: exported_pair) == RunRef(exported_pair, "r1")
+    assert resolve("demo_run", lambda: exported_pair) == RunRef(exported_pair, "r2")  # the latest
     assert resolve("runs/r1", no_store) == ExportRef(Path("runs/r1"))
-    assert run_id_of("r1", two_runs) == "r1"
+    assert run_id_of("r1", exported_pair) == "r1"
 
 
-def test_an_export_folder_named_like_a_run_is_the_folder(two_runs, tmp_path):
+def test_an_export_folder_named_like_a_run_is_the_folder(exported_pair, tmp_path):
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "summary.json").write_text("{}", encoding="utf-8")
     assert resolve("r1", no_store) == ExportRef(Path("r1"))
-    assert resolve("r1", lambda: two_runs, exports=False) == RunRef(two_runs, "r1")
+    assert resolve("r1", lambda: exported_pair, exports=False) == RunRef(exported_pair, "r1")
 
 
 def test_a_matrix_experiment(tmp_path, invoke, sample_config):
@@ -55,11 +55,11 @@ def test_a_matrix_experiment(tmp_path, invoke, sample_config):
         ({"exports": False, "latest": False}, "no run 'nope'"),
     ],
 )
-def test_unknown_names_say_what_was_accepted(two_runs, kinds, message):
+def test_unknown_names_say_what_was_accepted(exported_pair, kinds, message):
     with pytest.raises(ExprofError, match=message):
-        resolve("nope", lambda: two_runs, **kinds)
+        resolve("nope", lambda: exported_pair, **kinds)
     with pytest.raises(ExprofError, match="no run 'demo_run'"):
-        run_id_of("demo_run", two_runs)  # rescore takes a run id, not an experiment's
+        run_id_of("demo_run", exported_pair)  # rescore takes a run id, not an experiment's
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,9 @@ def test_unknown_names_say_what_was_accepted(two_runs, kinds, message):
         ["rescore", "{}", "--config", "{config}"],
     ],
 )
-def test_a_name_that_is_no_path_is_one_error_line(two_runs, sample_config, invoke, name, command):
+def test_a_name_that_is_no_path_is_one_error_line(
+    exported_pair, sample_config, invoke, name, command
+):
     args = [a.format(name, config=sample_config) for a in command]
     result = invoke(*args)
     assert result.exit_code == 2, result.output

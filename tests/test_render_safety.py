@@ -1,4 +1,4 @@
-"""Issue 9, item 14: every value a command prints is safe for a terminal and a
+"""Every value a command prints is safe for a terminal and a
 spreadsheet, in every format; JSON stays exact JSON with the same values."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_json_output_is_exact():
 
 @pytest.mark.parametrize("value", ["a|b", "|", "a | b | c", "x\\|y"])
 def test_a_pipe_in_a_value_cannot_forge_a_markdown_column(value):
-    """Issue 26: a `|` in a dialogue id or a model name made a markdown table one column
+    """A `|` in a dialogue id or a model name made a markdown table one column
     wider on its row; each is escaped, so every row has the header's columns."""
     text = render([[value, value, 1]], ["id", "model", "n"], "markdown")
     rows = [line for line in text.splitlines() if line.startswith("|")]

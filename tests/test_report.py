@@ -65,7 +65,7 @@ def scripted_variant(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def two_runs(sample_config, tmp_path, invoke) -> tuple[str, str]:
+def run_and_variant(sample_config, tmp_path, invoke) -> tuple[str, str]:
     run(invoke, sample_config)
     run(invoke, scripted_variant(tmp_path))
     return "demo_run", "variant"
@@ -111,8 +111,8 @@ def test_page_loads_nothing_from_outside(sample_config, invoke):
     assert "default-src 'none'" in html
 
 
-def test_script_in_an_answer_is_text_on_both_pages(two_runs, invoke):
-    a, b = two_runs
+def test_script_in_an_answer_is_text_on_both_pages(run_and_variant, invoke):
+    a, b = run_and_variant
     assert invoke("report", b).exit_code == 0
     assert invoke("report", a, b).exit_code == 0
     for name in ("report.html", "compare-demo_run.html"):
@@ -127,8 +127,8 @@ def test_script_in_an_answer_is_text_on_both_pages(two_runs, invoke):
     assert "&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;&lt;img" in compare_html
 
 
-def test_compare_page(two_runs, invoke):
-    result = invoke("report", *two_runs, "--top", "5")
+def test_compare_page(run_and_variant, invoke):
+    result = invoke("report", *run_and_variant, "--top", "5")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "runs/variant/compare-demo_run.html"
     html = Path(result.stdout.strip()).read_text(encoding="utf-8")
@@ -480,7 +480,7 @@ def test_run_page_in_chromium(browser, sample_config, invoke, tmp_path):
 
 
 def test_compare_page_in_chromium_runs_no_script_from_an_answer(
-    browser, two_runs, invoke, tmp_path
+    browser, run_and_variant, invoke, tmp_path
 ):
     from selenium.webdriver.common.by import By
 
@@ -491,7 +491,7 @@ def test_compare_page_in_chromium_runs_no_script_from_an_answer(
     assert browser.execute_script("return window.__xss === undefined")
     assert_clean(browser, url)
 
-    url = open_page(browser, Path(_report_path(invoke, *two_runs)))
+    url = open_page(browser, Path(_report_path(invoke, *run_and_variant)))
     assert headline(browser, "fact_coverage") == "-0.1111"
     assert headline(browser, "refusal_rate") == "-0.3333"
     side_b = browser.find_elements(By.CSS_SELECTOR, "#changes .side .text")

@@ -1,4 +1,4 @@
-"""exprof report EXPERIMENT_ID (issue 14 part 5): the heatmap of cells by metric, the
+"""exprof report EXPERIMENT_ID: the heatmap of cells by metric, the
 cells against a baseline as `compare --baseline` computes them, escaping, paths and
 errors; then a real headless Chromium opens the page."""
 

@@ -1,4 +1,4 @@
-"""exprof rescore (issue 9): recorded responses scored again with new metrics, with no API
+"""exprof rescore: recorded responses scored again with new metrics, with no API
 call (the fake server counts), its source and config difference recorded, resumable."""
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def test_bad_metric_spec_in_rescore_writes_nothing(tmp_path, invoke):
     assert [r["run_id"] for r in json.loads(invoke("runs", "--format", "json").stdout)] == ["exp"]
 
 
+@pytest.mark.slow
 def test_killed_rescore_resumes_to_the_uninterrupted_result(tmp_path, invoke):
     samples, mocks = make_samples(40_000, refuse_every=7)
     config = write_experiment(tmp_path / "e", samples, mocks)

@@ -168,17 +168,46 @@ def crash_loop(
         return made
 
 
+def clean_env() -> dict:
+    """The environment for a module-scoped run: the autouse isolation is not in force yet."""
+    drop = {"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "EXPROF_DB"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def reference(home: Path, n: int, env: dict | None = None, **make) -> Path:
+    """An experiment of n samples in home/e and its uninterrupted run `crash` exported to
+    home/ref/crash; returns the config."""
+    config_settings = make.pop("config", {})
+    samples, mocks = make_samples(n, **make)
+    config = write_experiment(home / "e", samples, mocks, **config_settings)
+    run = ("run", "--config", str(config), "--run-id", "crash", "--output-dir", "ref")
+    assert finish(exprof(*run, cwd=home, env=env or clean_env()))[0] == 0
+    return config
+
+
+def beside(tmp_path: Path, home: Path) -> Path:
+    """A module's reference experiment, copied into this test's folder (ref/ linked, as it
+    is only read); returns the config."""
+    shutil.copytree(home / "e", tmp_path / "e")
+    (tmp_path / "ref").symlink_to(home / "ref", target_is_directory=True)
+    return tmp_path / "e" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def mock_crash_reference(tmp_path_factory) -> Path:
+    """80,000 samples (40 commits of 2,000: enough for 25 kills to land mid-run), run
+    once for both backends."""
+    home = tmp_path_factory.mktemp("mock_crash")
+    reference(home, 80_000, facts=3, refuse_every=9)
+    return home
+
+
 @pytest.mark.slow
-def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path, db_url):
+def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path, db_url, mock_crash_reference):
     """On SQLite and on PostgreSQL; the reference run is always on SQLite, so the
     exports are also byte-identical across the two backends."""
-    n = 80_000  # 40 commits of 2,000: enough for 25 kills to land mid-run
-    samples, mocks = make_samples(n, facts=3, refuse_every=9)
-    config = write_experiment(tmp_path / "e", samples, mocks)
-    ref = exprof(
-        "run", "--config", str(config), "--run-id", "crash", "--output-dir", "ref", cwd=tmp_path
-    )
-    assert finish(ref)[0] == 0
+    n = 80_000
+    config = beside(tmp_path, mock_crash_reference)
     made = crash_loop(
         tmp_path, config, n, kills=25, seed=11, env=os.environ.copy(), max_wait=20, db_url=db_url
     )
@@ -189,30 +218,37 @@ def test_mock_crash_loop_gives_the_uninterrupted_exports(tmp_path, db_url):
     assert_consistent(the_store(tmp_path, db_url)[0], "crash", n)
 
 
-@pytest.mark.slow
-def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path, db_url):
-    n, concurrency = 2000, 8
-    samples, mocks = make_samples(n)
-    config = write_experiment(tmp_path / "e", samples, mocks, concurrency=concurrency)
+LIVE_CRASH_N, LIVE_CRASH_CONCURRENCY = 2000, 8
+
+
+def fake_env(server: FakeAnthropic) -> dict:
+    return {**clean_env(), "ANTHROPIC_API_KEY": "sk-ant-crash", "ANTHROPIC_BASE_URL": server.url}
+
+
+@pytest.fixture(scope="module")
+def live_crash_reference(tmp_path_factory) -> Path:
+    """2,000 samples at 20 ms and concurrency 8, run once for both backends: the server
+    sees each sample once."""
+    home = tmp_path_factory.mktemp("live_crash")
     with FakeAnthropic(latency=0.02, jitter=0.005) as server:
-        env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-crash", "ANTHROPIC_BASE_URL": server.url}
-        ref = exprof(
-            "run",
-            "--config",
-            str(config),
-            "--run-id",
-            "crash",
-            "--output-dir",
-            "ref",
-            cwd=tmp_path,
-            env=env,
-        )
-        assert finish(ref)[0] == 0
-        assert server.state.requests == n
+        config = {"concurrency": LIVE_CRASH_CONCURRENCY}
+        reference(home, LIVE_CRASH_N, env=fake_env(server), config=config)
+        assert server.state.requests == LIVE_CRASH_N
+    return home
+
+
+@pytest.mark.slow
+def test_live_crash_loop_wastes_at_most_the_in_flight_requests(
+    tmp_path, db_url, live_crash_reference
+):
+    n, concurrency = LIVE_CRASH_N, LIVE_CRASH_CONCURRENCY
+    config = beside(tmp_path, live_crash_reference)
+    with FakeAnthropic(latency=0.02, jitter=0.005) as server:
+        env = {**os.environ, **fake_env(server)}
         made = crash_loop(
             tmp_path, config, n, kills=25, seed=5, env=env, max_wait=20, db_url=db_url
         )
-        wasted = server.state.requests - 2 * n
+        wasted = server.state.requests - n
     assert made >= 25
     assert 0 <= wasted <= made * concurrency, (wasted, made)
     assert exports(tmp_path / "runs" / "crash", strip=True) == exports(
@@ -221,16 +257,22 @@ def test_live_crash_loop_wastes_at_most_the_in_flight_requests(tmp_path, db_url)
     assert_consistent(the_store(tmp_path, db_url)[0], "crash", n)
 
 
-@pytest.fixture
-def slow_mock_run(tmp_path):
-    """A mock experiment big enough to be caught mid-run, and its reference exports."""
+@pytest.fixture(scope="module")
+def catchable_reference(tmp_path_factory) -> Path:
+    """A mock experiment of 60,000 samples, big enough to be caught mid-run, and its
+    uninterrupted exports: made once for the module's tests."""
+    home = tmp_path_factory.mktemp("catchable")
     samples, mocks = make_samples(60_000, facts=2, refuse_every=5)
-    config = write_experiment(tmp_path / "e", samples, mocks)
-    ref = exprof(
-        "run", "--config", str(config), "--run-id", "r", "--output-dir", "ref", cwd=tmp_path
-    )
-    assert finish(ref)[0] == 0
-    return config
+    config = write_experiment(home / "e", samples, mocks)
+    run = ("run", "--config", str(config), "--run-id", "r", "--output-dir", "ref")
+    assert finish(exprof(*run, cwd=home, env=clean_env()))[0] == 0
+    return home
+
+
+@pytest.fixture
+def catchable_run(tmp_path, catchable_reference) -> Path:
+    """The 60,000-sample experiment in this test's folder, its reference in ref/r: the config."""
+    return beside(tmp_path, catchable_reference)
 
 
 def assert_resume_gives_the_reference(tmp_path: Path) -> None:
@@ -252,9 +294,10 @@ def start_and_catch(tmp_path: Path, config: Path, sig: int) -> subprocess.Popen:
 STOPS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "interrupted")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "what"), STOPS)
-def test_ctrl_c_or_sigterm_then_resume_in_mock_mode(tmp_path, slow_mock_run, sig, code, what):
-    proc = start_and_catch(tmp_path, slow_mock_run, sig)
+def test_ctrl_c_or_sigterm_then_resume_in_mock_mode(tmp_path, catchable_run, sig, code, what):
+    proc = start_and_catch(tmp_path, catchable_run, sig)
     returned, err = finish(proc)
     assert returned == code, err
     assert err.strip().splitlines()[-1] == f"{what}; continue with: exprof resume r"
@@ -278,11 +321,12 @@ def test_ctrl_c_or_sigterm_then_resume_in_mock_mode(tmp_path, slow_mock_run, sig
     assert_resume_gives_the_reference(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "what"), STOPS)
 def test_a_signal_during_the_export_leaves_a_run_resume_finishes(
-    tmp_path, slow_mock_run, sig, code, what
+    tmp_path, catchable_run, sig, code, what
 ):
-    proc = exprof("run", "--config", str(slow_mock_run), "--run-id", "r", cwd=tmp_path)
+    proc = exprof("run", "--config", str(catchable_run), "--run-id", "r", cwd=tmp_path)
     db = tmp_path / "runs" / "exprof.db"
     finished = "SELECT count(*) FROM events WHERE type = 'run_finished'"
     deadline = time.monotonic() + 60
@@ -300,8 +344,9 @@ def test_a_signal_during_the_export_leaves_a_run_resume_finishes(
     assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
 
 
-def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_run):
-    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+@pytest.mark.slow
+def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, catchable_run):
+    proc = start_and_catch(tmp_path, catchable_run, signal.SIGKILL)
     proc.wait()
     [row] = listed_runs(tmp_path)
     assert row["status"] == "interrupted"  # the lease's holder is dead
@@ -310,8 +355,9 @@ def test_killed_run_is_taken_over_and_listed_as_interrupted(tmp_path, slow_mock_
     assert_resume_gives_the_reference(tmp_path)
 
 
-def test_second_resume_is_refused_naming_the_holder(tmp_path, slow_mock_run):
-    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+@pytest.mark.slow
+def test_second_resume_is_refused_naming_the_holder(tmp_path, catchable_run):
+    proc = start_and_catch(tmp_path, catchable_run, signal.SIGKILL)
     proc.wait()
     first, second = exprof("resume", "r", cwd=tmp_path), exprof("resume", "r", cwd=tmp_path)
     results = sorted([finish(first), finish(second)])
@@ -324,8 +370,9 @@ def test_second_resume_is_refused_naming_the_holder(tmp_path, slow_mock_run):
     assert exports(tmp_path / "runs" / "r", False) == exports(tmp_path / "ref" / "r", False)
 
 
-def test_resume_needs_neither_config_nor_dataset(tmp_path, slow_mock_run):
-    proc = start_and_catch(tmp_path, slow_mock_run, signal.SIGKILL)
+@pytest.mark.slow
+def test_resume_needs_neither_config_nor_dataset(tmp_path, catchable_run):
+    proc = start_and_catch(tmp_path, catchable_run, signal.SIGKILL)
     proc.wait()
     shutil.rmtree(tmp_path / "e")
     assert_resume_gives_the_reference(tmp_path)

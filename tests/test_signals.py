@@ -175,6 +175,7 @@ def test_a_stop_ends_a_live_run_while_every_slot_waits_on_a_slow_server(tmp_path
         assert server.state.requests == 2  # nothing more was sent after the signal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), STOPS)
 def test_a_stop_as_a_live_run_starts_sends_nothing_more(tmp_path, sig, code):
     with FakeAnthropic(latency=0.5) as server:
@@ -192,6 +193,7 @@ def test_a_stop_as_a_live_run_starts_sends_nothing_more(tmp_path, sig, code):
         assert resumed.returncode == 0, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), STOPS)
 def test_a_stop_ends_a_batch_run_whose_create_call_hangs(tmp_path, sig, code):
     with FakeAnthropic() as server:

@@ -1,5 +1,5 @@
 """One PostgreSQL store shared by two "machines" (two processes, each with its own
---output-dir), as CI runners and colleagues' laptops would share it (issue 10, part 3).
+--output-dir), as CI runners and colleagues' laptops would share it.
 Everything must equal the same work done on SQLite, byte for byte."""
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def _two_machines(tmp_path: Path, db: str, tag: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_two_machines_share_one_postgres_store_as_if_it_were_sqlite(tmp_path, pg_url):
     shared = _two_machines(tmp_path, pg_url, "pg")
     local = _two_machines(tmp_path, str(tmp_path / "local.db"), "sqlite")
@@ -105,7 +106,7 @@ def test_postgres_store_commands_and_password_masking(tmp_path, pg_url, invoke):
 def test_a_login_that_may_only_read_is_refused_by_writers_and_served_by_readers(
     tmp_path, pg_url, invoke
 ):
-    """Issue 26: a read-only role gave a traceback on `run`. Every command that writes is
+    """A read-only role gave a traceback on `run`. Every command that writes is
     now refused before it starts, with one line that names what it may not write and
     masks the role's password; the reading commands serve it; the store is unchanged."""
     import psycopg

@@ -518,6 +518,7 @@ def peek_turns(db: Path) -> list[tuple[str, int]]:
     return [(json.loads(p)["dialogue_id"], json.loads(p)["turn"]) for (p,) in rows]
 
 
+@pytest.mark.slow
 def test_a_kill_mid_trajectory_resumes_from_the_last_recorded_turn(tmp_path):
     """SIGKILL while tools run: on resume no recorded turn's request is sent again."""
     n, concurrency = 12, 4

@@ -327,6 +327,7 @@ def ok_count(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_it_continues_the_very_same_sequence(tmp_path):
     pad = lambda i: 5 if i % 7 == 0 else 0  # noqa: E731  (A misses 1 in 7)
     a, b = live_arms(tmp_path / "e", 300, pad, concurrency=2)
@@ -408,6 +409,7 @@ def test_a_metric_with_no_known_range_is_refused(tmp_path, invoke):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_the_stop_and_resume_continues_the_sequence(tmp_path):
     pad = lambda i: 5 if i % 7 == 0 else 0  # noqa: E731
     a, b = live_arms(tmp_path / "e", 300, pad, concurrency=2)

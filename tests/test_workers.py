@@ -117,6 +117,7 @@ def test_four_workers_two_killed_answer_each_sample_once(tmp_path, db_url, n, re
     )
 
 
+@pytest.mark.slow
 def test_worker_leaves_when_only_a_live_remote_workers_claims_are_left(tmp_path, fake):
     """A worker on another host holds claims (fresh heartbeat): a joined worker answers
     the rest and exits by itself; a plain resume is refused naming that worker until its
@@ -336,6 +337,7 @@ def event_types(db_url: str, run_id: str) -> list[str]:
     return [ev.event.type for ev in Store.open(db_url).events(run_id)]
 
 
+@pytest.mark.slow
 def test_a_worker_stopped_early_leaves_the_run_to_the_others(tmp_path, db_url):
     """SIGTERM to one of two workers: it records no interruption on the shared run (the
     other is still on it), exports nothing, and says it left; the other finishes it."""
@@ -387,6 +389,7 @@ KILL_BEFORE_FINISHING = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("intruded", [False, True])
 def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, db_url, intruded):
     """The only worker is SIGKILLed after its final answer, before RunFinished and the
@@ -432,6 +435,7 @@ def test_join_finishes_a_run_whose_last_worker_died_before_finishing(tmp_path, d
     )
 
 
+@pytest.mark.slow
 def test_a_worker_whose_place_was_taken_stops_and_records_nothing_more(tmp_path, db_url):
     """The rows of a running worker are removed (as a peer's takeover of a worker it
     took for dead does): its answers still in flight are refused, not recorded beside

@@ -1,4 +1,4 @@
-"""Matrix experiments, repeats and the statistics over them (issue 12)."""
+"""Matrix experiments, repeats and the statistics over them."""
 
 from __future__ import annotations
 
@@ -864,7 +864,7 @@ def test_live_dry_run_counts_tokens_with_the_api_and_sends_no_message(tmp_path, 
 def test_live_dry_run_counts_each_distinct_body_once_within_its_bound(
     tmp_path, invoke, fake, monkeypatch
 ):
-    """Issue 22: one count per distinct request body (12 samples, 3 bodies), and no more
+    """One count per distinct request body (12 samples, 3 bodies), and no more
     than EXPROF_MAX_TOKEN_COUNTS of them; the rest are estimated, and the output says
     how each input was counted."""
     server = fake()

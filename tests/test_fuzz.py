@@ -1,4 +1,4 @@
-"""Issue 9: Hypothesis over the CLI layer. Random flags and values for every command
+"""Hypothesis over the CLI layer. Random flags and values for every command
 (read from click itself, so a new command or option is fuzzed without editing this
 file), over a real store with real runs. The only outcomes allowed: success, or exit 1
 or 2 with an `Error:` line last, never a traceback; and after an exit 2 the store's
@@ -16,12 +16,16 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_experiment
 from exprof.cli import cli
+from exprof.config import load_config
+from exprof.dataset import load_dataset
+from exprof.errors import ExprofError
 
 CLI_FUZZ_EXAMPLES = int(os.environ.get("EXPROF_CLI_FUZZ_EXAMPLES", "150"))
 
@@ -143,3 +147,87 @@ def test_cli_fuzz(fuzz_home, args):
         assert lines[-1].startswith("Error: "), (shown, result.stderr)
         assert "\n" not in lines[-1]
         assert [_dump(db) for db in stores] == before, shown
+
+
+FUZZ_EXAMPLES = int(os.environ.get("EXPROF_FUZZ_EXAMPLES", "300"))  # CI: 300 each
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+config_like = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "experiment_id": json_values
+            | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True),
+            "model": json_values,
+            "max_tokens": json_values,
+            "temperature": json_values | st.floats(0, 1),
+            "dataset_path": json_values | st.just("d.json"),
+            "metrics": json_values,
+            "concurrency": json_values,
+            "pricing": json_values,
+        },
+    )
+    | json_values
+)
+
+
+sample_like = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "dialogue_id": json_values | st.text(min_size=1, max_size=5),
+            "system": json_values | st.text(max_size=5),
+            "user": json_values | st.text(min_size=1, max_size=5),
+            "required_facts": json_values | st.lists(st.text(max_size=5), max_size=3),
+        },
+    )
+    | json_values
+)
+
+
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(value=config_like, as_text=st.booleans(), garbage=st.binary(max_size=30))
+def test_config_loader_fuzz(tmp_path, value, as_text, garbage):
+    (tmp_path / "d.json").write_text('[{"dialogue_id": "a", "system": "", "user": "u"}]')
+    path = tmp_path / "c.yaml"
+    if as_text:
+        path.write_text(yaml.safe_dump(value), encoding="utf-8")
+    else:
+        path.write_bytes(yaml.safe_dump(value).encode() + garbage)
+    try:
+        load_config(path)
+    except ExprofError as exc:
+        assert "\n" not in exc.message and exc.exit_code == 2
+
+
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(items=st.lists(sample_like, max_size=5) | json_values, jsonl=st.booleans())
+def test_dataset_loader_fuzz(tmp_path, items, jsonl):
+    path = tmp_path / ("d.jsonl" if jsonl else "d.json")
+    if jsonl and isinstance(items, list):
+        path.write_text("\n".join(json.dumps(i) for i in items), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(items), encoding="utf-8")
+    try:
+        samples = load_dataset(path)
+    except ExprofError as exc:
+        assert "\n" not in exc.message and exc.exit_code == 2
+    else:
+        assert samples and len({s.dialogue_id for s in samples}) == len(samples)

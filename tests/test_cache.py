@@ -382,7 +382,7 @@ TOOLS = [
 
 
 def test_the_tool_definitions_are_the_front_of_the_cached_prefix(tmp_path, invoke, fake):
-    """Issue 24 with issue 22: with tools, the prefix starts with their definitions (the
+    """With tools, the prefix starts with their definitions (the
     API reads them first). `upto: tools` puts the one breakpoint on the last tool, so
     samples with different system prompts share it; `upto: system` closes both."""
     samples = dataset(8, [SHORT + " one", SHORT + " two"])

@@ -219,6 +219,7 @@ def test_cell_names_say_which_knobs_they_vary(tmp_path, invoke):
 # -- the acceptance matrix against the fake ------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_model_by_effort_by_thinking_matrix_sends_each_cell_exactly_its_knobs(
     tmp_path, invoke, fake
 ):

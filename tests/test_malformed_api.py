@@ -187,7 +187,7 @@ def test_lone_surrogates_and_nul_in_answers_are_replaced(tmp_path, invoke, fake)
     "field", ["content", "model", "request-id"], ids=lambda f: f"echoed-in-{f}"
 )
 def test_a_server_echoing_the_key_has_it_redacted_everywhere(tmp_path, invoke, fake, field):
-    """Issue 26, class 3: a server that puts the API key into the answer text, the model
+    """A server that puts the API key into the answer text, the model
     name or the request id got it into the store and the exports."""
 
     def echo(payload: dict, sent: dict[str, str]) -> tuple[dict, dict[str, str]]:

@@ -1,5 +1,5 @@
-"""Issue 9, the input/output side: exports never touch files exprof did not write, survive
-a full disk, honour the umask; run ids stay clear of the store; compare's gate flags each
+"""The files exprof writes: exports never touch files exprof did not write, survive a full
+disk or a kill, honour the umask; run ids stay clear of the store; compare's gate flags each
 check their own metric; JSON Lines split on "\\n" only; `python -m exprof.cli` works."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ MOCKS = {"a": {"completion": "x", "metadata": {}}}
 
 
 @pytest.fixture
-def one_run(tmp_path, invoke):
+def exported_run(tmp_path, invoke):
     config = write_experiment(tmp_path / "e", SAMPLES, MOCKS)
     assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
     return config, tmp_path / "runs" / "exprof.db"
@@ -58,19 +59,23 @@ FOREIGN = {  # files another program keeps in a folder, some named like ours
 
 
 @pytest.mark.parametrize("name", sorted(FOREIGN))
-def test_export_refuses_a_folder_with_anything_foreign(tmp_path, invoke, one_run, name):
+def test_export_refuses_a_folder_with_anything_foreign(tmp_path, invoke, exported_run, name):
     folder = tmp_path / "theirs"
     folder.mkdir()
     (folder / name).write_bytes(FOREIGN[name])
-    before = store_state(one_run[1])
+    before = store_state(exported_run[1])
     result = invoke("export", "exp", "--to", str(folder))
-    _assert_clean_failure(result, "not empty and not an export of run 'exp'", before, one_run[1])
+    _assert_clean_failure(
+        result, "not empty and not an export of run 'exp'", before, exported_run[1]
+    )
     assert "--force" in result.stderr
     assert [p.name for p in folder.iterdir()] == [name]
     assert (folder / name).read_bytes() == FOREIGN[name]
 
 
-def test_export_with_force_writes_beside_foreign_files_and_deletes_none(tmp_path, invoke, one_run):
+def test_export_with_force_writes_beside_foreign_files_and_deletes_none(
+    tmp_path, invoke, exported_run
+):
     folder = tmp_path / "theirs"
     folder.mkdir()
     for name, data in FOREIGN.items():
@@ -83,16 +88,18 @@ def test_export_with_force_writes_beside_foreign_files_and_deletes_none(tmp_path
     assert invoke("export", "exp", "--to", str(folder)).exit_code == 0  # now it is ours
 
 
-def test_export_refuses_another_runs_export(tmp_path, invoke, one_run):
-    assert invoke("run", "--config", str(one_run[0]), "--quiet").exit_code == 0  # exp-2
+def test_export_refuses_another_runs_export(tmp_path, invoke, exported_run):
+    assert invoke("run", "--config", str(exported_run[0]), "--quiet").exit_code == 0  # exp-2
     exp2 = tmp_path / "runs" / "exp-2"
     before = {p.name: p.read_bytes() for p in exp2.iterdir()}
     result = invoke("export", "exp", "--to", str(exp2))
-    _assert_clean_failure(result, "not an export of run 'exp'", store_state(one_run[1]), one_run[1])
+    _assert_clean_failure(
+        result, "not an export of run 'exp'", store_state(exported_run[1]), exported_run[1]
+    )
     assert {p.name: p.read_bytes() for p in exp2.iterdir()} == before
 
 
-def test_export_into_its_own_folder_or_an_empty_one_needs_no_force(tmp_path, invoke, one_run):
+def test_export_into_its_own_folder_or_an_empty_one_needs_no_force(tmp_path, invoke, exported_run):
     assert invoke("export", "exp").exit_code == 0
     (tmp_path / "empty").mkdir()
     assert invoke("export", "exp", "--to", "empty").exit_code == 0
@@ -101,20 +108,22 @@ def test_export_into_its_own_folder_or_an_empty_one_needs_no_force(tmp_path, inv
     assert invoke("export", "exp").exit_code == 0
 
 
-def test_export_target_that_is_a_file_is_refused(tmp_path, invoke, one_run):
+def test_export_target_that_is_a_file_is_refused(tmp_path, invoke, exported_run):
     folder = tmp_path / "runs" / "exp"
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()
     folder.write_text("x")
     result = invoke("export", "exp")
-    before = store_state(one_run[1])
-    _assert_clean_failure(result, "runs/exp: exists and is not a directory", before, one_run[1])
+    before = store_state(exported_run[1])
+    _assert_clean_failure(
+        result, "runs/exp: exists and is not a directory", before, exported_run[1]
+    )
     assert folder.read_text() == "x"
     assert "is a file" in invoke("export", "exp", "--to", str(folder)).stderr
 
 
-def test_only_our_dead_temp_files_are_cleaned(tmp_path, invoke, one_run):
+def test_only_our_dead_temp_files_are_cleaned(tmp_path, invoke, exported_run):
     folder = tmp_path / "runs" / "exp"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -217,7 +226,7 @@ def test_unwritable_export_folder_at_the_end_of_a_run(tmp_path):
     assert json.loads(runs.stdout)[0]["status"] == "complete"
 
 
-def test_unwritable_to_is_one_line(tmp_path, one_run):
+def test_unwritable_to_is_one_line(tmp_path, exported_run):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
@@ -237,7 +246,7 @@ def test_unwritable_to_is_one_line(tmp_path, one_run):
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002, 0o077])
-def test_every_export_file_honours_the_umask(tmp_path, one_run, umask):
+def test_every_export_file_honours_the_umask(tmp_path, exported_run, umask):
     result = _exprof("export", "exp", "--to", "out", cwd=tmp_path, preexec=lambda: os.umask(umask))
     assert result.returncode == 0, result.stderr
     written = list((tmp_path / "out").iterdir())
@@ -247,10 +256,10 @@ def test_every_export_file_honours_the_umask(tmp_path, one_run, umask):
 
 
 @pytest.mark.parametrize("to", [None, "new", "new/deeper"])
-def test_export_of_an_unknown_run_leaves_no_folder(tmp_path, invoke, one_run, to):
+def test_export_of_an_unknown_run_leaves_no_folder(tmp_path, invoke, exported_run, to):
     args = ["export", "nope"] + (["--to", to] if to else [])
     result = invoke(*args)
-    _assert_clean_failure(result, "no run 'nope'", store_state(one_run[1]), one_run[1])
+    _assert_clean_failure(result, "no run 'nope'", store_state(exported_run[1]), exported_run[1])
     assert not (tmp_path / (to or "runs/nope")).exists()
     assert not (tmp_path / "new").exists()
 
@@ -447,3 +456,30 @@ def test_export_run_from_python_refuses_foreign_folders_too(tmp_path, store):
     export_run(store, "exp", tmp_path / "x", force=True)
     assert (tmp_path / "x" / "data.csv").read_text() == "1,2"
     assert isinstance(Store.open(store_url(None, tmp_path / "runs")), Store)
+
+
+@pytest.mark.slow
+def test_kill_during_export_leaves_the_previous_files_whole(tmp_path, invoke):
+    samples, mocks = make_samples(40_000)
+    config = write_experiment(tmp_path / "e", samples, mocks)
+    assert invoke("run", "--config", str(config), "--quiet").exit_code == 0
+    folder = tmp_path / "runs" / "exp"
+    original = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+    command = [sys.executable, "-m", "exprof", "export", "exp"]
+    started = time.monotonic()
+    subprocess.run(command, cwd=tmp_path, check=True, stderr=subprocess.DEVNULL)
+    whole = time.monotonic() - started  # only to place the kills inside an export
+    killed = 0
+    for fraction in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        time.sleep(whole * fraction)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        files = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+        assert files == original
+    assert killed >= 3
+    assert invoke("export", "exp").exit_code == 0
+    # temp files cleaned; the marker naming the run stays
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*original, ".exprof-export.json"])

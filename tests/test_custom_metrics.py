@@ -1,4 +1,4 @@
-"""Custom metrics (issue 9): each kind on crafted answers, bad specs, errors per sample,
+"""Custom metrics: each kind on crafted answers, bad specs, errors per sample,
 the exports and summary they land in, and compare on them."""
 
 from __future__ import annotations
