@@ -260,11 +260,35 @@ def _sample_update(sent: bool, response: bool, score: bool, nulls: tuple[bool, .
     )
 
 
+# The metadata keys RESPONSE_COLUMNS are read from, besides the token counts: an answer
+# without any (every mock answer) has None in each of those columns.
+_DETAIL_KEYS = frozenset(
+    {
+        "latency_ms",
+        "attempts",
+        "thinking_tokens",
+        "stop_reason",
+        "ttft_ms",
+        "output_tokens_per_s",
+        "cache_creation_input_tokens",
+        "cache_write_1h_tokens",
+        "cache_write_5m_tokens",
+        "cache_read_input_tokens",
+        "service_tier",
+        "speed",
+    }
+)
+_NO_DETAILS = (None,) * 10  # thinking_tokens .. speed
+
+
 def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
     """An answer's RESPONSE_COLUMNS."""
     meta = ev.metadata
-    latency = meta.get("latency_ms")
     input_tokens, output_tokens = usage_tokens(meta)
+    reused = 1 if isinstance(ev, ResponseReused) else None
+    if _DETAIL_KEYS.isdisjoint(meta):
+        return ("ok", input_tokens, output_tokens, None, None, event_id, None, reused, *_NO_DETAILS)
+    latency = meta.get("latency_ms")
     return (
         "ok",
         input_tokens,
@@ -273,7 +297,7 @@ def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
         _int_or_none(meta.get("attempts")),
         event_id,
         None,
-        1 if isinstance(ev, ResponseReused) else None,
+        reused,
         _int_or_none(meta.get("thinking_tokens")),
         1 if is_cut_off(meta) else None,
         # Kept for any refusal stop reason; a text-rule refusal counts as uncategorized.
