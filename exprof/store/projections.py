@@ -146,11 +146,16 @@ def apply(conn: Connection, events: Sequence[StoredEvent], move_position: bool =
             statuses.append(("complete" if ev.failed == 0 else "failed", stored.run_id))
     if new_samples:
         insert_rows(conn, "samples", NEW_SAMPLE_COLUMNS, new_samples)
-    # Grouped by which of the three a sample had: one UPDATE statement per shape.
-    by_shape: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+    # Grouped by which of the three a sample had and which of its values are None: one
+    # UPDATE statement per shape, its None values written as NULL in the statement (a
+    # bound None costs SQLite's executemany as much as the rest of the row).
+    by_shape: dict[tuple[bool, bool, bool, tuple[bool, ...]], list[tuple[Any, ...]]] = {}
     for key, (sent, response, score) in changes.items():
-        shape = (sent > 0, response is not None, score is not None)
-        row = ((sent,) if sent else ()) + (response or ()) + (score or ()) + key
+        values = (response or ()) + (score or ())
+        nulls = tuple([value is None for value in values])
+        shape = (sent > 0, response is not None, score is not None, nulls)
+        bound = tuple([value for value in values if value is not None])
+        row = ((sent,) if sent else ()) + bound + key
         by_shape.setdefault(shape, []).append(row)
     for shape, rows in by_shape.items():
         execute(conn, _sample_update(*shape), rows)
@@ -242,25 +247,48 @@ RESPONSE_COLUMNS = (
 SCORE_COLUMNS = ("fact_coverage", "refused", "facts_missing")
 
 
-@lru_cache(maxsize=8)
-def _sample_update(sent: bool, response: bool, score: bool) -> str:
-    """The UPDATE for a sample's merged changes: its requests, response and scores."""
+@lru_cache(maxsize=256)
+def _sample_update(sent: bool, response: bool, score: bool, nulls: tuple[bool, ...]) -> str:
+    """The UPDATE for a sample's merged changes: its requests, response and scores, the
+    columns `nulls` marks set to NULL and the rest bound."""
+    columns = (RESPONSE_COLUMNS if response else ()) + (SCORE_COLUMNS if score else ())
     sets = (["requests = requests + ?"] if sent else []) + [
-        f"{col} = ?"
-        for present, columns in ((response, RESPONSE_COLUMNS), (score, SCORE_COLUMNS))
-        if present
-        for col in columns
+        f"{col} = NULL" if null else f"{col} = ?" for col, null in zip(columns, nulls, strict=True)
     ]
     return (
         f"UPDATE samples SET {', '.join(sets)} WHERE run_id = ? AND dialogue_id = ? AND repeat = ?"
     )
 
 
+# The metadata keys RESPONSE_COLUMNS are read from, besides the token counts: an answer
+# without any (every mock answer) has None in each of those columns.
+_DETAIL_KEYS = frozenset(
+    {
+        "latency_ms",
+        "attempts",
+        "thinking_tokens",
+        "stop_reason",
+        "ttft_ms",
+        "output_tokens_per_s",
+        "cache_creation_input_tokens",
+        "cache_write_1h_tokens",
+        "cache_write_5m_tokens",
+        "cache_read_input_tokens",
+        "service_tier",
+        "speed",
+    }
+)
+_NO_DETAILS = (None,) * 10  # thinking_tokens .. speed
+
+
 def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
     """An answer's RESPONSE_COLUMNS."""
     meta = ev.metadata
-    latency = meta.get("latency_ms")
     input_tokens, output_tokens = usage_tokens(meta)
+    reused = 1 if isinstance(ev, ResponseReused) else None
+    if _DETAIL_KEYS.isdisjoint(meta):
+        return ("ok", input_tokens, output_tokens, None, None, event_id, None, reused, *_NO_DETAILS)
+    latency = meta.get("latency_ms")
     return (
         "ok",
         input_tokens,
@@ -269,7 +297,7 @@ def _response_values(event_id: int, ev: ResponseReceived) -> tuple[Any, ...]:
         _int_or_none(meta.get("attempts")),
         event_id,
         None,
-        1 if isinstance(ev, ResponseReused) else None,
+        reused,
         _int_or_none(meta.get("thinking_tokens")),
         1 if is_cut_off(meta) else None,
         # Kept for any refusal stop reason; a text-rule refusal counts as uncategorized.
