@@ -297,15 +297,15 @@ EDGES = [
 
 @pytest.mark.parametrize("text", EDGES)
 def test_the_quick_parse_agrees_with_the_strict_one(text, monkeypatch):
-    from exprof import files
+    from exprof import strict_json
     from exprof.errors import ExprofError
 
     def outcome() -> object:
         try:
-            return ("value", files.parse_json(text, "f.json"))
+            return ("value", strict_json.parse_json(text, "f.json"))
         except ExprofError as exc:
             return ("error", str(exc))
 
     quick = outcome()
-    monkeypatch.setattr(files, "_plain_json", lambda text: files._DOUBTFUL)
+    monkeypatch.setattr(strict_json, "_plain_json", lambda text: strict_json._DOUBTFUL)
     assert quick == outcome()
