@@ -21,7 +21,6 @@ from exprof import hints
 from exprof.errors import ConcurrencyError, ExprofError, StoreWriteError
 from exprof.jsonio import dumps, loads
 from exprof.store import dialects, identify, leases, projections, workers
-from exprof.store.checks import Checks
 from exprof.store.dialects import execute, stream
 from exprof.store.events import Event, StoredEvent, event_hash, from_row
 from exprof.store.leases import HELD, Lease
@@ -61,12 +60,11 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(str(parsed.database))
 
 
-class Store(Queries, Checks):
+class Store(Queries):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
     def __init__(self, engine: Engine, location: str, secrets: Sequence[str] = ()) -> None:
-        self.engine = engine
-        self.location = location
+        super().__init__(engine, location)
         self.secrets = tuple(secrets)  # the URL's credentials: masked in every message
 
     @classmethod

@@ -1,5 +1,6 @@
-"""Every read a command needs, by name. `Store` inherits these; nothing outside the
-store package writes SQL or opens a connection.
+"""Every read a command needs, by name: `Queries` reads a store's engine, and `Store`
+(engine.py) adds the writes to it; nothing outside the store package writes SQL or
+opens a connection.
 
 Reads go to the projections (`runs`, `samples`), which are kept in step with the events
 inside each append; only the dataset snapshot and the answers are read from events.
@@ -103,8 +104,12 @@ class ScoredResponse:
 
 
 class Queries:
-    engine: Engine
-    location: str
+    """The reads of the store whose database `engine` opens (`location` names it in
+    messages)."""
+
+    def __init__(self, engine: Engine, location: str) -> None:
+        self.engine = engine
+        self.location = location
 
     def _all(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """One statement's rows, on a connection held only for this read."""
