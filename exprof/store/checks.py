@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from exprof.jsonio import loads
 from exprof.store import dialects, projections
 from exprof.store.dialects import IMMUTABILITY_TRIGGERS, execute, stream
 from exprof.store.engine import Store
@@ -46,7 +45,7 @@ def chain_problems(store: Store, run_id: str) -> list[str]:
                     problems.append(f"event {id_}: seq {seq}, expected {expected_seq}")
                 expected_seq = seq + 1
                 try:
-                    from_row(type_, loads(payload))
+                    from_row(type_, payload)
                 except Exception as exc:  # any damage at all is a finding, not a crash
                     problems.append(f"event {id_}: unreadable payload ({type(exc).__name__})")
                 if stored is None:

@@ -19,10 +19,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from exprof import hints
 from exprof.errors import ConcurrencyError, ExprofError, StoreWriteError
-from exprof.jsonio import dumps, loads
+from exprof.jsonio import dumps
 from exprof.store import dialects, identify, leases, projections, workers
 from exprof.store.dialects import execute, stream
-from exprof.store.events import Event, StoredEvent, event_hash, from_row
+from exprof.store.events import STORED_COLUMNS, Event, StoredEvent, event_hash, stored_from_row
 from exprof.store.leases import HELD, Lease
 from exprof.store.queries import Queries
 
@@ -266,13 +266,12 @@ class Store(Queries):
         with self.engine.connect() as conn:
             result = stream(
                 conn,
-                f"SELECT id, run_id, seq, type, payload, created_at FROM events {clause} "
-                f"ORDER BY {order}",
+                f"SELECT {STORED_COLUMNS} FROM events {clause} ORDER BY {order}",
                 tuple(params),
             )
             while rows := result.fetchmany(batch):
-                for id_, run, seq, type_, payload, created in rows:
-                    yield StoredEvent(id_, run, seq, from_row(type_, loads(payload)), created)
+                for row in rows:
+                    yield stored_from_row(row)
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:

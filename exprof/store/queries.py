@@ -375,7 +375,7 @@ class Queries:
             )
             while rows := result.fetchmany(FETCH):
                 for type_, payload, coverage, refused, missing in rows:
-                    response = from_row(type_, loads(payload))
+                    response = from_row(type_, payload)
                     assert isinstance(response, ResponseReceived)
                     yield ScoredResponse(
                         response, coverage, bool(refused), loads(missing) if missing else []
@@ -403,7 +403,7 @@ class Queries:
         )
         if not rows:
             return None
-        started = from_row(rows[0][0], loads(rows[0][1]))
+        started = from_row(rows[0][0], rows[0][1])
         assert isinstance(started, RunStarted)
         return started
 
@@ -420,7 +420,7 @@ class Queries:
 
     def event_at(self, event_id: int) -> Event:
         [(type_, payload)] = self._all("SELECT type, payload FROM events WHERE id = ?", (event_id,))
-        return from_row(type_, loads(payload))
+        return from_row(type_, payload)
 
     # -- experiments -------------------------------------------------
 
@@ -451,7 +451,7 @@ class Queries:
         )
         if not rows:
             return None
-        record = from_row(rows[0][0], loads(rows[0][1]))
+        record = from_row(rows[0][0], rows[0][1])
         assert isinstance(record, ExperimentStarted)
         return record
 
@@ -464,7 +464,7 @@ class Queries:
         )
         out = []
         for type_, payload in rows:
-            finished = from_row(type_, loads(payload))
+            finished = from_row(type_, payload)
             assert isinstance(finished, RunFinished)
             out.append(finished.duration_s)
         return out
