@@ -29,6 +29,7 @@ from exprof.stats import (
     t_quantile_975,
 )
 from exprof.store.engine import SCHEMA_HEAD, Store, store_url
+from exprof.store.events import JudgeScored, ResponseReceived
 from fake_anthropic import FakeAnthropic
 
 MATRIX = {"model": ["claude-3-opus", "claude-3-haiku"], "temperature": [0.0, 0.5, 1.0]}
@@ -717,7 +718,7 @@ def test_judge_grades_each_repeat(tmp_path, invoke):
     store = open_store(tmp_path)
     graded = [
         (e.payload["dialogue_id"], e.payload.get("repeat", 0))
-        for e in store.events("exp", types=("judge_scored",))
+        for e in store.events("exp", types=(JudgeScored,))
     ]
     assert graded == [("d00000", 0), ("d00000", 1), ("d00001", 0), ("d00001", 1)]
     scores = read_lines(tmp_path / "runs" / "exp" / "scores.jsonl")
@@ -757,7 +758,7 @@ def test_cached_rerun_sends_nothing_and_repeat_i_reuses_only_repeat_i(tmp_path, 
     store = open_store(tmp_path)
     originals = {
         e.id: (e.run_id, e.payload["dialogue_id"], e.payload.get("repeat", 0))
-        for e in store.events(types=("response_received",))
+        for e in store.events(types=(ResponseReceived,))
     }
     reused = list(store.events("c", ("response_reused",)))
     assert len(reused) == 18

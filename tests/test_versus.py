@@ -17,6 +17,7 @@ import pytest
 
 from exprof.sequential import replay
 from exprof.store.engine import Store, store_url
+from exprof.store.events import ResponseReceived
 from exprof.store.record import sequential_events
 from fake_anthropic import FakeAnthropic
 
@@ -68,7 +69,7 @@ def store() -> Store:
 
 def answered(run_id: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for ev in store().events(run_id, types=("response_received",)):
+    for ev in store().events(run_id, types=(ResponseReceived,)):
         counts[ev.payload["dialogue_id"]] = counts.get(ev.payload["dialogue_id"], 0) + 1
     return counts
 

@@ -22,7 +22,14 @@ from exprof.errors import ConcurrencyError, ExprofError, StoreWriteError
 from exprof.jsonio import dumps
 from exprof.store import dialects, identify, leases, projections, workers
 from exprof.store.dialects import execute, stream
-from exprof.store.events import STORED_COLUMNS, Event, StoredEvent, event_hash, stored_from_row
+from exprof.store.events import (
+    STORED_COLUMNS,
+    Event,
+    StoredEvent,
+    event_hash,
+    stored_from_row,
+    type_names,
+)
 from exprof.store.leases import HELD, Lease
 from exprof.store.queries import Queries
 
@@ -250,9 +257,10 @@ class Store(Queries):
             return _last_seq(conn, run_id)
 
     def events(
-        self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 1000
+        self, run_id: str | None = None, types: Sequence[type[Event]] = (), batch: int = 1000
     ) -> Iterator[StoredEvent]:
-        """Stream typed events in order, a batch at a time, so 100k-sample runs stay small."""
+        """Stream typed events in order, a batch at a time, so 100k-sample runs stay small;
+        with `types`, only the events of those classes (not their subclasses)."""
         where: list[str] = []
         params: list[Any] = []
         if run_id is not None:
@@ -260,7 +268,7 @@ class Store(Queries):
             params.append(run_id)
         if types:
             where.append(f"type IN ({', '.join('?' * len(types))})")
-            params.extend(types)
+            params.extend(type_names(types))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "seq" if run_id is not None else "id"
         with self.engine.connect() as conn:

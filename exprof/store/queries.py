@@ -20,12 +20,16 @@ from exprof.jsonio import loads
 from exprof.stops import UNCATEGORIZED
 from exprof.store.dialects import execute, stream
 from exprof.store.events import (
+    EVENT_TYPES,
+    DatasetChunk,
     Event,
     ExperimentStarted,
+    MockChunk,
     ResponseReceived,
     RunFinished,
     RunStarted,
     from_row,
+    type_names,
 )
 
 FETCH = 5000  # rows per fetch when streaming a run's samples
@@ -327,8 +331,8 @@ class Queries:
         a tool run's final answer carries those of all its turns."""
         totals: dict[str, int] = {}
         rows = self._all(
-            "SELECT payload FROM events WHERE run_id = ? AND type = 'response_received'",
-            (run_id,),
+            "SELECT payload FROM events WHERE run_id = ? AND type = ?",
+            (run_id, ResponseReceived.type),
         )
         for (payload,) in rows:
             uses = (loads(payload).get("metadata") or {}).get("server_tool_use")
@@ -397,9 +401,9 @@ class Queries:
 
     def run_started(self, run_id: str) -> RunStarted | None:
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_started' "
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = ? "
             "ORDER BY seq LIMIT 1",  # the run's first event: the scan stops there
-            (run_id,),
+            (run_id, RunStarted.type),
         )
         if not rows:
             return None
@@ -407,15 +411,14 @@ class Queries:
         assert isinstance(started, RunStarted)
         return started
 
-    def snapshot_event_ids(self, run_id: str) -> dict[str, list[int]]:
-        """Ids of the run's dataset_chunk and mock_chunk events, in order."""
-        ids: dict[str, list[int]] = {"dataset_chunk": [], "mock_chunk": []}
+    def snapshot_event_ids(self, run_id: str) -> dict[type[Event], list[int]]:
+        """Ids of the run's DatasetChunk and MockChunk events, in order, by class."""
+        ids: dict[type[Event], list[int]] = {DatasetChunk: [], MockChunk: []}
         for id_, type_ in self._all(
-            "SELECT id, type FROM events WHERE run_id = ? "
-            "AND type IN ('dataset_chunk', 'mock_chunk') ORDER BY seq",
-            (run_id,),
+            "SELECT id, type FROM events WHERE run_id = ? AND type IN (?, ?) ORDER BY seq",
+            (run_id, *type_names(ids)),
         ):
-            ids[type_].append(int(id_))
+            ids[EVENT_TYPES[type_]].append(int(id_))
         return ids
 
     def event_at(self, event_id: int) -> Event:
@@ -445,9 +448,8 @@ class Queries:
     def experiment_record(self, experiment_id: str) -> ExperimentStarted | None:
         """The matrix experiment recorded under this id, if there is one."""
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND seq = 1 "
-            "AND type = 'experiment_started'",
-            (experiment_id,),
+            "SELECT type, payload FROM events WHERE run_id = ? AND seq = 1 AND type = ?",
+            (experiment_id, ExperimentStarted.type),
         )
         if not rows:
             return None
@@ -458,9 +460,8 @@ class Queries:
     def durations(self, run_id: str) -> list[float]:
         """The recorded duration of each session that finished the run."""
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_finished' "
-            "ORDER BY seq",
-            (run_id,),
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = ? ORDER BY seq",
+            (run_id, RunFinished.type),
         )
         out = []
         for type_, payload in rows:
