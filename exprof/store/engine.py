@@ -1,4 +1,5 @@
-"""The event store: an append-only SQLite events table, its schema, and run leases.
+"""The event store: an append-only events table (SQLite or PostgreSQL), its schema,
+and the store's writes (its lease and worker methods call leases.py and workers.py).
 
 Appends go through one method that assigns ids and per-run sequence numbers inside a
 `BEGIN IMMEDIATE` transaction and updates the projections in that same transaction,

@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 from exprof import hints
 from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError
 from exprof.store.dialects import execute
-from exprof.store.queries import like_prefix
 
 STALE_LEASE_S = 120.0
 # The columns of `leases` and of `workers` (one shape: a worker row is a lease), in
@@ -268,3 +267,8 @@ def _id_taken(conn: Connection, run_id: str) -> bool:
     if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
         return True
     return live_holder(conn, run_id) is not None
+
+
+def like_prefix(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': its own % and _ match only themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -475,8 +475,3 @@ _RUN_COLUMNS = (
     "SELECT run_id, experiment_id, model, mode, status, samples_total, created_at, repeats "
     "FROM runs"
 )
-
-
-def like_prefix(text: str) -> str:
-    """`text` for a LIKE pattern with ESCAPE '\\': its own % and _ match only themselves."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
