@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from exprof.store.events import BatchEnded, RequestSent
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
@@ -40,8 +42,8 @@ def ingestion(work: Path) -> tuple[int, list[tuple[float, float]]]:
     store = Store.open(store_url(None, work / "runs"))
     results, windows = 0, []
     first: float | None = None
-    for stored in store.events("bench", types=("request_sent", "batch_ended")):
-        if stored.type == "request_sent":
+    for stored in store.events("bench", types=(RequestSent, BatchEnded)):
+        if isinstance(stored.event, RequestSent):
             results += 1
             first = first if first is not None else stored.created_at
         elif first is not None:

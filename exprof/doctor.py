@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from exprof.errors import ExprofError
+from exprof.store import checks
 from exprof.store.engine import Store
 
 
@@ -30,8 +31,10 @@ def check(store: Store, run_id: str | None = None) -> tuple[list[dict[str, Any]]
     chain: list[str] = []
     projection: list[str] = []
     for run in runs:  # one run at a time: memory follows the largest run, not the store
-        chain.extend(f"{run}: {p}" for p in _attempt(store.chain_problems, run))
-        projection.extend(f"{run}: {t}" for t in _attempt(store.projection_differences, run))
+        chain.extend(f"{run}: {p}" for p in _attempt(checks.chain_problems, store, run))
+        projection.extend(
+            f"{run}: {t}" for t in _attempt(checks.projection_differences, store, run)
+        )
     scope = f"run {run_id}" if run_id is not None else f"{len(runs)} run(s)"
     rows.append(_row("event hash chain", not chain, "; ".join(chain) or f"{scope}: intact"))
     rows.append(
@@ -45,12 +48,12 @@ def check(store: Store, run_id: str | None = None) -> tuple[list[dict[str, Any]]
 
 
 def _integrity(store: Store) -> tuple[bool, str]:
-    found = store.integrity_check()
+    found = checks.integrity_check(store)
     return found == ["ok"], "; ".join(found[:5])
 
 
 def _triggers(store: Store) -> tuple[bool, str]:
-    missing = store.missing_triggers()
+    missing = checks.missing_triggers(store)
     return not missing, f"missing: {', '.join(missing)}" if missing else "UPDATE/DELETE refused"
 
 
@@ -66,9 +69,9 @@ def _guarded(name: str, probe: Callable[[], tuple[bool, Any]]) -> dict[str, Any]
     return _row(name, ok, detail)
 
 
-def _attempt(probe: Callable[[str], list[str]], run_id: str) -> list[str]:
+def _attempt(probe: Callable[[Store, str], list[str]], store: Store, run_id: str) -> list[str]:
     try:
-        return probe(run_id)
+        return probe(store, run_id)
     except (DBAPIError, ExprofError) as exc:
         return [_reason(exc)]
 

@@ -315,7 +315,7 @@ def test_kill_between_create_and_record_adopts_the_batch(tmp_path):
         status, err = finish(exprof("resume", "r", cwd=tmp_path, env=env_for(server)))
         assert status == 0, err
         assert (server.batches.created, server.batches.billed) == (1, 15)
-        submitted = [e.event for e in open_store(tmp_path).events("r", types=("batch_submitted",))]
+        submitted = [e.event for e in open_store(tmp_path).events("r", types=(BatchSubmitted,))]
         assert [(s.batch_id, s.adopted) for s in submitted if isinstance(s, BatchSubmitted)] == [
             ("msgbatch_fake_000001", True)
         ]

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, make_samples, write_experiment
 from exprof.export import FILES
+from exprof.store.events import SampleFailed
 
 GOLDEN = REPO / "tests" / "golden" / "demo_run"
 
@@ -113,7 +114,7 @@ def test_missing_mock_entry_is_a_failed_sample_not_a_crash(tmp_path, invoke):
     from exprof.store.engine import Store, store_url
 
     store = Store.open(store_url(None, "runs"))
-    failures = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    failures = [e.payload for e in store.events("exp", types=(SampleFailed,))]
     assert failures[0]["message"] == (
         "no mock response for dialogue_id 'd00000' in mock_responses.json"
     )

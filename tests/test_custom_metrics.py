@@ -14,6 +14,7 @@ from conftest import REPO, write_experiment
 from exprof import metric_specs
 from exprof.scoring import custom
 from exprof.store.engine import Store, store_url
+from exprof.store.events import SampleScored
 
 
 def spec_for(tmp_path: Path, entry: dict) -> dict:
@@ -236,7 +237,7 @@ def test_summarize_and_runs_show_custom_means(tmp_path, invoke):
 def test_seed_only_config_records_no_metrics_key(sample_config, invoke, tmp_path):
     assert invoke("run", "--config", str(sample_config), "--quiet").exit_code == 0
     store = Store.open(store_url(None, tmp_path / "runs"))
-    for ev in store.events("demo_run", types=("sample_scored",)):
+    for ev in store.events("demo_run", types=(SampleScored,)):
         assert set(ev.payload) == {"dialogue_id", "fact_coverage", "refused", "facts_missing"}
     assert "metrics" not in json.loads(invoke("runs", "--format", "json").stdout)[0]
 

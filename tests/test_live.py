@@ -18,6 +18,7 @@ from exprof.clients.credentials import redact
 from exprof.clients.limits import AdaptiveLimit
 from exprof.store import projections
 from exprof.store.engine import Store, store_url
+from exprof.store.events import ResponseReceived, RunInterrupted, SampleFailed
 from fake_anthropic import FakeAnthropic
 
 
@@ -40,7 +41,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def response_counts(run_id: str = "exp") -> dict[str, int]:
     store = Store.open(store_url(None, "runs"))
     counts: dict[str, int] = {}
-    for ev in store.events(run_id, types=("response_received",)):
+    for ev in store.events(run_id, types=(ResponseReceived,)):
         counts[ev.payload["dialogue_id"]] = counts.get(ev.payload["dialogue_id"], 0) + 1
     return counts
 
@@ -113,7 +114,7 @@ def test_persistent_500_is_a_recorded_failure_and_exit_1(tmp_path, invoke, fake)
     assert summary["samples_completed"] == 4
     assert summary["failures_by_class"] == {"InternalServerError": 1}
     store = Store.open(store_url(None, "runs"))
-    [failure] = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    [failure] = [e.payload for e in store.events("exp", types=(SampleFailed,))]
     assert failure == {
         "dialogue_id": "d00002",
         "error_class": "InternalServerError",
@@ -273,7 +274,7 @@ def test_ctrl_c_or_sigterm_records_what_arrived_and_resumes(tmp_path, fake, sig,
     assert stderr.strip().splitlines()[-1] == f"{what}; continue with: exprof resume exp"
     assert store.lease("exp") is None
     done = sum(response_counts().values())
-    reasons = [e.payload["reason"] for e in store.events("exp", types=("run_interrupted",))]
+    reasons = [e.payload["reason"] for e in store.events("exp", types=(RunInterrupted,))]
     assert reasons == [f"interrupted by {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'}"] * 2
     sent_before = server.state.requests
     resumed = start(tmp_path, "resume", "exp", "--concurrency", "32")

@@ -12,6 +12,7 @@ from test_live import experiment
 from exprof.clients.credentials import redact
 from exprof.clients.fatal import fatal_cause
 from exprof.store.engine import Store, store_url
+from exprof.store.events import RunInterrupted, SampleFailed
 
 CREDENTIALS = [
     ("ANTHROPIC_API_KEY", "sk-ant-api03-LEAKTEST-abcdef0123456789"),
@@ -52,7 +53,7 @@ def test_no_credential_is_recorded_or_printed(
     assert all(secret.encode() not in blob for blob in blobs)
     assert all(secret not in text for text in outputs)
     store = Store.open(store_url(None, "runs"))
-    messages = [e.payload["message"] for e in store.events("exp", types=("sample_failed",))]
+    messages = [e.payload["message"] for e in store.events("exp", types=(SampleFailed,))]
     assert len(messages) >= 2 and all("[redacted]" in m for m in messages)
 
 
@@ -104,9 +105,9 @@ def test_an_error_every_request_would_hit_stops_the_run_at_once(tmp_path, invoke
     assert result.stderr == f"Error: {cause}\n"
     assert server.state.requests <= 4  # only what was in flight when the first one failed
     store = Store.open(store_url(None, "runs"))
-    failed = [e.payload for e in store.events("exp", types=("sample_failed",))]
+    failed = [e.payload for e in store.events("exp", types=(SampleFailed,))]
     assert failed and {f["status"] for f in failed} == {status}
-    [stopped] = [e.payload for e in store.events("exp", types=("run_interrupted",))]
+    [stopped] = [e.payload for e in store.events("exp", types=(RunInterrupted,))]
     assert stopped["reason"] == f"stopped: {cause}"
 
 

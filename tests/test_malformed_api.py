@@ -17,6 +17,7 @@ from exprof.clients import sanitize
 from exprof.clients.limits import MAX_RESET_S, RatePacer
 from exprof.clients.live import RETRY_AFTER_CAP_S, _retry_after
 from exprof.store.engine import Store, store_url
+from exprof.store.events import Event, ResponseReceived, SampleFailed
 
 N = 3
 
@@ -28,7 +29,7 @@ def run_live(invoke, tmp_path: Path, **config):
     return result
 
 
-def recorded(kind: str) -> list[dict]:
+def recorded(kind: type[Event]) -> list[dict]:
     store = Store.open(store_url(None, "runs"))
     return [e.payload for e in store.events("exp", types=(kind,))]
 
@@ -76,7 +77,7 @@ def test_a_run_under_garbage_rate_limit_headers_ends(tmp_path, invoke, fake, hea
     # Pacing from a bogus header may make a request wait a little (at most a minute's
     # reset), never forever: every sample is answered.
     assert result.exit_code == 0, result.output
-    assert len(recorded("response_received")) == N
+    assert len(recorded(ResponseReceived)) == N
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_a_429_with_a_garbage_retry_after_is_retried(tmp_path, invoke, fake, ret
     server = fake(script={u: ["429", "429"] for u in users}, retry_after=retry_after)
     result = run_live(invoke, tmp_path, max_retries=3)
     assert result.exit_code == 0, result.output
-    assert len(recorded("response_received")) == N
+    assert len(recorded(ResponseReceived)) == N
     assert server.state.requests == 3 * N
 
 
@@ -142,8 +143,8 @@ def test_a_200_that_is_not_a_message_is_that_requests_failure(tmp_path, invoke, 
     server = fake(mangle=mangle)
     result = run_live(invoke, tmp_path, max_retries=1)
     assert result.exit_code == 1, result.output  # recorded, with failed samples
-    failures = recorded("sample_failed")
-    assert len(failures) == N and not recorded("response_received")
+    failures = recorded(SampleFailed)
+    assert len(failures) == N and not recorded(ResponseReceived)
     assert {f["error_class"] for f in failures} == {"InvalidResponse"}
     assert server.state.requests == 2 * N  # each retried once, as a flaky proxy deserves
 
@@ -180,7 +181,7 @@ def test_lone_surrogates_and_nul_in_answers_are_replaced(tmp_path, invoke, fake)
     expected = "half a pair \ufffd and the other half \ufffd alone\ufffd"
     assert [r["completion"] for r in rows] == [expected] * N
     assert {r["model"] for r in rows} == {"m\ufffd"}
-    assert all(e["completion"] == expected for e in recorded("response_received"))
+    assert all(e["completion"] == expected for e in recorded(ResponseReceived))
 
 
 @pytest.mark.parametrize(
@@ -209,5 +210,5 @@ def test_a_server_echoing_the_key_has_it_redacted_everywhere(tmp_path, invoke, f
     assert len(files) > 4
     assert all(key.encode() not in p.read_bytes() for p in files)
     assert all(key not in text for text in shown)
-    answers = recorded("response_received")
+    answers = recorded(ResponseReceived)
     assert len(answers) == N and "[redacted]" in json.dumps(answers)

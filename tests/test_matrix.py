@@ -29,6 +29,13 @@ from exprof.stats import (
     t_quantile_975,
 )
 from exprof.store.engine import SCHEMA_HEAD, Store, store_url
+from exprof.store.events import (
+    JudgeScored,
+    RequestSent,
+    ResponseReceived,
+    ResponseReused,
+    SampleScored,
+)
 from fake_anthropic import FakeAnthropic
 
 MATRIX = {"model": ["claude-3-opus", "claude-3-haiku"], "temperature": [0.0, 0.5, 1.0]}
@@ -213,7 +220,7 @@ def test_config_without_matrix_records_the_same_config_as_before(tmp_path, invok
     assert "cell" not in started.to_payload()
     assert not {"matrix", "repeats", "cache", "budget_usd", "system"} & set(started.config)
     store = open_store(tmp_path)
-    for ev in store.events("exp", ("request_sent", "response_received", "sample_scored")):
+    for ev in store.events("exp", (RequestSent, ResponseReceived, SampleScored)):
         assert "repeat" not in ev.payload  # no repeats: the events record what they did
 
 
@@ -477,7 +484,7 @@ def test_repeats_send_each_sample_k_times_with_a_repeat_field(tmp_path, invoke):
     store = open_store(tmp_path)
     sent = [
         (e.payload["dialogue_id"], e.payload.get("repeat", 0))
-        for e in store.events("exp", ("request_sent",))
+        for e in store.events("exp", (RequestSent,))
     ]
     assert len(sent) == len(set(sent)) == 12
     # make_samples: coverage 0, 1/2, 1, 0 and d00000, d00003 refused, every repeat alike.
@@ -562,7 +569,7 @@ def test_resume_with_repeats_sends_only_the_missing_pairs(tmp_path, invoke):
     assert [(s.dialogue_id, s.repeat) for s in pairs] == [("d00002", 0), ("d00002", 1)]
     again = invoke("resume", "exp", "--quiet")
     assert again.exit_code == 1
-    sent = [e.payload for e in store.events("exp", ("request_sent",))]
+    sent = [e.payload for e in store.events("exp", (RequestSent,))]
     assert len(sent) == 12  # 10 at first, then the two owed pairs again
     assert [(p["dialogue_id"], p.get("repeat", 0)) for p in sent[-2:]] == [
         ("d00002", 0),
@@ -717,7 +724,7 @@ def test_judge_grades_each_repeat(tmp_path, invoke):
     store = open_store(tmp_path)
     graded = [
         (e.payload["dialogue_id"], e.payload.get("repeat", 0))
-        for e in store.events("exp", types=("judge_scored",))
+        for e in store.events("exp", types=(JudgeScored,))
     ]
     assert graded == [("d00000", 0), ("d00000", 1), ("d00001", 0), ("d00001", 1)]
     scores = read_lines(tmp_path / "runs" / "exp" / "scores.jsonl")
@@ -757,15 +764,15 @@ def test_cached_rerun_sends_nothing_and_repeat_i_reuses_only_repeat_i(tmp_path, 
     store = open_store(tmp_path)
     originals = {
         e.id: (e.run_id, e.payload["dialogue_id"], e.payload.get("repeat", 0))
-        for e in store.events(types=("response_received",))
+        for e in store.events(types=(ResponseReceived,))
     }
-    reused = list(store.events("c", ("response_reused",)))
+    reused = list(store.events("c", (ResponseReused,)))
     assert len(reused) == 18
     for ev in reused:  # each points at the first record of the same (sample, repeat)
         run, dialogue, repeat = originals[ev.payload["source_event_id"]]
         assert (dialogue, repeat) == (ev.payload["dialogue_id"], ev.payload.get("repeat", 0))
         assert run == ("a" if repeat < 2 else "b")
-    assert not list(store.events("c", ("request_sent",)))
+    assert not list(store.events("c", (RequestSent,)))
     lines_a = read_lines(tmp_path / "runs" / "a" / "responses.jsonl")
     lines_c = read_lines(tmp_path / "runs" / "c" / "responses.jsonl")
     assert [r for r in lines_c if r["repeat"] < 2] == lines_a  # the same answers, scored alike
@@ -960,14 +967,14 @@ def test_budget_holds_a_mock_run_then_resume_finishes_it(tmp_path, invoke):
     listing = json.loads(invoke("runs", "--format", "json").stdout)
     assert listing[0]["status"] == "interrupted"
     store = open_store(tmp_path)
-    assert len(list(store.events("exp", ("request_sent",)))) == expected
+    assert len(list(store.events("exp", (RequestSent,)))) == expected
     same = invoke("resume", "exp", "--quiet")  # the recorded budget: still reached
     assert same.exit_code == 1 and "budget reached" in same.stderr
-    assert len(list(store.events("exp", ("request_sent",)))) == expected
+    assert len(list(store.events("exp", (RequestSent,)))) == expected
     more = invoke("resume", "exp", "--quiet", "--budget-usd", "10", "--format", "json")
     assert more.exit_code == 0, more.output
     assert json_out(more)["samples_completed"] == n
-    sent = [e.payload["dialogue_id"] for e in store.events("exp", ("request_sent",))]
+    sent = [e.payload["dialogue_id"] for e in store.events("exp", (RequestSent,))]
     assert sent == [f"d{i:05d}" for i in range(n)]  # nothing twice, nothing skipped
 
 

@@ -17,6 +17,13 @@ from test_resume import done_count, exprof, finish
 from conftest import make_samples, write_experiment
 from exprof.scoring import judge
 from exprof.store.engine import Store, store_url
+from exprof.store.events import (
+    JudgeRequestSent,
+    JudgeScored,
+    RequestSent,
+    RescoreStarted,
+    ResponseReceived,
+)
 from exprof.store.record import iter_samples
 from fake_anthropic import judge_score
 
@@ -63,7 +70,7 @@ def test_rescore_of_a_live_run_makes_no_request(tmp_path, invoke, fake):
     assert old_summary["input_tokens"] == summary["input_tokens"] > 0
     # The new run records its source and how its config differs.
     store = Store.open(store_url(None, tmp_path / "runs"))
-    (event,) = list(store.events("exp", types=("rescore_started",)))
+    (event,) = list(store.events("exp", types=(RescoreStarted,)))
     assert event.payload["source_run_id"] == "live"
     assert list(event.payload["config_diff"]) == ["metrics"]
     assert event.payload["config_diff"]["metrics"]["a"] == [
@@ -78,7 +85,7 @@ def test_rescore_of_a_live_run_makes_no_request(tmp_path, invoke, fake):
         "cites",
         "short",
     ]
-    sent_events = list(store.events("exp", types=("request_sent",)))
+    sent_events = list(store.events("exp", types=(RequestSent,)))
     assert len(sent_events) == 20 and {e.payload["attempts"] for e in sent_events} == {0}
 
 
@@ -202,13 +209,13 @@ def test_mock_judge_answers_from_judge_responses_and_records_each_exchange(tmp_p
     assert [s["helpful"] for s in scores] == [5.0, 2.0, None]
     assert scores[2]["metric_errors"] == {"helpful": "no score in the grader's reply 'no idea'"}
     store = Store.open(store_url(None, tmp_path / "runs"))
-    asked = [e.payload for e in store.events("exp", types=("judge_request_sent",))]
+    asked = [e.payload for e in store.events("exp", types=(JudgeRequestSent,))]
     assert [(a["dialogue_id"], a["model"]) for a in asked] == [
         (f"d0000{i}", "claude-haiku-4-5") for i in range(3)
     ]
     assert "Rate 1-5 how helpful" in asked[0]["system"]
     assert "question 0" in asked[0]["user"] and mocks["d00000"]["completion"] in asked[0]["user"]
-    replies = [e.payload["reply"] for e in store.events("exp", types=("judge_scored",))]
+    replies = [e.payload["reply"] for e in store.events("exp", types=(JudgeScored,))]
     assert replies == ["Score: 5", "2", "no idea"]
 
 
@@ -243,7 +250,7 @@ def test_rescore_with_a_judge_sends_only_the_grades_and_resumes_failed_ones(tmp_
     store = Store.open(store_url(None, tmp_path / "runs"))
     answers = {
         e.payload["dialogue_id"]: e.payload["completion"]
-        for e in store.events("src", types=("response_received",))
+        for e in store.events("src", types=(ResponseReceived,))
     }
     sample = next(s for s in iter_samples(store, "src") if s.dialogue_id == "d00002")
     (doomed,) = judge.tasks_for(
@@ -304,7 +311,7 @@ def test_rescore_reads_a_metrics_only_file(tmp_path, invoke):
     summary = json.loads(result.stdout)
     assert summary["metrics"] == {"cites": 0.25} and summary["model"] == "claude-3-opus"
     store = Store.open(store_url(None, tmp_path / "runs"), readonly=True)
-    rescored = [e.event for e in store.events(summary["run_id"], types=("rescore_started",))]
+    rescored = [e.event for e in store.events(summary["run_id"], types=(RescoreStarted,))]
     assert list(rescored[0].config_diff) == ["metrics"]
 
     typo = tmp_path / "typo.yaml"

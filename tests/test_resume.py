@@ -19,6 +19,7 @@ from conftest import make_samples, write_experiment
 from exprof.errors import Terminated
 from exprof.store import projections
 from exprof.store.engine import Store, store_url
+from exprof.store.events import ResponseReceived
 from fake_anthropic import FakeAnthropic
 
 TIMING = {"latency_ms", "request_id", "requests_per_second"}
@@ -104,7 +105,7 @@ def assert_consistent(db: Path | str, run_id: str, n: int) -> None:
         raw.close()
     store = Store.open(db if isinstance(db, str) else store_url(str(db), "."))
     responses: dict[tuple[str, int], int] = {}  # by (dialogue, repeat); n counts pairs
-    for ev in store.events(run_id, types=("response_received",)):
+    for ev in store.events(run_id, types=(ResponseReceived,)):
         pair = (ev.payload["dialogue_id"], ev.payload.get("repeat", 0))
         responses[pair] = responses.get(pair, 0) + 1
     assert len(responses) == n and set(responses.values()) == {1}

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from conftest import REPO, make_samples, write_experiment
 from exprof.errors import ConcurrencyError, ExprofError
-from exprof.store import dialects, projections
+from exprof.store import checks, dialects, projections
 from exprof.store.engine import SCHEMA_HEAD, Store, store_url
 from exprof.store.events import (
     EVENT_TYPES,
@@ -407,7 +407,7 @@ def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_
 
     assert len(list(store.events("exp"))) > 5
     assert len(list(store.scored_responses("exp"))) == 5
-    assert store.chain_problems("exp") == []
+    assert checks.chain_problems(store, "exp") == []
     walks = [v for k, v in cursors.items() if k.startswith("SELECT") and "payload" in k]
     assert len(walks) == 3, cursors
     expected = "ServerCursor" if store.engine.dialect.name == "postgresql" else "Cursor"

@@ -202,7 +202,7 @@ def test_the_mock_plays_the_loop_turn_by_turn(tmp_path, invoke):
     assert (c["turns"], c["tool_calls"], c["tool_errors"]) == (1, [], 0)
     # the usage is the sum over the turns
     store = Store.open(store_url(None, tmp_path / "runs"), readonly=True)
-    turns = [e.event for e in store.events("exp", types=("turn_recorded",))]
+    turns = [e.event for e in store.events("exp", types=(TurnRecorded,))]
     assert all(isinstance(t, TurnRecorded) for t in turns)
     of_a = [t for t in turns if t.dialogue_id == "a"]
     assert [t.turn for t in of_a] == [1, 2]

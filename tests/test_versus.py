@@ -17,6 +17,7 @@ import pytest
 
 from exprof.sequential import replay
 from exprof.store.engine import Store, store_url
+from exprof.store.events import ResponseReceived, SampleFailed, SequentialStopped
 from exprof.store.record import sequential_events
 from fake_anthropic import FakeAnthropic
 
@@ -68,7 +69,7 @@ def store() -> Store:
 
 def answered(run_id: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for ev in store().events(run_id, types=("response_received",)):
+    for ev in store().events(run_id, types=(ResponseReceived,)):
         counts[ev.payload["dialogue_id"]] = counts.get(ev.payload["dialogue_id"], 0) + 1
     return counts
 
@@ -293,7 +294,7 @@ def test_live_a_pair_that_failed_is_left_out_of_the_sequence(tmp_path, invoke, f
     assert out["sequential"]["pairs_used"] == truth.pairs_used
     assert out["sequential"]["interval"] == [round(x, 4) for x in truth.interval]
     for run_id in ("ab.A", "ab.B"):
-        failed = {e.payload["dialogue_id"] for e in store().events(run_id, ("sample_failed",))}
+        failed = {e.payload["dialogue_id"] for e in store().events(run_id, (SampleFailed,))}
         assert failed == {f"d{p:04d}" for p in broken}  # sent once each, never again
     sent = server.state.requests
     assert sent <= 2 * (truth.pairs_used + len(broken)) + 4
@@ -459,4 +460,4 @@ def test_a_crash_between_the_stop_and_the_arms_end_is_finished_by_resume(tmp_pat
     assert json.loads(again.stdout)["sequential"] == out["sequential"]
     assert {r.status for r in store().runs()} == {"complete"}
     assert {run_id: answered(run_id) for run_id in answers} == answers  # nothing sent
-    assert len([e for e in store().events("ab", ("sequential_stopped",))]) == 1
+    assert len([e for e in store().events("ab", (SequentialStopped,))]) == 1

@@ -379,10 +379,10 @@ def test_a_worker_stopped_early_leaves_the_run_to_the_others(tmp_path, db_url):
 
 KILL_BEFORE_FINISHING = (
     "import os, signal, sys\n"
-    "from exprof.store.workers import Workers\n"
+    "from exprof.store.engine import Store\n"
     "def die(*args, **kwargs):\n"
     "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    "Workers.finish_if_done = die\n"
+    "Store.finish_if_done = die\n"
     "sys.argv[0] = 'exprof'\n"
     "from exprof.cli import main\n"
     "main()\n"

@@ -16,7 +16,7 @@ from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
 from exprof.jsonio import dumps, loads
 from exprof.sides import Side
-from exprof.store.events import SampleFailed
+from exprof.store.events import ResponseReceived, SampleFailed
 from exprof.store.record import iter_samples, load_started, recorded_turns
 
 # Long answers are cut in the page (the full text is in the store and the exports), so
@@ -167,7 +167,7 @@ def run_data(side: Side) -> RunData:
     answers = {r.response.dialogue_id: r for r in store.scored_responses(run_id)}
     failures = {
         ev.event.dialogue_id: (ev.event.error_class, ev.event.message)
-        for ev in store.events(run_id, types=(SampleFailed.type,))
+        for ev in store.events(run_id, types=(SampleFailed,))
         if isinstance(ev.event, SampleFailed)
     }
     custom = _custom_by_id(side)
@@ -273,7 +273,7 @@ def completions(side: Side, wanted: set[str]) -> dict[str, str]:
         rows = _jsonl(Path(side.label) / "responses.jsonl", "responses")
         found = {r["dialogue_id"]: r.get("completion") for r in rows if r["dialogue_id"] in wanted}
     else:
-        events = side.store.events(side.summary["run_id"], types=("response_received",))
+        events = side.store.events(side.summary["run_id"], types=(ResponseReceived,))
         found = {
             ev.payload["dialogue_id"]: ev.payload["completion"]
             for ev in events

@@ -82,7 +82,7 @@ def owed_tasks(store: Store, run_id: str) -> list[judge.Task]:
     answers = recorded_responses(store, run_id)
     done = {
         (stored.event.dialogue_id, stored.event.repeat, stored.event.metric)
-        for stored in store.events(run_id, types=("judge_scored",))
+        for stored in store.events(run_id, types=(JudgeScored,))
         if isinstance(stored.event, JudgeScored) and stored.event.value is not None
     }
     return [

@@ -29,7 +29,7 @@ def per_sample(store: Store, run_id: str, config: dict[str, Any]) -> dict[Slot, 
     if not names:
         return {}
     out: dict[Slot, dict[str, Any]] = {}
-    for stored in store.events(run_id, types=("sample_scored", "judge_scored")):
+    for stored in store.events(run_id, types=(SampleScored, JudgeScored)):
         ev = stored.event
         if isinstance(ev, SampleScored):
             values, errors = ev.metrics or {}, ev.metric_errors or {}

@@ -84,8 +84,7 @@ class BatchState:
 
 def batch_state(store: Store, run_id: str) -> BatchState:
     state = BatchState()
-    types = tuple(cls.type for cls in BATCH_EVENTS)
-    for stored in store.events(run_id, types=types):
+    for stored in store.events(run_id, types=BATCH_EVENTS):
         ev = stored.event
         if isinstance(ev, BatchIntent):
             state.intents[ev.intent] = ev

@@ -1,4 +1,5 @@
-"""The event store: an append-only SQLite events table, its schema, and run leases.
+"""The event store: an append-only events table (SQLite or PostgreSQL), its schema,
+and the store's writes (its lease and worker methods call leases.py and workers.py).
 
 Appends go through one method that assigns ids and per-run sequence numbers inside a
 `BEGIN IMMEDIATE` transaction and updates the projections in that same transaction,
@@ -18,24 +19,20 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from exprof import hints
-from exprof.errors import ConcurrencyError, ExprofError, LeaseHeldError, StoreWriteError
-from exprof.jsonio import dumps, loads
-from exprof.store import dialects, identify, projections
-from exprof.store.checks import Checks
+from exprof.errors import ConcurrencyError, ExprofError, StoreWriteError
+from exprof.jsonio import dumps
+from exprof.store import dialects, identify, leases, projections, workers
 from exprof.store.dialects import execute, stream
-from exprof.store.events import Event, StoredEvent, event_hash, from_row
-from exprof.store.leases import HELD, LEASE_COLUMNS, Lease
-from exprof.store.queries import Queries, like_prefix
-from exprof.store.workers import (
-    Workers,
-    add_row,
-    anyone_on,
-    beat,
-    drop_dead,
-    fence,
-    forget,
-    live_holder,
+from exprof.store.events import (
+    STORED_COLUMNS,
+    Event,
+    StoredEvent,
+    event_hash,
+    stored_from_row,
+    type_names,
 )
+from exprof.store.leases import HELD, Lease
+from exprof.store.queries import Queries
 
 # The newest migration this code knows. tests/test_store.py checks it against alembic's
 # head, so an open store at head is recognised without importing alembic (~0.4 s).
@@ -71,12 +68,11 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(str(parsed.database))
 
 
-class Store(Queries, Checks, Workers):
+class Store(Queries):
     """An exprof event store. `Store.open` checks, creates or upgrades the schema."""
 
     def __init__(self, engine: Engine, location: str, secrets: Sequence[str] = ()) -> None:
-        self.engine = engine
-        self.location = location
+        super().__init__(engine, location)
         self.secrets = tuple(secrets)  # the URL's credentials: masked in every message
 
     @classmethod
@@ -206,7 +202,7 @@ class Store(Queries, Checks, Workers):
         now = time.time()
         with self.write() if within is None else contextlib.nullcontext(within) as conn:
             if fenced is not None:
-                fence(conn, fenced)
+                leases.fence(conn, fenced)
             if after_seq is None:
                 after_seq = _last_seq(conn, run_id)
             seq = after_seq
@@ -262,9 +258,10 @@ class Store(Queries, Checks, Workers):
             return _last_seq(conn, run_id)
 
     def events(
-        self, run_id: str | None = None, types: Sequence[str] = (), batch: int = 1000
+        self, run_id: str | None = None, types: Sequence[type[Event]] = (), batch: int = 1000
     ) -> Iterator[StoredEvent]:
-        """Stream typed events in order, a batch at a time, so 100k-sample runs stay small."""
+        """Stream typed events in order, a batch at a time, so 100k-sample runs stay small;
+        with `types`, only the events of those classes (not their subclasses)."""
         where: list[str] = []
         params: list[Any] = []
         if run_id is not None:
@@ -272,39 +269,29 @@ class Store(Queries, Checks, Workers):
             params.append(run_id)
         if types:
             where.append(f"type IN ({', '.join('?' * len(types))})")
-            params.extend(types)
+            params.extend(type_names(types))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "seq" if run_id is not None else "id"
         with self.engine.connect() as conn:
             result = stream(
                 conn,
-                f"SELECT id, run_id, seq, type, payload, created_at FROM events {clause} "
-                f"ORDER BY {order}",
+                f"SELECT {STORED_COLUMNS} FROM events {clause} ORDER BY {order}",
                 tuple(params),
             )
             while rows := result.fetchmany(batch):
-                for id_, run, seq, type_, payload, created in rows:
-                    yield StoredEvent(id_, run, seq, from_row(type_, loads(payload)), created)
+                for row in rows:
+                    yield stored_from_row(row)
 
     def event_count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
 
-    # -- leases ----------------------------------------------------------------
+    # -- leases and workers --------------------------------------------------
 
     def acquire_lease(self, run_id: str) -> Lease:
         """Hold the run for this process, taking over a dead holder's lease."""
         with self.write() as conn:
-            held = anyone_on(conn, run_id)
-            if held is not None:
-                raise LeaseHeldError(
-                    f"run {run_id} is being worked on by {held.describe()}; "
-                    "wait for it to finish or stop that process "
-                    f"(or add a worker: {hints.command('resume', run_id, '--join')})"
-                )
-            mine = _insert_lease(conn, run_id)
-            drop_dead(conn, mine)  # dead workers' rows: their late writes are refused
-            return mine
+            return leases.acquire(conn, run_id)
 
     def acquire_new_run(
         self,
@@ -317,39 +304,63 @@ class Store(Queries, Checks, Workers):
         `name(2)`, ... (by default the experiment id, then -2, -3, ...). With `run_id`,
         that id or an error saying why not."""
         with self.write() as conn:
-            if run_id is not None:
-                if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
-                    holder = live_holder(conn, run_id)
-                    if holder is not None:
-                        raise ExprofError(
-                            f"run {run_id!r} is being worked on by {holder.describe()}"
-                        )
-                    raise ExprofError(
-                        f"run {run_id!r} already exists; continue it with "
-                        f"`{hints.command('resume', run_id)}` or choose another --run-id"
-                    )
-                held = live_holder(conn, run_id)
-                if held is not None:
-                    raise LeaseHeldError(f"run {run_id!r} is being worked on by {held.describe()}")
-                return _insert_lease(conn, run_id)
-            name = name or (lambda n: experiment_id if n == 1 else f"{experiment_id}-{n}")
-            return _insert_lease(conn, _next_run_id(conn, experiment_id, name))
+            return leases.acquire_new_run(conn, experiment_id, run_id, name)
 
     def heartbeat(self, lease: Lease) -> None:
         """Beat; raises ConcurrencyError if the worker lost its place in the run."""
         with self.write() as conn:
-            if not beat(conn, lease, time.time()):
-                fence(conn, lease)  # no row left to beat: say why
+            if not leases.beat(conn, lease, time.time()):
+                leases.fence(conn, lease)  # no row left to beat: say why
 
     def release_lease(self, lease: Lease) -> None:
         with self.write() as conn:
-            forget(conn, lease.run_id, lease.token)
+            leases.forget(conn, lease.run_id, lease.token)
         HELD.discard(lease.token)
 
     def lease(self, run_id: str) -> Lease | None:
         """The run's holder (or a joined worker), if it is still alive."""
         with self.engine.connect() as conn:
-            return anyone_on(conn, run_id)
+            return leases.anyone_on(conn, run_id)
+
+    def join_run(self, run_id: str) -> Lease:
+        """Register this process as one more worker of the run."""
+        with self.write() as conn:
+            mine = workers.join(conn, run_id)
+        HELD.add(mine.token)
+        return mine
+
+    def claim(
+        self, lease: Lease, owed: tuple[str, ...], limit: int, after: int = -1
+    ) -> list[tuple[int, str, int]]:
+        """Take up to `limit` owed (sample, repeat) pairs above slot `after` that no live
+        worker holds (workers.claim): (slot, dialogue_id, repeat) of each, in slot order."""
+        # On SQLite every write transaction holds the write lock (BEGIN IMMEDIATE); on
+        # PostgreSQL claims skip the store-wide lock: SKIP LOCKED and the key suffice.
+        with self.write(serialize=False) as conn:
+            return workers.claim(conn, lease, owed, limit, after)
+
+    def finish_if_done(
+        self, lease: Lease, finished: Callable[[dict[str, int]], Event]
+    ) -> tuple[int | None, dict[str, int], bool]:
+        """Leave the run; if no sample is still owed, no other live worker holds a claim
+        and the run is not finished yet, append `finished(status counts)` in the same
+        transaction, so exactly one worker finishes it (and exports it). Returns (samples
+        still unanswered, or None once finished; the samples' status counts; whether this
+        call finished it)."""
+        with self.write() as conn:
+            owed, counts, last = workers.leave_if_done(conn, lease)
+            if last:
+                self.append(lease.run_id, [finished(counts)], None, within=conn)
+        return owed, counts, last
+
+    def leave_to_others(self, lease: Lease) -> int:
+        """If other live workers remain on the run, leave it to them (workers.py);
+        returns how many others remain (0: none, and this worker stays)."""
+        with self.write() as conn:
+            others = workers.leave_to_others(conn, lease)
+        if others:
+            HELD.discard(lease.token)
+        return others
 
 
 def _last_seq(conn: Connection, run_id: str) -> int:
@@ -358,47 +369,6 @@ def _last_seq(conn: Connection, run_id: str) -> int:
             conn, "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
         ).scalar_one()
     )
-
-
-def _insert_lease(conn: Connection, run_id: str) -> Lease:
-    mine = Lease.mine(run_id)
-    execute(conn, "DELETE FROM leases WHERE run_id = ?", (run_id,))  # a dead holder's
-    add_row(conn, "leases", mine)
-    HELD.add(mine.token)
-    return mine
-
-
-def _next_run_id(conn: Connection, experiment_id: str, name: Callable[[int], str]) -> str:
-    """The first name(n) not taken by a run or by a live start in progress."""
-    pattern = (experiment_id, like_prefix(experiment_id) + "-%")
-    where = "WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\'"
-    taken = {r[0] for r in execute(conn, f"SELECT run_id FROM runs {where}", pattern)}
-    for row in execute(conn, f"SELECT {LEASE_COLUMNS} FROM leases {where}", pattern).all():
-        if Lease(*row).is_alive():
-            taken.add(row[0])
-    n = 1
-    while True:  # ends: each step past the first skips one of the `taken` ids
-        candidate = name(n)
-        if (
-            candidate not in taken
-            and (candidate.startswith(experiment_id) or not _id_taken(conn, candidate))
-            and not _has_events(conn, candidate)  # e.g. a matrix experiment's record
-        ):
-            return candidate
-        n += 1
-
-
-def _has_events(conn: Connection, stream: str) -> bool:
-    return bool(
-        execute(conn, "SELECT 1 FROM events WHERE run_id = ? AND seq = 1", (stream,)).scalar()
-    )
-
-
-def _id_taken(conn: Connection, run_id: str) -> bool:
-    """For a name cut short (a long experiment id), which the prefix query cannot see."""
-    if execute(conn, "SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).scalar():
-        return True
-    return live_holder(conn, run_id) is not None
 
 
 def _chain_head(conn: Connection, run_id: str, seq: int) -> str:

@@ -7,8 +7,11 @@ comparisons, resume plans) is derived from them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, NamedTuple, Self
+
+from exprof.jsonio import loads
 
 
 @dataclass(frozen=True)
@@ -373,12 +376,19 @@ def event_hash(previous: str, type_: str, payload: str) -> str:
     return hashlib.sha256(f"{previous}\n{type_}\n{payload}".encode()).hexdigest()
 
 
-def from_row(type_: str, payload: dict[str, Any]) -> Event:
-    """A stored (type, payload) as its typed event; an unknown type is a damaged store."""
+def type_names(classes: Iterable[type[Event]]) -> tuple[str, ...]:
+    """The type strings the events table stores for these event classes (each class's
+    own, never its subclasses')."""
+    return tuple(cls.type for cls in classes)
+
+
+def from_row(type_: str, payload: str) -> Event:
+    """A stored row's type and payload text as its typed event; an unknown type is a
+    damaged store."""
     cls = EVENT_TYPES.get(type_)
     if cls is None:
         raise ValueError(f"unknown event type {type_!r}")
-    return cls.from_payload(payload)
+    return cls.from_payload(loads(payload))
 
 
 class StoredEvent(NamedTuple):
@@ -399,3 +409,13 @@ class StoredEvent(NamedTuple):
     @property
     def payload(self) -> dict[str, Any]:
         return self.event.to_payload()
+
+
+# The columns of an events row that make a StoredEvent, in its field order.
+STORED_COLUMNS = "id, run_id, seq, type, payload, created_at"
+
+
+def stored_from_row(row: Sequence[Any]) -> StoredEvent:
+    """A row of STORED_COLUMNS as its StoredEvent."""
+    id_, run_id, seq, type_, payload, created_at = row
+    return StoredEvent(id_, run_id, seq, from_row(type_, payload), created_at)

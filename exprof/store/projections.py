@@ -15,10 +15,11 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from exprof.jsonio import dumps, loads
+from exprof.jsonio import dumps
 from exprof.stops import is_cut_off, refusal_category
 from exprof.store.dialects import execute, insert_rows
 from exprof.store.events import (
+    STORED_COLUMNS,
     DatasetChunk,
     RequestSent,
     ResponseReceived,
@@ -30,7 +31,7 @@ from exprof.store.events import (
     SampleFailed,
     SampleScored,
     StoredEvent,
-    from_row,
+    stored_from_row,
 )
 
 NAME = "runs_and_samples"
@@ -53,13 +54,12 @@ def catch_up(conn: Connection, through: int | None = None) -> int:
     while through is None or pos < through:
         rows = execute(
             conn,
-            "SELECT id, run_id, seq, type, payload, created_at FROM events "
-            "WHERE id > ? ORDER BY id LIMIT ?",
+            f"SELECT {STORED_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
             (pos, CATCH_UP_BATCH),
         ).fetchall()
         if not rows:
             break
-        batch = [StoredEvent(r[0], r[1], r[2], from_row(r[3], loads(r[4])), r[5]) for r in rows]
+        batch = [stored_from_row(row) for row in rows]
         apply(conn, batch)
         pos = batch[-1].id
     return pos
@@ -84,13 +84,13 @@ def replay(conn: Connection, run_id: str) -> None:
     while True:
         rows = execute(
             conn,
-            "SELECT id, run_id, seq, type, payload, created_at FROM events "
-            "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {STORED_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
+            "LIMIT ?",
             (run_id, seq, CATCH_UP_BATCH),
         ).fetchall()
         if not rows:
             return
-        batch = [StoredEvent(r[0], r[1], r[2], from_row(r[3], loads(r[4])), r[5]) for r in rows]
+        batch = [stored_from_row(row) for row in rows]
         apply(conn, batch, move_position=False)
         seq = batch[-1].seq
 

@@ -1,5 +1,6 @@
-"""Every read a command needs, by name. `Store` inherits these; nothing outside the
-store package writes SQL or opens a connection.
+"""Every read a command needs, by name: `Queries` reads a store's engine, and `Store`
+(engine.py) adds the writes to it; nothing outside the store package writes SQL or
+opens a connection.
 
 Reads go to the projections (`runs`, `samples`), which are kept in step with the events
 inside each append; only the dataset snapshot and the answers are read from events.
@@ -19,12 +20,16 @@ from exprof.jsonio import loads
 from exprof.stops import UNCATEGORIZED
 from exprof.store.dialects import execute, stream
 from exprof.store.events import (
+    EVENT_TYPES,
+    DatasetChunk,
     Event,
     ExperimentStarted,
+    MockChunk,
     ResponseReceived,
     RunFinished,
     RunStarted,
     from_row,
+    type_names,
 )
 
 FETCH = 5000  # rows per fetch when streaming a run's samples
@@ -103,8 +108,12 @@ class ScoredResponse:
 
 
 class Queries:
-    engine: Engine
-    location: str
+    """The reads of the store whose database `engine` opens (`location` names it in
+    messages)."""
+
+    def __init__(self, engine: Engine, location: str) -> None:
+        self.engine = engine
+        self.location = location
 
     def _all(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """One statement's rows, on a connection held only for this read."""
@@ -322,8 +331,8 @@ class Queries:
         a tool run's final answer carries those of all its turns."""
         totals: dict[str, int] = {}
         rows = self._all(
-            "SELECT payload FROM events WHERE run_id = ? AND type = 'response_received'",
-            (run_id,),
+            "SELECT payload FROM events WHERE run_id = ? AND type = ?",
+            (run_id, ResponseReceived.type),
         )
         for (payload,) in rows:
             uses = (loads(payload).get("metadata") or {}).get("server_tool_use")
@@ -370,7 +379,7 @@ class Queries:
             )
             while rows := result.fetchmany(FETCH):
                 for type_, payload, coverage, refused, missing in rows:
-                    response = from_row(type_, loads(payload))
+                    response = from_row(type_, payload)
                     assert isinstance(response, ResponseReceived)
                     yield ScoredResponse(
                         response, coverage, bool(refused), loads(missing) if missing else []
@@ -392,30 +401,29 @@ class Queries:
 
     def run_started(self, run_id: str) -> RunStarted | None:
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_started' "
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = ? "
             "ORDER BY seq LIMIT 1",  # the run's first event: the scan stops there
-            (run_id,),
+            (run_id, RunStarted.type),
         )
         if not rows:
             return None
-        started = from_row(rows[0][0], loads(rows[0][1]))
+        started = from_row(rows[0][0], rows[0][1])
         assert isinstance(started, RunStarted)
         return started
 
-    def snapshot_event_ids(self, run_id: str) -> dict[str, list[int]]:
-        """Ids of the run's dataset_chunk and mock_chunk events, in order."""
-        ids: dict[str, list[int]] = {"dataset_chunk": [], "mock_chunk": []}
+    def snapshot_event_ids(self, run_id: str) -> dict[type[Event], list[int]]:
+        """Ids of the run's DatasetChunk and MockChunk events, in order, by class."""
+        ids: dict[type[Event], list[int]] = {DatasetChunk: [], MockChunk: []}
         for id_, type_ in self._all(
-            "SELECT id, type FROM events WHERE run_id = ? "
-            "AND type IN ('dataset_chunk', 'mock_chunk') ORDER BY seq",
-            (run_id,),
+            "SELECT id, type FROM events WHERE run_id = ? AND type IN (?, ?) ORDER BY seq",
+            (run_id, *type_names(ids)),
         ):
-            ids[type_].append(int(id_))
+            ids[EVENT_TYPES[type_]].append(int(id_))
         return ids
 
     def event_at(self, event_id: int) -> Event:
         [(type_, payload)] = self._all("SELECT type, payload FROM events WHERE id = ?", (event_id,))
-        return from_row(type_, loads(payload))
+        return from_row(type_, payload)
 
     # -- experiments -------------------------------------------------
 
@@ -440,26 +448,24 @@ class Queries:
     def experiment_record(self, experiment_id: str) -> ExperimentStarted | None:
         """The matrix experiment recorded under this id, if there is one."""
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND seq = 1 "
-            "AND type = 'experiment_started'",
-            (experiment_id,),
+            "SELECT type, payload FROM events WHERE run_id = ? AND seq = 1 AND type = ?",
+            (experiment_id, ExperimentStarted.type),
         )
         if not rows:
             return None
-        record = from_row(rows[0][0], loads(rows[0][1]))
+        record = from_row(rows[0][0], rows[0][1])
         assert isinstance(record, ExperimentStarted)
         return record
 
     def durations(self, run_id: str) -> list[float]:
         """The recorded duration of each session that finished the run."""
         rows = self._all(
-            "SELECT type, payload FROM events WHERE run_id = ? AND type = 'run_finished' "
-            "ORDER BY seq",
-            (run_id,),
+            "SELECT type, payload FROM events WHERE run_id = ? AND type = ? ORDER BY seq",
+            (run_id, RunFinished.type),
         )
         out = []
         for type_, payload in rows:
-            finished = from_row(type_, loads(payload))
+            finished = from_row(type_, payload)
             assert isinstance(finished, RunFinished)
             out.append(finished.duration_s)
         return out
@@ -469,8 +475,3 @@ _RUN_COLUMNS = (
     "SELECT run_id, experiment_id, model, mode, status, samples_total, created_at, repeats "
     "FROM runs"
 )
-
-
-def like_prefix(text: str) -> str:
-    """`text` for a LIKE pattern with ESCAPE '\\': its own % and _ match only themselves."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

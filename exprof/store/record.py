@@ -20,6 +20,7 @@ from exprof.store.events import (
     MockChunk,
     RescoreStarted,
     ResponseReceived,
+    ResponseReused,
     RunStarted,
     SequentialStarted,
     SequentialStopped,
@@ -74,7 +75,7 @@ def load_started(store: Store, run_id: str) -> RunStarted:
 
 def iter_samples(store: Store, run_id: str) -> Iterator[Sample]:
     """The dataset snapshot in order, streamed chunk by chunk."""
-    for stored in store.events(run_id, types=("dataset_chunk",), batch=1):  # ~1 MB each
+    for stored in store.events(run_id, types=(DatasetChunk,), batch=1):  # ~1 MB each
         chunk = stored.event
         assert isinstance(chunk, DatasetChunk)
         for row in chunk.samples:
@@ -88,19 +89,19 @@ def load_run(store: Store, run_id: str, positions: Container[int] | None = None)
     started = load_started(store, run_id)
     chunk_ids = store.snapshot_event_ids(run_id)
     size = started.snapshot_chunk
-    wanted = range(len(chunk_ids["dataset_chunk"]))
+    wanted = range(len(chunk_ids[DatasetChunk]))
     if positions is not None:
         wanted = sorted({i // size for i in positions})  # type: ignore[attr-defined,assignment]
     samples: list[Sample] = []
     mocks: dict[str, dict[str, Any]] = {}
     for k in wanted:
-        chunk = store.event_at(chunk_ids["dataset_chunk"][k])
+        chunk = store.event_at(chunk_ids[DatasetChunk][k])
         assert isinstance(chunk, DatasetChunk)
         for i, row in enumerate(chunk.samples, start=chunk.start):
             if positions is None or i in positions:
                 samples.append(Sample.from_payload(row))
-        if chunk_ids["mock_chunk"]:
-            answers = store.event_at(chunk_ids["mock_chunk"][k])
+        if chunk_ids[MockChunk]:
+            answers = store.event_at(chunk_ids[MockChunk][k])
             assert isinstance(answers, MockChunk)
             mocks.update(answers.answers)
     return RunRecord(started, samples, mocks, partial=positions is not None)
@@ -112,7 +113,7 @@ class SnapshotReader:
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
-        self.chunk_ids = store.snapshot_event_ids(run_id)["dataset_chunk"]
+        self.chunk_ids = store.snapshot_event_ids(run_id)[DatasetChunk]
         self.size = load_started(store, run_id).snapshot_chunk
         self.cached: tuple[int, list[dict[str, Any]]] = (-1, [])
 
@@ -148,8 +149,7 @@ def recorded_responses(
     """Every answer the run holds, received or reused from the store:
     (dialogue_id, repeat) -> (completion, metadata)."""
     out: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
-    types = ("response_received", "response_reused")
-    for stored in store.events(run_id, types=types, batch=5000):
+    for stored in store.events(run_id, types=(ResponseReceived, ResponseReused), batch=5000):
         event = stored.event
         assert isinstance(event, ResponseReceived)
         out[event.dialogue_id, event.repeat] = (event.completion, event.metadata)
@@ -160,7 +160,7 @@ def recorded_turns(store: Store, run_id: str) -> dict[tuple[str, int], list[Turn
     """Every tool-loop turn the run holds, by (dialogue_id, repeat), in turn order; a
     turn number recorded twice (two workers on one sample) counts once, the first."""
     out: dict[tuple[str, int], list[TurnRecorded]] = {}
-    for stored in store.events(run_id, types=(TurnRecorded.type,), batch=5000):
+    for stored in store.events(run_id, types=(TurnRecorded,), batch=5000):
         event = stored.event
         assert isinstance(event, TurnRecorded)
         turns = out.setdefault((event.dialogue_id, event.repeat), [])
@@ -191,7 +191,7 @@ def tool_stats(store: Store, run_id: str) -> dict[str, Any]:
 
 def rescore_source(store: Store, run_id: str) -> RescoreStarted:
     """A rescore run's source and config difference (its second event)."""
-    for stored in store.events(run_id, types=("rescore_started",)):
+    for stored in store.events(run_id, types=(RescoreStarted,)):
         assert isinstance(stored.event, RescoreStarted)
         return stored.event
     raise ExprofError(f"{store.location}: run {run_id!r} is not a rescore run")
@@ -204,8 +204,7 @@ def sequential_events(
     stopped yet)."""
     started: SequentialStarted | None = None
     stopped: SequentialStopped | None = None
-    types = (SequentialStarted.type, SequentialStopped.type)
-    for stored in store.events(experiment_id, types=types):
+    for stored in store.events(experiment_id, types=(SequentialStarted, SequentialStopped)):
         if isinstance(stored.event, SequentialStarted):
             started = stored.event
         elif isinstance(stored.event, SequentialStopped):
