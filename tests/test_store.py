@@ -43,7 +43,7 @@ from exprof.store.events import (
 
 
 @pytest.fixture
-def store(db_url) -> Store:
+def backend_store(db_url) -> Store:
     """The store contract holds on both backends: SQLite and a real PostgreSQL."""
     return Store.open(db_url, create=True)
 
@@ -111,11 +111,11 @@ def _started(run_id="r", n=2):
     ]
 
 
-def test_append_assigns_global_ids_and_per_run_seqs(store):
-    store.append("r1", _started("r1"), after_seq=0)
-    store.append("r2", _started("r2"), after_seq=0)
-    store.append("r1", [RequestSent("d0")], after_seq=2)
-    events = list(store.events())
+def test_append_assigns_global_ids_and_per_run_seqs(backend_store):
+    backend_store.append("r1", _started("r1"), after_seq=0)
+    backend_store.append("r2", _started("r2"), after_seq=0)
+    backend_store.append("r1", [RequestSent("d0")], after_seq=2)
+    events = list(backend_store.events())
     assert [(e.id, e.run_id, e.seq) for e in events] == [
         (1, "r1", 1),
         (2, "r1", 2),
@@ -123,55 +123,57 @@ def test_append_assigns_global_ids_and_per_run_seqs(store):
         (4, "r2", 2),
         (5, "r1", 3),
     ]
-    assert [e.seq for e in store.events("r1")] == [1, 2, 3]
+    assert [e.seq for e in backend_store.events("r1")] == [1, 2, 3]
 
 
-def test_duplicate_seq_is_refused_and_leaves_nothing(store):
-    store.append("r", _started(), after_seq=0)
-    before = list(store.events())
-    with store.engine.connect() as conn:
+def test_duplicate_seq_is_refused_and_leaves_nothing(backend_store):
+    backend_store.append("r", _started(), after_seq=0)
+    before = list(backend_store.events())
+    with backend_store.engine.connect() as conn:
         pos_before = projections.position(conn)
     with pytest.raises(ConcurrencyError):
         # A stale writer thinks the run ends at seq 1: its batch's second event clashes.
-        store.append("r", [RequestSent("d0"), RequestSent("d1"), RequestSent("d0")], after_seq=1)
-    assert list(store.events()) == before
-    with store.engine.connect() as conn:
+        backend_store.append(
+            "r", [RequestSent("d0"), RequestSent("d1"), RequestSent("d0")], after_seq=1
+        )
+    assert list(backend_store.events()) == before
+    with backend_store.engine.connect() as conn:
         assert projections.position(conn) == pos_before
         assert conn.exec_driver_sql("SELECT sum(requests) FROM samples").scalar() == 0
 
 
 @pytest.mark.parametrize("count", [141, 142, 1000])  # below, at, above a multi-row INSERT
-def test_a_large_append_stores_every_event_in_order_or_none(store, count):
+def test_a_large_append_stores_every_event_in_order_or_none(backend_store, count):
     """SQLite inserts many rows per statement (dialects.insert_rows): every event lands,
     in order, and a clash anywhere among them leaves nothing."""
-    store.append("r", _started(), after_seq=0)
+    backend_store.append("r", _started(), after_seq=0)
     sent = [RequestSent(f"d{i}") for i in range(count)]
     with pytest.raises(ConcurrencyError):
-        store.append("r", sent, after_seq=1)  # seq 2 is the dataset chunk's
-    assert [e.seq for e in store.events("r")] == [1, 2]
-    store.append("r", sent, after_seq=2)
-    back = list(store.events("r"))
+        backend_store.append("r", sent, after_seq=1)  # seq 2 is the dataset chunk's
+    assert [e.seq for e in backend_store.events("r")] == [1, 2]
+    backend_store.append("r", sent, after_seq=2)
+    back = list(backend_store.events("r"))
     assert [e.seq for e in back] == list(range(1, count + 3))
     assert [e.event for e in back[2:]] == sent
 
 
-def test_database_refuses_update_and_delete(store):
+def test_database_refuses_update_and_delete(backend_store):
     """The database itself (a trigger, on SQLite and on PostgreSQL) refuses to change an
     event, whoever asks."""
-    store.append("r", _started(), after_seq=0)
+    backend_store.append("r", _started(), after_seq=0)
     for statement, action in (
         ("UPDATE events SET type = 'x'", "UPDATE"),
         ("DELETE FROM events WHERE id = 1", "DELETE"),
     ):
-        with store.engine.connect() as conn, pytest.raises(DBAPIError) as refused:
+        with backend_store.engine.connect() as conn, pytest.raises(DBAPIError) as refused:
             conn.exec_driver_sql(statement)
         assert f"events are immutable: {action} refused" in str(refused.value)
-    if store.engine.dialect.name == "sqlite":  # also from outside exprof
-        raw = sqlite3.connect(store.location)
+    if backend_store.engine.dialect.name == "sqlite":  # also from outside exprof
+        raw = sqlite3.connect(backend_store.location)
         with pytest.raises(sqlite3.IntegrityError, match="events are immutable: UPDATE refused"):
             raw.execute("UPDATE events SET type = 'x'")
         raw.close()
-    assert store.event_count() == 2
+    assert backend_store.event_count() == 2
 
 
 def _projection_rows(store: Store):
@@ -182,16 +184,16 @@ def _projection_rows(store: Store):
         }
 
 
-def test_rebuild_equals_incremental(tmp_path, invoke, store, db_url):
+def test_rebuild_equals_incremental(tmp_path, invoke, backend_store, db_url):
     samples, mocks = make_samples(300, refuse_every=7, missing_every=11)
     config = write_experiment(tmp_path / "e", samples, mocks)
     assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 1
     assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 1
-    incremental = _projection_rows(store)
+    incremental = _projection_rows(backend_store)
     assert len(incremental["samples"]) == 600
-    with store.write() as conn:
+    with backend_store.write() as conn:
         projections.rebuild(conn)
-    assert _projection_rows(store) == incremental
+    assert _projection_rows(backend_store) == incremental
 
 
 def test_schema_head_constant_matches_alembic():
@@ -269,14 +271,18 @@ def test_db_upgrade_command(tmp_path, invoke):
     assert f"schema at revision {SCHEMA_HEAD}" in result.stderr
 
 
-def test_stored_events_come_back_typed(store):
-    store.append("r", [*_started(), SampleScored("d0", 0.5, False, ["f"])], after_seq=0)
-    assert [type(e.event) for e in store.events("r")] == [RunStarted, DatasetChunk, SampleScored]
+def test_stored_events_come_back_typed(backend_store):
+    backend_store.append("r", [*_started(), SampleScored("d0", 0.5, False, ["f"])], after_seq=0)
+    assert [type(e.event) for e in backend_store.events("r")] == [
+        RunStarted,
+        DatasetChunk,
+        SampleScored,
+    ]
     with pytest.raises(ValueError, match="unknown event type 'nope'"):
         __import__("exprof.store.events", fromlist=["from_row"]).from_row("nope", {})
 
 
-def test_exports_read_the_recorded_missing_facts_never_score_again(store, tmp_path):
+def test_exports_read_the_recorded_missing_facts_never_score_again(backend_store, tmp_path):
     """The projection keeps facts_missing as recorded; export copies it (a later change of
     the scoring rule, or of the answer's text, cannot change an old run's export)."""
     from exprof.export import export_run
@@ -290,13 +296,13 @@ def test_exports_read_the_recorded_missing_facts_never_score_again(store, tmp_pa
         ResponseReceived("d0", "alpha is here", {}),
         SampleScored("d0", 0.0, False, ["as recorded"]),
     ]
-    store.append("r", [started, chunk, *recorded], after_seq=0)
-    export_run(store, "r", tmp_path / "out")
+    backend_store.append("r", [started, chunk, *recorded], after_seq=0)
+    export_run(backend_store, "r", tmp_path / "out")
     line = (tmp_path / "out" / "scores.jsonl").read_text()
     assert line == (
         '{"dialogue_id":"d0","fact_coverage":0.0,"refused":false,"facts_missing":["as recorded"]}\n'
     )
-    assert store.facts_missing("r", ["d0"]) == {"d0": ["as recorded"]}
+    assert backend_store.facts_missing("r", ["d0"]) == {"d0": ["as recorded"]}
 
 
 _CONFIG = {
@@ -390,7 +396,7 @@ def test_settled_heap_undoes_only_its_own_freeze():
         gc.unfreeze()
 
 
-def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_url):
+def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, backend_store, db_url):
     """The reads that walk a whole run (events, an export's responses, doctor's chain)
     fetch rows as they go: on PostgreSQL through a server-side cursor, since psycopg's
     default cursor would hold the whole result (60 MB at 100k samples) in memory."""
@@ -401,20 +407,20 @@ def test_long_reads_stream_their_rows_on_postgresql(tmp_path, invoke, store, db_
     assert invoke("run", "--config", str(config), "--quiet", "--db", db_url).exit_code == 0
     cursors: dict[str, str] = {}
 
-    @event.listens_for(store.engine, "before_cursor_execute")
+    @event.listens_for(backend_store.engine, "before_cursor_execute")
     def seen(conn, cursor, statement, parameters, context, executemany):
         cursors[" ".join(statement.split())] = type(cursor).__name__
 
-    assert len(list(store.events("exp"))) > 5
-    assert len(list(store.scored_responses("exp"))) == 5
-    assert checks.chain_problems(store, "exp") == []
+    assert len(list(backend_store.events("exp"))) > 5
+    assert len(list(backend_store.scored_responses("exp"))) == 5
+    assert checks.chain_problems(backend_store, "exp") == []
     walks = [v for k, v in cursors.items() if k.startswith("SELECT") and "payload" in k]
     assert len(walks) == 3, cursors
-    expected = "ServerCursor" if store.engine.dialect.name == "postgresql" else "Cursor"
+    expected = "ServerCursor" if backend_store.engine.dialect.name == "postgresql" else "Cursor"
     assert set(walks) == {expected}
 
 
-def test_any_driver_error_in_a_bulk_insert_is_sqlalchemys(store):
+def test_any_driver_error_in_a_bulk_insert_is_sqlalchemys(backend_store):
     """Not only a clash: a COPY that fails for any reason (a full disk, a timeout, a bad
     row) raises SQLAlchemy's error, as an INSERT would, so the store turns it into one
     `Error:` line with the password masked instead of a psycopg traceback."""
@@ -422,12 +428,14 @@ def test_any_driver_error_in_a_bulk_insert_is_sqlalchemys(store):
 
     from exprof.store.dialects import insert_rows
 
-    with pytest.raises(DBAPIError) as caught, store.engine.begin() as conn:
+    with pytest.raises(DBAPIError) as caught, backend_store.engine.begin() as conn:
         insert_rows(conn, "events", ("run_id", "seq"), [("r", 1, "one value too many")])
     assert not type(caught.value).__module__.startswith("psycopg")
 
 
-def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(tmp_path, store, db_url):
+def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(
+    tmp_path, backend_store, db_url
+):
     """On PostgreSQL an append's events and its new sample rows go in through COPY (no
     INSERT executed row by row: psycopg's executemany cost ~30 us of CPU a row); a seq
     clash inside the COPY is still a ConcurrencyError that leaves nothing behind."""
@@ -435,7 +443,7 @@ def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(tmp_path
 
     inserts: list[str] = []
 
-    @event.listens_for(store.engine, "before_cursor_execute")
+    @event.listens_for(backend_store.engine, "before_cursor_execute")
     def seen(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("INSERT INTO EVENTS") or (
             statement.lstrip().upper().startswith("INSERT INTO SAMPLES")
@@ -444,14 +452,14 @@ def test_appends_copy_their_rows_on_postgresql_and_still_refuse_a_clash(tmp_path
 
     started = RunStarted("r", "e", "mock", {"model": "m"}, "x", 3, {}, "0")
     chunk = DatasetChunk(0, [{"dialogue_id": f"d{i}"} for i in range(3)])
-    seq = store.append("r", [started, chunk], after_seq=0)
-    seq = store.append("r", [RequestSent(f"d{i}") for i in range(3)], after_seq=seq)
-    assert seq == 5 and store.sample_status_counts("r") == {"pending": 3}
-    postgres = store.engine.dialect.name == "postgresql"
+    seq = backend_store.append("r", [started, chunk], after_seq=0)
+    seq = backend_store.append("r", [RequestSent(f"d{i}") for i in range(3)], after_seq=seq)
+    assert seq == 5 and backend_store.sample_status_counts("r") == {"pending": 3}
+    postgres = backend_store.engine.dialect.name == "postgresql"
     assert (inserts == []) if postgres else len(inserts) == 3
     with pytest.raises(ConcurrencyError):
-        store.append("r", [RequestSent("d0"), RequestSent("d1")], after_seq=4)
-    assert store.last_seq("r") == 5
+        backend_store.append("r", [RequestSent("d0"), RequestSent("d1")], after_seq=4)
+    assert backend_store.last_seq("r") == 5
 
 
 def test_a_summary_scans_a_runs_samples_once_when_nothing_else_is_there(tmp_path, invoke):
