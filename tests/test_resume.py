@@ -327,14 +327,18 @@ def test_ctrl_c_or_sigterm_then_resume_in_mock_mode(tmp_path, catchable_run, sig
 def test_a_signal_during_the_export_leaves_a_run_resume_finishes(
     tmp_path, catchable_run, sig, code, what
 ):
-    proc = exprof("run", "--config", str(catchable_run), "--run-id", "r", cwd=tmp_path)
     db = tmp_path / "runs" / "exprof.db"
     finished = "SELECT count(*) FROM events WHERE type = 'run_finished'"
-    deadline = time.monotonic() + 60
-    while not peek(db, finished) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(sig)  # 60,000 samples take about a second to export
-    returned, err = finish(proc)
+    for _attempt in range(3):  # on a loaded machine the signal may land after the export
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+        proc = exprof("run", "--config", str(catchable_run), "--run-id", "r", cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not peek(db, finished) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(sig)  # 60,000 samples take about a second to export
+        returned, err = finish(proc)
+        if returned != 0:
+            break
     assert returned == code, err
     assert err.strip().splitlines()[-1] == (
         f"{what} during the export; finish it with: exprof resume r"
