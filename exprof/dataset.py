@@ -10,6 +10,7 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import jsonl_lines, read_text
+from exprof.heap import collector_paused
 from exprof.jsonio import dumps
 from exprof.strict_json import parse_json
 from exprof.tool_specs import parse_tool_results
@@ -103,24 +104,34 @@ def conversation(
 
 
 def load_dataset(path: str | Path) -> list[Sample]:
-    path = Path(path)
+    with collector_paused():
+        return _load_dataset(Path(path))
+
+
+def _load_dataset(path: Path) -> list[Sample]:
     text = read_text(path, "dataset")
     if path.suffix.lower() == ".jsonl":
-        items = _parse_jsonl(text, path)
+        unit, items = "line", _parse_jsonl(text, path)
     else:
-        items = [(f"index {i}", item) for i, item in enumerate(_parse_json_array(text, path))]
+        unit, items = "index", list(enumerate(_parse_json_array(text, path)))
     if not items:
         raise ExprofError(f"{path}: dataset is empty")
     samples: list[Sample] = []
-    seen: dict[str, str] = {}
-    for where, item in items:
-        sample = parse_sample(item, f"{path}: {where}")
+    seen: dict[str, int] = {}
+    # An item's place ("index 7", "line 8") is spelled out only in an error: building
+    # it for each of 100k good items cost more than checking them.
+    for at, item in items:
+        try:
+            sample = parse_sample(item, "")
+        except ExprofError:
+            parse_sample(item, f"{path}: {unit} {at}")  # the same error, naming the place
+            raise
         if sample.dialogue_id in seen:
             raise ExprofError(
-                f"{path}: {where}: duplicate dialogue_id {sample.dialogue_id!r} "
-                f"(first at {seen[sample.dialogue_id]})"
+                f"{path}: {unit} {at}: duplicate dialogue_id {sample.dialogue_id!r} "
+                f"(first at {unit} {seen[sample.dialogue_id]})"
             )
-        seen[sample.dialogue_id] = where
+        seen[sample.dialogue_id] = at
         samples.append(sample)
     return samples
 
@@ -132,9 +143,9 @@ def _parse_json_array(text: str, path: Path) -> list[Any]:
     return data
 
 
-def _parse_jsonl(text: str, path: Path) -> list[tuple[str, Any]]:
+def _parse_jsonl(text: str, path: Path) -> list[tuple[int, Any]]:
     return [
-        (f"line {lineno}", parse_json(line, f"{path}: line {lineno}", one_line=True))
+        (lineno, parse_json(line, f"{path}: line {lineno}", one_line=True))
         for lineno, line in jsonl_lines(text)
     ]
 

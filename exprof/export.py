@@ -207,6 +207,12 @@ class ExportLines:
     def __init__(self, started: RunStarted) -> None:
         self.config = config = Config.from_dict(started.config)
         self.fields = config.output_fields
+        # Every request line's settings, after its dialogue_id (and repeat).
+        self.sent = {
+            "model": config.model,
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+        }
         # The mock's answer may carry no model or temperature; the request's are the truth.
         self.defaults = (
             {"model": config.model, "temperature": config.temperature}
@@ -227,13 +233,10 @@ class ExportLines:
         if self.with_repeat:
             line["repeat"] = repeat
         config = self.config
-        line.update(
-            model=config.model,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
-            prompt=sample.prompt(),
-        )
-        line.update(cache_record(config, sample))  # where its breakpoints went, if any
+        line.update(self.sent)
+        line["prompt"] = sample.prompt()
+        if config.prompt_cache is not None:  # where its breakpoints went
+            line.update(cache_record(config, sample))
         return _line(line)
 
     def response(self, response: ResponseReceived) -> str:

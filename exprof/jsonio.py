@@ -16,7 +16,20 @@ def dumps(obj: Any) -> str:
     try:
         return orjson.dumps(obj).decode()
     except TypeError:
-        return json.dumps(standard(obj), ensure_ascii=False, separators=(",", ":"))
+        return _standard_dumps(obj)
+
+
+def encode(obj: Any) -> bytes:
+    """`dumps(obj)` as UTF-8 bytes, without the round trip through text: what the store
+    hashes (its text is these bytes decoded)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return _standard_dumps(obj).encode()
+
+
+def _standard_dumps(obj: Any) -> str:
+    return json.dumps(standard(obj), ensure_ascii=False, separators=(",", ":"))
 
 
 def dumps_pretty(obj: Any) -> str:

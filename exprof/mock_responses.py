@@ -7,6 +7,7 @@ from typing import Any
 
 from exprof.errors import ExprofError
 from exprof.files import read_text
+from exprof.heap import collector_paused
 from exprof.strict_json import parse_json
 
 # A responses.jsonl line's own fields, which the flattened metadata may never replace.
@@ -16,7 +17,8 @@ RESERVED_KEYS = ("dialogue_id", "completion")
 def load_mock_responses(path: str | Path) -> dict[str, dict[str, Any]]:
     """`mock_responses.json`: {dialogue_id: {completion: str, metadata: {...}}}."""
     path = Path(path)
-    data = parse_json(read_text(path, "mock responses (mock_responses_path)"), str(path))
+    with collector_paused():
+        data = parse_json(read_text(path, "mock responses (mock_responses_path)"), str(path))
     if not isinstance(data, dict):
         raise ExprofError(f"{path}: mock responses must be an object keyed by dialogue_id")
     for key, entry in data.items():

@@ -20,14 +20,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from exprof import hints
 from exprof.errors import ConcurrencyError, ExprofError, StoreWriteError
-from exprof.jsonio import dumps
+from exprof.jsonio import encode
 from exprof.store import dialects, identify, leases, projections, workers
 from exprof.store.dialects import execute, stream
 from exprof.store.events import (
     STORED_COLUMNS,
     Event,
     StoredEvent,
-    event_hash,
+    chain_link,
     stored_from_row,
     type_names,
 )
@@ -221,8 +221,9 @@ class Store(Queries):
             size = 0
             for ev in events:
                 last_id, seq = last_id + 1, seq + 1
-                text = dumps(ev.to_payload())
-                chain = event_hash(chain, ev.type, text)
+                raw = encode(ev.to_payload())  # hashed as bytes, stored as text
+                chain = chain_link(chain, ev.type, raw)
+                text = raw.decode()
                 rows.append((last_id, run_id, seq, ev.type, text, now, chain))
                 stored.append(StoredEvent(last_id, run_id, seq, ev, now))
                 size += len(text)

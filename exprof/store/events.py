@@ -373,7 +373,12 @@ EVENT_TYPES: dict[str, type[Event]] = {
 def event_hash(previous: str, type_: str, payload: str) -> str:
     """One link of a run's hash chain over the stored bytes: editing any event breaks
     the link that covers it (and a rewrite of the links breaks at the next honest one)."""
-    return hashlib.sha256(f"{previous}\n{type_}\n{payload}".encode()).hexdigest()
+    return chain_link(previous, type_, payload.encode())
+
+
+def chain_link(previous: str, type_: str, payload: bytes) -> str:
+    """event_hash of a payload held as its UTF-8 bytes (an append encodes each once)."""
+    return hashlib.sha256(b"%s\n%s\n%s" % (previous.encode(), type_.encode(), payload)).hexdigest()
 
 
 def type_names(classes: Iterable[type[Event]]) -> tuple[str, ...]:
