@@ -9,20 +9,15 @@ from typing import Any
 REFUSAL_MARKERS = ("i'm sorry", "cannot comply")
 
 
-def facts_found(completion: str, facts: Iterable[str]) -> list[bool]:
-    """A fact is found when it is a case-insensitive substring of the completion."""
-    text = completion.lower()
-    return [fact.lower() in text for fact in facts]
-
-
 def fact_coverage(completion: str, facts: Iterable[str]) -> float:
     return score(completion, list(facts))[0]
 
 
 def score(completion: str, facts: Sequence[str]) -> tuple[float, list[str]]:
-    """A sample's fact coverage, and the facts its completion missed, by name."""
+    """A sample's fact coverage, and the facts its completion missed, by name: a fact is
+    found when it is a case-insensitive substring of the completion."""
     text = completion.lower()
-    missing = [fact for fact in facts if fact.lower() not in text]  # facts_found's rule
+    missing = [fact for fact in facts if fact.lower() not in text]
     return ((len(facts) - len(missing)) / len(facts) if facts else 1.0), missing
 
 
